@@ -1,0 +1,488 @@
+"""Fine-tune the autoencoder on recorded game frames (GameNGen section 3.3.1), or train it from scratch.
+
+The paper keeps Stable Diffusion v1.4's VAE encoder frozen, so the latent space the world model
+predicts does not move, and fine-tunes only the decoder with an MSE loss against real frames: the
+stock decoder smears small details and the HUD. That is the default here: the encoder and its
+``quant_conv`` are frozen, ``post_quant_conv`` and the decoder are trained. ``--train_encoder``
+trains the whole AutoencoderKL (reconstruction + a small KL term) and is how the ``tiny`` preset gets
+its VAE, since there is no pretrained one; it then also measures the latent scaling factor
+(1 / std of the latents) and stores it in the VAE's config.
+
+Held-out episodes (a deterministic split by episode id) give the reconstruction PSNR before and
+after training, and every ``--validation_steps`` a grid of held-out frames
+(truth | stock or initial decoder | current) in ``output_dir/samples`` and the trackers. The result
+is ``output_dir/vae`` (``AutoencoderKL.from_pretrained(output_dir, subfolder="vae")``) and
+``output_dir/vae_training.json`` (the numbers of the run).
+
+Example (tiny preset, CPU, on a dataset recorded with --frame_size 64x48):
+
+    python finetune_autoencoder.py --preset tiny --train_encoder --dataset_name /tmp/ds \
+        --max_train_steps 50 --output_dir /tmp/vae
+
+Paper setting (GPU):
+
+    accelerate launch finetune_autoencoder.py --preset sd14 \
+        --pretrained_model_name_or_path CompVis/stable-diffusion-v1-4 --dataset_name USER/vizdoom-e1m1 \
+        --train_batch_size 8 --max_train_steps 20000 --mixed_precision bf16 --output_dir outputs/vae-sd14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from gamengen.config import PRESETS, ModelConfig, get_config
+from gamengen.data import ColumnNames, DatasetError, EpisodeDataset, FrameDataset, LocalShuffleSampler, open_dataset
+from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
+
+SUMMARY_FILE = "vae_training.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class UsageError(ValueError):
+    """Arguments or an output folder that this run cannot use as given."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and VAE size (gamengen/config.py)")
+    model.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for sd14; the tiny preset has none)",
+    )
+    model.add_argument("--revision", default=None, help="revision of a Hub model")
+    model.add_argument("--train_encoder", action="store_true", help="train the whole VAE (from scratch when there is no pretrained one); default: decoder only")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
+    data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
+    data.add_argument(
+        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
+    )
+    data.add_argument("--action_column", default=None, help="column of actions (default 'action')")
+    data.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
+    data.add_argument("--step_column", default=None, help="column of step indices within an episode (default 'step_id')")
+    data.add_argument("--holdout_fraction", type=float, default=0.1, help="fraction of episodes held out for evaluation (at least one)")
+    data.add_argument("--num_validation_frames", type=int, default=64, help="held-out frames (evenly spaced) the PSNR is measured on")
+    data.add_argument("--num_validation_images", type=int, default=4, help="held-out frames shown in each reconstruction grid")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", default="outputs/autoencoder", help="where vae/, checkpoints, samples and logs go")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation (tiny), data order and posterior samples")
+    train.add_argument("--train_batch_size", type=int, default=16, help="frames per device per step")
+    train.add_argument("--max_train_steps", type=int, default=2000, help="total optimisation steps (a resumed run counts from its checkpoint)")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
+    train.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in the backward pass to save memory")
+    train.add_argument("--learning_rate", type=float, default=None, help="AdamW learning rate (default: 1e-4 decoder-only, 1e-3 with --train_encoder)")
+    train.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...")
+    train.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the learning-rate schedule")
+    train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    train.add_argument("--kl_weight", type=float, default=1e-6, help="--train_encoder: weight of the KL term (summed over latent elements, mean over frames)")
+    train.add_argument(
+        "--lpips_weight", type=float, default=0.0, help="weight of an LPIPS term (needs the lpips package and its weights; the paper uses MSE only)"
+    )
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's")
+    train.add_argument("--checkpointing_steps", type=int, default=500, help="save the training state to output_dir/checkpoint-<step> every this many steps")
+    train.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints (default: all)")
+    train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
+    train.add_argument("--validation_steps", type=int, default=250, help="log held-out PSNR and a reconstruction grid every this many steps")
+    logging = parser.add_argument_group("logging and hub")
+    logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
+    logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
+    logging.add_argument("--push_to_hub", action="store_true", help="upload output_dir/vae and the run summary to the Hub")
+    logging.add_argument("--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)")
+    args = parser.parse_args(argv)
+    for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "num_validation_frames"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if not 0.0 < args.holdout_fraction < 1.0:
+        parser.error("--holdout_fraction must be in (0, 1)")
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3 if args.train_encoder else 1e-4
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folder and checkpoints
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (folders being written are hidden, see save_checkpoint)."""
+    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def check_output_dir(output_dir: Path, resuming: bool) -> None:
+    """A new run never overwrites the results of an earlier one; a resumed run continues it."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
+    earlier = [p.name for p in [output_dir / "vae", *list_checkpoints(output_dir)] if p.exists()] if output_dir.exists() else []
+    if earlier and not resuming:
+        raise UsageError(
+            f"--output_dir {output_dir} already holds the results of an earlier run ({', '.join(earlier[:3])}). "
+            "Continue it with --resume_from_checkpoint latest, or choose another --output_dir."
+        )
+
+
+def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path | None:
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        path = output_dir / resume_from_checkpoint
+    if not path.is_dir() or not path.name[len(CHECKPOINT_PREFIX) :].isdigit():
+        raise UsageError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder (expected 'latest' or .../{CHECKPOINT_PREFIX}<step>)")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None) -> None:
+    """Save the training state to a hidden folder, then rename it: a checkpoint that exists is complete."""
+    if limit is not None:
+        for old in list_checkpoints(output_dir)[: max(0, len(list_checkpoints(output_dir)) - limit + 1)]:
+            shutil.rmtree(old)
+    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = output_dir / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp))
+    (tmp / "training_state.json").write_text(json.dumps({"global_step": step}))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model pieces
+
+
+class Reconstruction(torch.nn.Module):
+    """The trained module: frames -> (reconstruction, KL per frame). With the encoder frozen the
+    latents are computed without a graph; the posterior is sampled so the decoder learns to decode
+    the neighbourhood of each latent, not only its mean (the world model's predictions are not exact)."""
+
+    def __init__(self, vae: AutoencoderKL, config: ModelConfig, train_encoder: bool) -> None:
+        super().__init__()
+        self.vae = vae
+        self.config = config
+        self.train_encoder = train_encoder
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            posterior = self.vae.encode(pad_frames(pixels, self.config)).latent_dist
+            latents = posterior.sample()
+        reconstruction = unpad_frames(self.vae.decode(latents).sample, self.config)
+        kl = posterior.kl() if self.train_encoder else torch.zeros(len(pixels), device=pixels.device)
+        return reconstruction, kl
+
+
+def set_trainable(vae: AutoencoderKL, train_encoder: bool) -> list[torch.nn.Parameter]:
+    """Decoder-only (paper): everything that defines the latent space (encoder, quant_conv) is frozen."""
+    vae.requires_grad_(train_encoder)
+    if not train_encoder:
+        vae.decoder.requires_grad_(True)
+        if vae.post_quant_conv is not None:
+            vae.post_quant_conv.requires_grad_(True)
+    return [p for p in vae.parameters() if p.requires_grad]
+
+
+def load_lpips(weight: float, device: torch.device) -> torch.nn.Module | None:
+    if weight <= 0:
+        return None
+    try:
+        import lpips  # optional: not in the requirements, and it fetches VGG weights on first use
+    except ImportError as error:
+        raise UsageError("--lpips_weight needs the lpips package (pip install lpips) and access to its pretrained weights") from error
+    model = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-frame PSNR in dB of pixels in [-1, 1] (peak = full range)."""
+    mse = ((prediction.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, pixels: torch.Tensor, config: ModelConfig, accelerator: Accelerator, batch_size: int) -> torch.Tensor:
+    """Deterministic reconstructions (posterior mean) of unpadded pixels, clamped to [-1, 1], on the CPU."""
+    was_training = vae.training
+    vae.eval()
+    outputs = []
+    with accelerator.autocast():
+        for batch in pixels.split(batch_size):
+            latents = encode_frames(vae, batch.to(accelerator.device), config)
+            outputs.append(decode_latents(vae, latents, config).float().clamp(-1, 1).cpu())
+    vae.train(was_training)
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae: AutoencoderKL, dataset: EpisodeDataset, config: ModelConfig, device: torch.device, num_frames: int = 256) -> float:
+    """1 / std of the (unscaled) latents of training frames, so the diffusion model sees unit variance."""
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(num_frames, len(dataset))).round().astype(int))
+    frames = FrameDataset(dataset)
+    pixels = torch.stack([frames[int(i)] for i in indices])
+    latents = [vae.encode(pad_frames(batch.to(device), config)).latent_dist.mode() for batch in pixels.split(32)]
+    return float(1.0 / torch.cat(latents).float().std())
+
+
+def reconstruction_grid(columns: list[torch.Tensor], titles: list[str]) -> Image.Image:
+    """One row per frame, one column per version (pixels in [-1, 1]), a title above each column."""
+    frames = [tensor_to_frames(column) for column in columns]
+    count, height, width = frames[0].shape[:3]
+    scale = max(1, 192 // width)  # blow tiny frames up (nearest) so details stay visible
+    tile_w, tile_h, header = width * scale, height * scale, 14
+    grid = Image.new("RGB", (tile_w * len(columns), header + tile_h * count))
+    draw = ImageDraw.Draw(grid)
+    for col, (title, column) in enumerate(zip(titles, frames, strict=True)):
+        draw.text((col * tile_w + 3, 1), title, fill=(255, 255, 0))
+        for row in range(count):
+            tile = Image.fromarray(column[row]).resize((tile_w, tile_h), Image.NEAREST)
+            grid.paste(tile, (col * tile_w, header + row * tile_h))
+    return grid
+
+
+def log_grid(accelerator: Accelerator, grid: Image.Image, output_dir: Path, step: int) -> Path:
+    samples = output_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    path = samples / f"reconstructions-{step:06d}.png"
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"reconstructions": wandb.Image(grid, caption="truth | reference | current")}, step=step)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    output_dir = Path(args.output_dir)
+    check_output_dir(output_dir, resuming=args.resume_from_checkpoint is not None)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+    )
+    set_seed(args.seed)
+    config = get_config(args.preset)
+
+    # Data: recorded episodes, a held-out split by episode id, a fixed set of held-out frames.
+    explicit = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
+    columns = ColumnNames(**{k: v for k, v in explicit.items() if v is not None}) if any(v is not None for v in explicit.values()) else None
+    dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
+    if (dataset.frame_width, dataset.frame_height) != (config.frame_width, config.frame_height):
+        raise DatasetError(
+            f"the dataset's frames are {dataset.frame_width}x{dataset.frame_height}, the {config.preset!r} preset expects "
+            f"{config.frame_width}x{config.frame_height}: record with --frame_size {config.frame_width}x{config.frame_height} or pick the matching --preset"
+        )
+    train_episodes, heldout_episodes = dataset.split(args.holdout_fraction)
+    accelerator.print(
+        f"dataset: {dataset}; training on {len(train_episodes.episodes)} episodes ({len(train_episodes)} frames), {len(heldout_episodes.episodes)} held out"
+    )
+    heldout_frames = FrameDataset(heldout_episodes)
+    picks = np.unique(np.linspace(0, len(heldout_frames) - 1, min(args.num_validation_frames, len(heldout_frames))).round().astype(int))
+    validation_pixels = torch.stack([heldout_frames[int(i)] for i in picks])
+    image_picks = np.unique(np.linspace(0, len(validation_pixels) - 1, min(args.num_validation_images, len(validation_pixels))).round().astype(int))
+
+    # Model: the pretrained VAE (a Hub id or a local folder, one code path), or a fresh one.
+    pretrained = args.pretrained_model_name_or_path or config.pretrained_model_name_or_path
+    if pretrained:
+        vae = load_vae(pretrained, revision=args.revision)
+    elif args.train_encoder:
+        vae = build_vae(config)
+    else:
+        raise UsageError(
+            f"the {config.preset!r} preset has no pretrained VAE: train one with --train_encoder, or pass --pretrained_model_name_or_path (a folder with vae/)"
+        )
+    check_vae(vae, config)
+    vae.to(accelerator.device)
+    trainable = set_trainable(vae, args.train_encoder)
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    mode = "whole VAE" if args.train_encoder else "decoder only"
+    accelerator.print(
+        f"model: {'pretrained ' + str(pretrained) if pretrained else 'new ' + config.preset + ' VAE'}; training {mode} "
+        f"({sum(p.numel() for p in trainable) / 1e6:.2f}M of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters)"
+    )
+
+    # Before any training (and before a checkpoint is loaded): the reference for PSNR and images.
+    reference = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
+    psnr_before = float(psnr(reference, validation_pixels).mean())
+    reference_title = "stock decoder" if pretrained else "initial"
+    accelerator.print(f"held-out PSNR before training: {psnr_before:.2f} dB ({len(validation_pixels)} frames)")
+
+    lpips_model = load_lpips(args.lpips_weight, accelerator.device)
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    sampler = LocalShuffleSampler(len(train_episodes), seed=args.seed)
+    train_dataloader = torch.utils.data.DataLoader(
+        FrameDataset(train_episodes), batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers, drop_last=False
+    )
+    model = Reconstruction(vae, config, args.train_encoder)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+    vae = accelerator.unwrap_model(model).vae
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+        if checkpoint is None:
+            accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
+        else:
+            accelerator.load_state(str(checkpoint))
+            global_step = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+            accelerator.print(f"resumed from {checkpoint} at step {global_step}")
+    start_step = global_step
+
+    if accelerator.is_main_process:
+        tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
+        accelerator.init_trackers("finetune_autoencoder", config=tracker_config)
+
+    steps_per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+    first_epoch = global_step // steps_per_epoch
+    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    train_seconds = 0.0
+    last_checkpoint = global_step if global_step > 0 else None
+    model.train()
+    epoch = first_epoch
+    while global_step < args.max_train_steps:
+        loader = accelerator.skip_first_batches(train_dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else train_dataloader
+        loader.set_epoch(epoch)
+        step_started = time.perf_counter()
+        for pixels in loader:
+            with accelerator.accumulate(model):
+                reconstruction, kl = model(pixels)
+                mse = F.mse_loss(reconstruction.float(), pixels.float())
+                loss = mse + args.kl_weight * kl.float().mean()
+                if lpips_model is not None:
+                    loss = loss + args.lpips_weight * lpips_model(reconstruction.float(), pixels.float()).mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            train_seconds += time.perf_counter() - step_started
+            logs = {"loss": loss.detach().item(), "mse": mse.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process:
+                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                last_checkpoint = global_step
+            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                current = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
+                accelerator.log({"heldout_psnr": float(psnr(current, validation_pixels).mean())}, step=global_step)
+                grid = reconstruction_grid(
+                    [validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, "trained"]
+                )
+                log_grid(accelerator, grid, output_dir, global_step)
+                model.train()
+            if global_step >= args.max_train_steps:
+                break
+            step_started = time.perf_counter()
+        epoch += 1
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    summary: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        # A final checkpoint, so that a later run with a larger --max_train_steps can continue this one.
+        if last_checkpoint != global_step:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if args.train_encoder:
+            vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_episodes, config, accelerator.device))
+        current = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
+        psnr_after = float(psnr(current, validation_pixels).mean())
+        grid = reconstruction_grid([validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, "trained"])
+        grid_path = log_grid(accelerator, grid, output_dir, global_step)
+        accelerator.log({"heldout_psnr": psnr_after}, step=global_step)
+        vae_dir = save_vae(vae, output_dir)
+        steps_this_run = global_step - start_step
+        summary = {
+            "preset": config.preset,
+            "mode": "train_encoder" if args.train_encoder else "decoder_only",
+            "pretrained_model_name_or_path": pretrained,
+            "dataset_name": str(args.dataset_name),
+            "train_episodes": len(train_episodes.episodes),
+            "train_frames": len(train_episodes),
+            "heldout_episodes": heldout_episodes.episode_ids,
+            "heldout_frames_evaluated": len(validation_pixels),
+            "global_step": global_step,
+            "steps_this_run": steps_this_run,
+            "train_batch_size": args.train_batch_size,
+            "steps_per_second": steps_this_run / train_seconds if train_seconds > 0 else None,
+            "heldout_psnr_before": psnr_before,
+            "heldout_psnr_after": psnr_after,
+            "scaling_factor": float(vae.config.scaling_factor),
+            "device": str(accelerator.device),
+        }
+        write_json(output_dir / SUMMARY_FILE, summary)
+        rate = f", {summary['steps_per_second']:.2f} steps/s" if summary["steps_per_second"] else ""
+        print(f"trained {steps_this_run} steps (step {start_step} -> {global_step}{rate}); latent scaling factor {vae.config.scaling_factor:.5f}")
+        print(
+            f"held-out PSNR: before {psnr_before:.2f} dB -> after {psnr_after:.2f} dB ({len(validation_pixels)} frames of {len(heldout_episodes.episodes)} held-out episodes)"
+        )
+        print(f"saved {vae_dir} (AutoencoderKL.from_pretrained({str(output_dir)!r}, subfolder='vae')); reconstructions: {grid_path}")
+        if args.push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, exist_ok=True).repo_id
+            upload_folder(repo_id=repo_id, folder_path=str(output_dir), allow_patterns=["vae/*", SUMMARY_FILE], commit_message=f"VAE after {global_step} steps")
+            print(f"pushed to https://huggingface.co/{repo_id}")
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (DatasetError, ModelLoadError, UsageError) as error:
+        sys.exit(f"error: {error}")
