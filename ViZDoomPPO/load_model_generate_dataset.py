@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import queue
 import signal
 import sys
@@ -30,7 +29,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.envs import ACTION_NAMES, DoomConfig, DoomEnv, RecordEpisodes, ScenarioError, add_env_args, config_from_args, dataset_metadata, kill_vizdoom_descendants, observation_space
+from common.envs import (
+    ACTION_NAMES,
+    DoomConfig,
+    DoomEnv,
+    RecordEpisodes,
+    ScenarioError,
+    add_env_args,
+    config_from_args,
+    dataset_metadata,
+    kill_games_of_run,
+    observation_space,
+    tag_games_with_run,
+)
 from common.models import AgentLoadError, find_env_config, load_agent
 from common.utils import DatasetError, GifWriter, ShardWriter, check_output_dir, new_run_id
 
@@ -164,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id()
+    tag_games_with_run(run_id)
     job = {
         "config": config.to_dict(),
         "metadata": metadata,
@@ -188,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = 0
     failed: str | None = None
     finished: set[int] = set()
+
     bar = tqdm(total=args.episodes, unit="episode", desc="recording")
     try:
         for worker in workers:
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             if worker.is_alive():
                 worker.kill()
                 worker.join()
-        kill_vizdoom_descendants()
+        kill_games_of_run(run_id)  # also the game of a worker that died (it is no longer our descendant)
     elapsed = time.perf_counter() - started
     if failed is not None:
         print(f"error: {failed}\nshards written so far are complete and kept in {out_dir}", file=sys.stderr)

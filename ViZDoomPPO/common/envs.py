@@ -354,10 +354,7 @@ def resolve_game(config: DoomConfig) -> ResolvedGame:
 
 
 _RESOLUTIONS = sorted(
-    (int(w), int(h), getattr(vzd.ScreenResolution, name))
-    for name in dir(vzd.ScreenResolution)
-    if name.startswith("RES_")
-    for w, h in [name[4:].split("X")]
+    (int(w), int(h), getattr(vzd.ScreenResolution, name)) for name in dir(vzd.ScreenResolution) if name.startswith("RES_") for w, h in [name[4:].split("X")]
 )
 
 
@@ -454,7 +451,7 @@ class DoomEnv(gym.Env):
                 self.game.close()
             finally:
                 self.game = None
-                _kill_pids(self.vizdoom_pids)
+                kill_pids(self.vizdoom_pids)
                 self.vizdoom_pids = []
 
     # -- observations -------------------------------------------------------------------------
@@ -572,7 +569,8 @@ def _vizdoom_children() -> list[int]:
         return []
 
 
-def _kill_pids(pids: list[int]) -> None:
+def kill_pids(pids: list[int]) -> None:
+    """Kill the listed processes that are still ViZDoom games (a reused pid is left alone)."""
     if not pids:
         return
     import psutil
@@ -584,6 +582,32 @@ def _kill_pids(pids: list[int]) -> None:
                 process.kill()
         except psutil.Error:
             pass
+
+
+RUN_TAG_VARIABLE = "GAMENGEN_RUN_ID"
+
+
+def tag_games_with_run(run_id: str) -> None:
+    """Mark every game started from now on by this process and its children (they inherit the
+    environment), so ``kill_games_of_run`` finds them even after their parent died."""
+    os.environ[RUN_TAG_VARIABLE] = run_id
+
+
+def kill_games_of_run(run_id: str) -> int:
+    """Kill every ``vizdoom`` process tagged with ``run_id``, wherever it was reparented. Returns how many."""
+    import psutil
+
+    killed = 0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "vizdoom":
+            continue
+        try:
+            if process.environ().get(RUN_TAG_VARIABLE) == run_id:
+                process.kill()
+                killed += 1
+        except psutil.Error:
+            pass
+    return killed
 
 
 def kill_vizdoom_descendants(pid: int | None = None) -> int:
@@ -652,16 +676,26 @@ class RecordEpisodes(gym.Wrapper):
 def add_env_args(parser) -> None:
     """Add the game options to an argparse parser (defaults None = keep the base config's value)."""
     group = parser.add_argument_group("game")
-    group.add_argument("--scenario", default=None, help=f"game to play (default {DEFAULT_SCENARIO}: freedoom1.wad E1M1); one of {', '.join(available_scenarios())}, or a .cfg path")
+    group.add_argument(
+        "--scenario",
+        default=None,
+        help=f"game to play (default {DEFAULT_SCENARIO}: freedoom1.wad E1M1); one of {', '.join(available_scenarios())}, or a .cfg path",
+    )
     group.add_argument("--wad", default=None, help="override the scenario's wad (path, or freedoom1.wad / freedoom2.wad)")
     group.add_argument("--map", default=None, help="override the scenario's map (E1M1..E4M9 in freedoom1.wad, MAP01.. in freedoom2.wad)")
     group.add_argument("--frame_size", default=None, help="recorded frame size WxH (default 320x240)")
     group.add_argument("--frame_skip", type=int, default=None, help="game tics per agent step (default 4, as the paper)")
-    group.add_argument("--repeat_action_prob", type=float, default=None, help="probability of repeating the previous action instead of the chosen one (default 0.25)")
-    group.add_argument("--episode_timeout", type=int, default=None, help="episode length limit in game tics, 35 per second (default: the scenario's; E1M1 8400)")
+    group.add_argument(
+        "--repeat_action_prob", type=float, default=None, help="probability of repeating the previous action instead of the chosen one (default 0.25)"
+    )
+    group.add_argument(
+        "--episode_timeout", type=int, default=None, help="episode length limit in game tics, 35 per second (default: the scenario's; E1M1 8400)"
+    )
     group.add_argument("--skill", type=int, default=None, help="Doom skill level 1-5 (default 3)")
     group.add_argument("--no_automap", action="store_true", help="do not give the agent the automap channel")
-    group.add_argument("--reward", choices=["paper", "scenario"], default=None, help="paper: shaped reward of appendix A.5 (default); scenario: the .cfg's own reward")
+    group.add_argument(
+        "--reward", choices=["paper", "scenario"], default=None, help="paper: shaped reward of appendix A.5 (default); scenario: the .cfg's own reward"
+    )
 
 
 def config_from_args(args, base: DoomConfig | None = None) -> DoomConfig:

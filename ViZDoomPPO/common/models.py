@@ -71,7 +71,9 @@ def load_agent(model_path: str | Path, observation_space: gym.spaces.Dict, num_a
     if not path.is_file() and path.with_suffix(".zip").is_file():
         path = path.with_suffix(".zip")
     if not path.is_file():
-        raise AgentLoadError(f"model file {model_path} not found (expected a .zip saved by train_ppo_parallel.py, e.g. ViZDoomPPO/logs/models/<run>/best_model.zip)")
+        raise AgentLoadError(
+            f"model file {model_path} not found (expected a .zip saved by train_ppo_parallel.py, e.g. ViZDoomPPO/logs/models/<run>/best_model.zip)"
+        )
     try:
         model = PPO.load(path, device=device)
     except Exception as error:

@@ -115,8 +115,7 @@ def check_compatible(existing: dict[str, Any], new: dict[str, Any], where: str) 
     if diffs:
         details = "; ".join(f"{key}: {existing.get(key)!r} there vs {new.get(key)!r} now" for key in diffs)
         raise DatasetError(
-            f"{where} already holds shards of a different dataset ({details}). "
-            "Use another --out_dir / --record_dir, or the same game settings as those shards."
+            f"{where} already holds shards of a different dataset ({details}). Use another --out_dir / --record_dir, or the same game settings as those shards."
         )
 
 
