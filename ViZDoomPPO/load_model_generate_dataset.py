@@ -102,8 +102,10 @@ def run_worker(worker_id: int, num_episodes: int, job: dict, messages) -> None:
         agent = load_agent(job["model_path"], env.observation_space, env.action_space.n) if job["model_path"] else None
         rng = np.random.default_rng(worker_seed(job["seed"], worker_id))
         env.action_space.seed(int(rng.integers(2**31)))
-        for _ in range(num_episodes):
+        for episode in range(num_episodes):
             obs, _ = env.reset(seed=int(rng.integers(2**31)))
+            if episode == 0:  # start-up (imports, policy, game) is over: throughput is measured from here
+                messages.put(("started", worker_id, time.time()))
             steps = 0
             for steps in range(1, job["max_steps"] + 1):
                 if agent is None:
@@ -118,7 +120,7 @@ def run_worker(worker_id: int, num_episodes: int, job: dict, messages) -> None:
             writer.end_episode(done=bool(terminated or truncated))
             messages.put(("episode", worker_id, steps % 64))
         env.close()
-        messages.put(("done", worker_id, writer.rows_written))
+        messages.put(("done", worker_id, (time.time(), writer.rows_written)))
     except BaseException:
         messages.put(("error", worker_id, traceback.format_exc()))
         raise
@@ -196,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     context = mp.get_context("spawn")  # no fork of a process that holds threads or a game
     messages = context.Queue()
     workers = [context.Process(target=run_worker, args=(w, n, job, messages), name=f"doom-worker-{w}") for w, n in enumerate(plan)]
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     frames = 0
     failed: str | None = None
     finished: set[int] = set()
+    worker_started: dict[int, float] = {}
+    worker_rates: list[float] = []  # frames/s of each worker from its first step to its end
 
     bar = tqdm(total=args.episodes, unit="episode", desc="recording")
     try:
@@ -218,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             elif kind == "episode":
                 frames += payload
                 bar.update(1)
+            elif kind == "started":
+                worker_started[worker_id] = payload
             elif kind == "done":
                 finished.add(worker_id)
+                end, rows = payload
+                worker_rates.append(rows / max(end - worker_started.get(worker_id, started_wall), 1e-9))
             elif kind == "error":
                 failed = f"worker {worker_id} failed:\n{payload}"
             bar.set_postfix(frames=frames, fps=f"{frames / (time.perf_counter() - started):.0f}")
@@ -240,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if failed is not None:
         print(f"error: {failed}\nshards written so far are complete and kept in {out_dir}", file=sys.stderr)
         return 1
-    print(f"recorded {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s) -> {out_dir}")
+    steady = sum(worker_rates)  # the workers' rates add up while they run side by side
+    print(f"recorded {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s; {steady:.1f} frames/s after start-up) -> {out_dir}")
     if args.upload:
         url = upload_dataset(out_dir, args.hf_repo, metadata, args.private)
         print(f"uploaded to {url}")
