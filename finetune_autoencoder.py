@@ -346,7 +346,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # Before any training (and before a checkpoint is loaded): the reference for PSNR and images.
     reference = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
     psnr_before = float(psnr(reference, validation_pixels).mean())
-    reference_title = "stock decoder" if pretrained else "initial"
+    reference_title, current_title = ("stock decoder", "fine-tuned") if pretrained else ("initial", "trained")
     accelerator.print(f"held-out PSNR before training: {psnr_before:.2f} dB ({len(validation_pixels)} frames)")
 
     lpips_model = load_lpips(args.lpips_weight, accelerator.device)
@@ -421,7 +421,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 current = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
                 accelerator.log({"heldout_psnr": float(psnr(current, validation_pixels).mean())}, step=global_step)
                 grid = reconstruction_grid(
-                    [validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, "trained"]
+                    [validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, current_title]
                 )
                 log_grid(accelerator, grid, output_dir, global_step)
                 model.train()
@@ -441,7 +441,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_episodes, config, accelerator.device))
         current = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
         psnr_after = float(psnr(current, validation_pixels).mean())
-        grid = reconstruction_grid([validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, "trained"])
+        grid = reconstruction_grid([validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, current_title])
         grid_path = log_grid(accelerator, grid, output_dir, global_step)
         accelerator.log({"heldout_psnr": psnr_after}, step=global_step)
         vae_dir = save_vae(vae, output_dir)

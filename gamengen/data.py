@@ -245,6 +245,9 @@ class EpisodeDataset:
                 "Name the right columns with --frame_column, --action_column, --episode_column, --step_column."
             )
         table = pq.read_table(path, columns=[self.columns.episode, self.columns.step, self.columns.action])
+        for position, role in ((1, "step"), (2, "action")):
+            if not pa.types.is_integer(table.column(position).type):
+                raise DatasetError(f"{path}: the {role} column '{table.column_names[position]}' has type {table.column(position).type}, expected integers")
         episode_ids = table.column(0).cast(pa.string()).to_numpy(zero_copy_only=False)
         steps = table.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
         actions = table.column(2).to_numpy(zero_copy_only=False)
