@@ -158,7 +158,8 @@ def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path | Non
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None) -> None:
     """Save the training state to a hidden folder, then rename it: a checkpoint that exists is complete."""
     if limit is not None:
-        for old in list_checkpoints(output_dir)[: max(0, len(list_checkpoints(output_dir)) - limit + 1)]:
+        existing = list_checkpoints(output_dir)
+        for old in existing[: max(0, len(existing) - limit + 1)]:  # make room for the new one
             shutil.rmtree(old)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = output_dir / f".{final.name}.tmp"
@@ -325,7 +326,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # Model: the pretrained VAE (a Hub id or a local folder, one code path), or a fresh one.
     pretrained = args.pretrained_model_name_or_path or config.pretrained_model_name_or_path
     if pretrained:
-        vae = load_vae(pretrained, revision=args.revision)
+        vae = load_vae(pretrained, revision=args.revision, cache_dir=args.cache_dir)
     elif args.train_encoder:
         vae = build_vae(config)
     else:

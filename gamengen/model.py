@@ -54,6 +54,7 @@ def load_vae(
     subfolder: str = VAE_SUBFOLDER,
     revision: str | None = None,
     torch_dtype: torch.dtype | None = None,
+    cache_dir: str | None = None,
 ) -> AutoencoderKL:
     """Load the ``vae/`` of a checkpoint: a local folder or a Hub repo id (e.g. CompVis/stable-diffusion-v1-4)."""
     if _is_local(pretrained_model_name_or_path):
@@ -70,7 +71,9 @@ def load_vae(
             )
         return AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype)
     try:
-        return AutoencoderKL.from_pretrained(str(pretrained_model_name_or_path), subfolder=subfolder, revision=revision, torch_dtype=torch_dtype)
+        return AutoencoderKL.from_pretrained(
+            str(pretrained_model_name_or_path), subfolder=subfolder, revision=revision, torch_dtype=torch_dtype, cache_dir=cache_dir
+        )
     except OSError as error:
         raise ModelLoadError(
             f"could not load {subfolder}/ of the Hub model {pretrained_model_name_or_path!r} ({error}). "
