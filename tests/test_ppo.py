@@ -7,9 +7,10 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_script
+
 from common.envs import DoomConfig, observation_space
 from common.utils import METADATA_KEY, list_shards
-from conftest import run_script
 
 TRAIN = "ViZDoomPPO/train_ppo_parallel.py"
 # Short episodes (120 tics = 30 agent steps) so that the game finishes several during the smoke run.
