@@ -142,3 +142,100 @@ def get_config(preset: str) -> ModelConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
     return PRESETS[preset]()
+
+
+# ----------------------------------------------------------------------------------------------
+# The world model (DESIGN.md sections 4-5): the UNet conditioned on past latents and actions.
+
+# The tiny preset's UNet: two resolution levels over the 12x16 latents, cross-attention to the
+# action tokens at the lower level only, noise-augmentation buckets as a class embedding.
+TINY_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": [12, 16],
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [64, 128],
+    "layers_per_block": 1,
+    "cross_attention_dim": 64,
+    "attention_head_dim": 8,
+    "norm_num_groups": 16,
+}
+
+# Context length per preset: the paper's 64 frames; a short context for the CPU preset (the
+# paper's context ablation: 1 frame is clearly worse than 2+, beyond 4 gains are small).
+DEFAULT_CONTEXT_LENGTH = {"sd14": 64, "tiny": 4}
+
+
+@dataclass
+class WorldModelConfig:
+    """Everything a consumer needs to run a checkpoint: written as ``gamengen_config.json``.
+
+    Channel layout of the UNet input: ``[noisy target latent, context latent t-N, ..., t-1]``
+    (``latent_channels * (context_length + 1)`` channels). One cross-attention token per context
+    action, oldest first. The noise-augmentation bucket of the context is the UNet's class label.
+    """
+
+    model: ModelConfig
+    context_length: int
+    action_names: list[str]
+    # UNet2DConditionModel arguments for a from-scratch build (tiny). sd14 starts from the
+    # pretrained UNet of ``model.pretrained_model_name_or_path`` and stores its config here on save.
+    unet: dict[str, Any] = field(default_factory=dict)
+    noise_buckets: int = 10  # paper: noise level in [0, max_noise_level] discretised into 10 buckets
+    max_noise_level: float = 0.7  # paper
+    context_dropout: float = 0.1  # paper: all context frames dropped 10% of the time (for CFG)
+    guidance_scale: float = 1.5  # paper: CFG on the context only
+    num_inference_steps: int = 4  # paper: 4 DDIM steps
+    # Bucket of the noise added to the context at inference. 0 (no noise): generated frames already
+    # carry the model's own small errors, and the paper's noise augmentation exists so that the
+    # model tolerates such corrupted context; a higher bucket trades sharpness for stability.
+    inference_noise_bucket: int = 0
+    prediction_type: str = "v_prediction"
+    dataset: dict[str, Any] = field(default_factory=dict)  # provenance: name, fingerprint, metadata
+    format_version: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if self.context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {self.context_length}")
+        if not self.action_names:
+            raise ValueError("action_names is empty: a world model needs the dataset's action list")
+        if not 0 <= self.inference_noise_bucket < self.noise_buckets:
+            raise ValueError(f"inference_noise_bucket {self.inference_noise_bucket} is not in 0..{self.noise_buckets - 1}")
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def unet_in_channels(self) -> int:
+        return self.model.latent_channels * (self.context_length + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = copy.deepcopy(asdict(self))
+        values["model"] = self.model.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> WorldModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown world model config keys {unknown}")
+        values = copy.deepcopy(values)
+        values["model"] = ModelConfig.from_dict(values["model"])
+        return cls(**values)
+
+
+def get_world_model_config(preset: str, action_names: list[str], context_length: int | None = None, **overrides: Any) -> WorldModelConfig:
+    """The world-model config of a preset for a dataset's action list (fields overridable)."""
+    model = get_config(preset)
+    unet = copy.deepcopy(TINY_UNET_CONFIG) if preset == "tiny" else {}
+    return WorldModelConfig(
+        model=model,
+        context_length=context_length or DEFAULT_CONTEXT_LENGTH[preset],
+        action_names=list(action_names),
+        unet=unet,
+        **overrides,
+    )

@@ -1,4 +1,4 @@
-"""Build, load and save the models of the checkpoint contract (DESIGN.md section 4); for now the VAE.
+"""Build, load and save the models of the checkpoint contract (DESIGN.md section 4): the VAE and the world model.
 
 Conventions every script shares:
 
@@ -15,16 +15,19 @@ Conventions every script shares:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from gamengen.config import ModelConfig
+from gamengen.config import ModelConfig, WorldModelConfig
 
 VAE_SUBFOLDER = "vae"
 # Padding value in [-1, 1] pixel space: black.
@@ -167,3 +170,260 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, config: ModelConfi
     """Scaled latents -> unpadded pixels in [-1, 1] (not clamped)."""
     pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     return unpad_frames(pixels, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# The world model: UNet + action embedding (one module, so DDP synchronises both)
+
+UNET_SUBFOLDER = "unet"
+SCHEDULER_SUBFOLDER = "scheduler"
+ACTION_EMBEDDING_FILE = "action_embedding.safetensors"
+CONFIG_FILE = "gamengen_config.json"
+
+
+class WorldModel(torch.nn.Module):
+    """Predicts the next frame's latent (as v) from noisy latents, past latents and past actions.
+
+    ``forward(noisy_latents (B,C,h,w), timesteps (B,), context_latents (B,N,C,h,w),
+    context_actions (B,N) int, noise_buckets (B,) int) -> (B,C,h,w)``. The context latents are
+    concatenated after the noisy latent on the channel axis; the actions become the
+    cross-attention tokens (in place of the text); the context noise bucket is the UNet's class
+    label, whose embedding is added to the timestep embedding.
+    """
+
+    def __init__(self, unet, num_actions: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.action_embedding = torch.nn.Embedding(num_actions, unet.config.cross_attention_dim)
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context_latents: torch.Tensor,
+        context_actions: torch.Tensor,
+        noise_buckets: torch.Tensor,
+    ) -> torch.Tensor:
+        batch, frames, channels, height, width = context_latents.shape
+        unet_input = torch.cat([noisy_latents, context_latents.reshape(batch, frames * channels, height, width)], dim=1)
+        tokens = self.action_embedding(context_actions)
+        return self.unet(unet_input, timesteps, encoder_hidden_states=tokens, class_labels=noise_buckets).sample
+
+
+def _unet_class():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel
+
+
+def build_unet(config: WorldModelConfig):
+    """An untrained UNet of the preset's size (tiny), with the widened input and the bucket embedding."""
+    if not config.unet:
+        raise ModelLoadError(f"the {config.model.preset!r} preset has no from-scratch UNet config: it starts from a pretrained UNet (widen_pretrained_unet)")
+    arguments = {**config.unet, "in_channels": config.unet_in_channels, "num_class_embeds": config.noise_buckets}
+    arguments["out_channels"] = config.model.latent_channels
+    return _unet_class()(**arguments)
+
+
+def widen_pretrained_unet(pretrained, config: WorldModelConfig):
+    """A text-to-image UNet turned into the world model's UNet (paper section 3.2).
+
+    ``conv_in`` gets ``latent_channels * (N + 1)`` input channels: the pretrained weights stay on
+    the noisy-latent channels and the new context channels start at zero; the noise-bucket
+    embedding starts at zero. So the widened network initially computes exactly what the
+    pretrained one computed on the noisy latent, whatever the context.
+    """
+    channels = config.model.latent_channels
+    if pretrained.config.in_channels != channels:
+        raise ModelLoadError(f"the pretrained UNet takes {pretrained.config.in_channels} input channels, the latents have {channels}")
+    arguments = {**dict(pretrained.config), "in_channels": config.unet_in_channels, "num_class_embeds": config.noise_buckets}
+    arguments = {k: v for k, v in arguments.items() if not k.startswith("_")}
+    unet = _unet_class().from_config(arguments)
+    state = pretrained.state_dict()
+    weight = state["conv_in.weight"]
+    widened = torch.zeros(weight.shape[0], config.unet_in_channels, *weight.shape[2:], dtype=weight.dtype)
+    widened[:, :channels] = weight
+    state["conv_in.weight"] = widened
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if unexpected or any(not name.startswith("class_embedding") for name in missing):
+        raise ModelLoadError(f"the pretrained UNet does not fit: missing {missing}, unexpected {unexpected}")
+    torch.nn.init.zeros_(unet.class_embedding.weight)
+    return unet
+
+
+def build_world_model(config: WorldModelConfig, pretrained_unet=None) -> WorldModel:
+    """A new world model: from scratch (tiny) or from a pretrained text-to-image UNet (sd14)."""
+    unet = widen_pretrained_unet(pretrained_unet, config) if pretrained_unet is not None else build_unet(config)
+    return WorldModel(unet, config.num_actions)
+
+
+def load_pretrained_unet(pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None):
+    """The ``unet/`` of a Stable Diffusion checkpoint (Hub id or local folder), for widening."""
+    try:
+        return _unet_class().from_pretrained(str(pretrained_model_name_or_path), subfolder=UNET_SUBFOLDER, revision=revision)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"could not load unet/ of {pretrained_model_name_or_path!r} ({error}); pass a Hub id or a folder with unet/") from error
+
+
+def make_scheduler(config: WorldModelConfig):
+    """The DDIM scheduler of the checkpoint: SD v1.4's noise schedule, v-prediction, and
+    "trailing" timestep spacing so that a 4-step sampler starts from pure noise (t = 999)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=config.prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Context conditioning shared by training and the engine
+
+
+def noise_level(buckets: torch.Tensor, config: WorldModelConfig) -> torch.Tensor:
+    """Standard deviation of the Gaussian noise added to the context for each bucket: bucket 0 is
+    clean, the last bucket is ``max_noise_level``, evenly spaced between."""
+    return buckets.float() * (config.max_noise_level / max(config.noise_buckets - 1, 1))
+
+
+def corrupt_context(context_latents: torch.Tensor, buckets: torch.Tensor, config: WorldModelConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise augmentation (paper section 3.2.1): ``context + sigma(bucket) * eps``, per sample."""
+    sigma = noise_level(buckets, config).to(context_latents.device, context_latents.dtype).view(-1, *([1] * (context_latents.ndim - 1)))
+    noise = torch.randn(context_latents.shape, generator=generator, device=context_latents.device, dtype=context_latents.dtype)
+    return context_latents + sigma * noise
+
+
+def drop_context(context_latents: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Zero EVERY context frame of the samples where ``drop`` is true: the unconditional input that
+    classifier-free guidance on the context uses at inference."""
+    keep = (~drop).to(context_latents.dtype).view(-1, *([1] * (context_latents.ndim - 1)))
+    return context_latents * keep
+
+
+# ----------------------------------------------------------------------------------------------
+# The checkpoint folder (DESIGN.md section 4)
+
+
+@dataclass
+class WorldModelBundle:
+    """What a consumer needs: the model, the VAE, the scheduler and the config."""
+
+    model: WorldModel
+    vae: AutoencoderKL
+    scheduler: Any
+    config: WorldModelConfig
+
+
+def save_world_model(
+    output_dir: str | os.PathLike, model: WorldModel, vae: AutoencoderKL, config: WorldModelConfig, scheduler=None, model_card: str | None = None
+) -> Path:
+    """Write a complete checkpoint folder atomically (a hidden temporary folder, then renamed over)."""
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    config.unet = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
+    model.unet.save_pretrained(tmp / UNET_SUBFOLDER)
+    vae.save_pretrained(tmp / VAE_SUBFOLDER)
+    (scheduler or make_scheduler(config)).save_pretrained(tmp / SCHEDULER_SUBFOLDER)
+    save_file({"weight": model.action_embedding.weight.detach().float().cpu().contiguous()}, str(tmp / ACTION_EMBEDDING_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    (tmp / "README.md").write_text(model_card or default_model_card(config))
+    if output_dir.exists():
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return output_dir
+
+
+def default_model_card(config: WorldModelConfig) -> str:
+    return (
+        "---\ntags:\n- gamengen\n- world-model\n- vizdoom\n---\n\n"
+        f"# GameNGen world model ({config.model.preset})\n\n"
+        f"Predicts the next {config.model.frame_width}x{config.model.frame_height} DOOM frame from the last "
+        f"{config.context_length} frames and actions ({config.num_actions} actions: {', '.join(config.action_names)}). "
+        f"Sampling: {config.num_inference_steps} DDIM steps, v-prediction, CFG {config.guidance_scale} on the context.\n\n"
+        f"Dataset: {config.dataset.get('name', 'unknown')}\n"
+    )
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint folder, or a Hub model id downloaded to the local cache."""
+    if _is_local(name_or_path):
+        root = Path(name_or_path).expanduser()
+        if not root.is_dir():
+            raise ModelLoadError(f"checkpoint folder {root} does not exist (a Hub model id looks like USER/NAME)")
+        return root
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision))
+    except Exception as error:
+        raise ModelLoadError(f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local folder") from error
+
+
+def load_world_model(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_actions: int | None = None,
+    revision: str | None = None,
+) -> WorldModelBundle:
+    """THE loader of every consumer: a checkpoint folder or Hub id -> WorldModelBundle.
+
+    Refuses a folder with a missing part, or whose parts disagree with its config (or with
+    ``num_actions`` when the caller knows how many actions its data has)."""
+    from diffusers import DDIMScheduler
+    from safetensors.torch import load_file
+
+    root = resolve_checkpoint(name_or_path, revision)
+    parts = [
+        CONFIG_FILE,
+        f"{UNET_SUBFOLDER}/config.json",
+        f"{VAE_SUBFOLDER}/config.json",
+        f"{SCHEDULER_SUBFOLDER}/scheduler_config.json",
+        ACTION_EMBEDDING_FILE,
+    ]
+    missing = [part for part in parts if not (root / part).is_file()]
+    if missing:
+        raise ModelLoadError(f"{root} is not a complete world-model checkpoint: missing {', '.join(missing)} (written by train_text_to_image.py)")
+    try:
+        config = WorldModelConfig.from_dict(json.loads((root / CONFIG_FILE).read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{root / CONFIG_FILE} is not a valid world-model config: {error}") from error
+    if num_actions is not None and num_actions != config.num_actions:
+        raise ModelLoadError(f"the checkpoint was trained with {config.num_actions} actions, the data has {num_actions}")
+    unet = _unet_class().from_pretrained(root, subfolder=UNET_SUBFOLDER)
+    problems = []
+    if unet.config.in_channels != config.unet_in_channels:
+        problems.append(f"unet takes {unet.config.in_channels} input channels, the config needs {config.unet_in_channels} (context {config.context_length})")
+    if unet.config.num_class_embeds != config.noise_buckets:
+        problems.append(f"unet has {unet.config.num_class_embeds} noise buckets, the config {config.noise_buckets}")
+    embedding = load_file(str(root / ACTION_EMBEDDING_FILE))["weight"]
+    if tuple(embedding.shape) != (config.num_actions, unet.config.cross_attention_dim):
+        problems.append(f"action embedding is {tuple(embedding.shape)}, expected ({config.num_actions}, {unet.config.cross_attention_dim})")
+    vae = AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER)
+    try:
+        check_vae(vae, config.model)
+    except ModelLoadError as error:
+        problems.append(str(error))
+    if problems:
+        raise ModelLoadError(f"{root} does not match its {CONFIG_FILE}: " + "; ".join(problems))
+    model = WorldModel(unet, config.num_actions)
+    with torch.no_grad():
+        model.action_embedding.weight.copy_(embedding)
+    scheduler = DDIMScheduler.from_pretrained(root, subfolder=SCHEDULER_SUBFOLDER)
+    model.to(device=device, dtype=dtype).eval()
+    vae.to(device=device, dtype=dtype).eval()
+    return WorldModelBundle(model=model, vae=vae, scheduler=scheduler, config=config)
