@@ -29,10 +29,8 @@ Paper setting (GPU):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,14 +48,11 @@ from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.data import ColumnNames, DatasetError, EpisodeDataset, FrameDataset, LocalShuffleSampler, open_dataset
+from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
+from gamengen.training import UsageError, check_output_dir, checkpoint_step, find_checkpoint, save_checkpoint, write_json
 
 SUMMARY_FILE = "vae_training.json"
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
-class UsageError(ValueError):
-    """Arguments or an output folder that this run cannot use as given."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,62 +117,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------
-# Output folder and checkpoints
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (folders being written are hidden, see save_checkpoint)."""
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def check_output_dir(output_dir: Path, resuming: bool) -> None:
-    """A new run never overwrites the results of an earlier one; a resumed run continues it."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
-    earlier = [p.name for p in [output_dir / "vae", *list_checkpoints(output_dir)] if p.exists()] if output_dir.exists() else []
-    if earlier and not resuming:
-        raise UsageError(
-            f"--output_dir {output_dir} already holds the results of an earlier run ({', '.join(earlier[:3])}). "
-            "Continue it with --resume_from_checkpoint latest, or choose another --output_dir."
-        )
-
-
-def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path | None:
-    if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume_from_checkpoint)
-    if not path.is_dir():
-        path = output_dir / resume_from_checkpoint
-    if not path.is_dir() or not path.name[len(CHECKPOINT_PREFIX) :].isdigit():
-        raise UsageError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder (expected 'latest' or .../{CHECKPOINT_PREFIX}<step>)")
-    return path
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None) -> None:
-    """Save the training state to a hidden folder, then rename it: a checkpoint that exists is complete."""
-    if limit is not None:
-        existing = list_checkpoints(output_dir)
-        for old in existing[: max(0, len(existing) - limit + 1)]:  # make room for the new one
-            shutil.rmtree(old)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = output_dir / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    (tmp / "training_state.json").write_text(json.dumps({"global_step": step}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------
 # Model pieces
 
 
@@ -225,12 +164,6 @@ def load_lpips(weight: float, device: torch.device) -> torch.nn.Module | None:
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of pixels in [-1, 1] (peak = full range)."""
-    mse = ((prediction.float().clamp(-1, 1) - target.float()) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -295,7 +228,7 @@ def log_grid(accelerator: Accelerator, grid: Image.Image, output_dir: Path, step
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
-    check_output_dir(output_dir, resuming=args.resume_from_checkpoint is not None)
+    check_output_dir(output_dir, resuming=args.resume_from_checkpoint is not None, results=["vae"])
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -373,7 +306,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
         else:
             accelerator.load_state(str(checkpoint))
-            global_step = int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+            global_step = checkpoint_step(checkpoint)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
     start_step = global_step
 
