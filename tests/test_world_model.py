@@ -1,0 +1,162 @@
+"""The world model: widened UNet, action tokens, noise augmentation, context dropout, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from gamengen.config import TINY_UNET_CONFIG, get_world_model_config
+from gamengen.model import (
+    ModelLoadError,
+    build_vae,
+    build_world_model,
+    corrupt_context,
+    drop_context,
+    load_pretrained_unet,
+    load_world_model,
+    make_scheduler,
+    noise_level,
+    save_world_model,
+)
+
+ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "ATTACK"]
+
+
+def window_batch(config, size=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    channels, height, width = config.model.latent_shape
+    return {
+        "noisy": torch.randn(size, channels, height, width, generator=generator),
+        "timesteps": torch.randint(0, 1000, (size,), generator=generator),
+        "context": torch.randn(size, config.context_length, channels, height, width, generator=generator),
+        "actions": torch.randint(0, len(ACTIONS), (size, config.context_length), generator=generator),
+        "buckets": torch.randint(0, config.noise_buckets, (size,), generator=generator),
+    }
+
+
+@pytest.fixture
+def config():
+    return get_world_model_config("tiny", ACTIONS)
+
+
+def test_unet_input_is_noisy_latent_then_context_oldest_first(config):
+    torch.manual_seed(0)
+    model = build_world_model(config).eval()
+    assert model.unet.config.in_channels == 4 * (config.context_length + 1)
+    seen = {}
+    model.unet.conv_in.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0]))
+    batch = window_batch(config)
+    with torch.no_grad():
+        out = model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+    assert out.shape == batch["noisy"].shape
+    assert torch.equal(seen["x"][:, :4], batch["noisy"])
+    for k in range(config.context_length):
+        assert torch.equal(seen["x"][:, 4 * (k + 1) : 4 * (k + 2)], batch["context"][:, k])
+
+
+def test_actions_and_noise_bucket_change_the_prediction(config):
+    torch.manual_seed(0)
+    model = build_world_model(config).eval()
+    torch.nn.init.normal_(model.unet.class_embedding.weight)
+    batch = window_batch(config)
+    args = [batch["noisy"], batch["timesteps"], batch["context"]]
+    with torch.no_grad():
+        base = model(*args, batch["actions"], batch["buckets"])
+        other_actions = model(*args, (batch["actions"] + 1) % len(ACTIONS), batch["buckets"])
+        other_bucket = model(*args, batch["actions"], (batch["buckets"] + 1) % config.noise_buckets)
+    assert (base - other_actions).abs().max() > 1e-4
+    assert (base - other_bucket).abs().max() > 1e-4
+
+
+def test_widened_pretrained_unet_reproduces_the_pretrained_output(config, tmp_path):
+    """The sd14 path on a tiny 'pretrained' UNet saved with save_pretrained: context channels start at
+    zero and the bucket embedding at zero, so the widened UNet computes exactly what the original did."""
+    torch.manual_seed(1)
+    pretrained = UNet2DConditionModel(**{**TINY_UNET_CONFIG, "in_channels": 4})
+    pretrained.save_pretrained(tmp_path / "sd" / "unet")
+    loaded = load_pretrained_unet(tmp_path / "sd")  # the same loader a Hub id goes through
+    model = build_world_model(config, pretrained_unet=loaded).eval()
+    batch = window_batch(config)
+    with torch.no_grad():
+        tokens = model.action_embedding(batch["actions"])
+        expected = pretrained(batch["noisy"], batch["timesteps"], encoder_hidden_states=tokens).sample
+        got = model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_context_dropout_zeroes_every_context_frame():
+    context = torch.randn(4, 3, 4, 6, 8) + 5
+    drop = torch.tensor([True, False, True, False])
+    dropped = drop_context(context, drop)
+    assert not dropped[drop].any()  # all frames of the dropped samples
+    assert torch.equal(dropped[~drop], context[~drop])
+
+
+def test_noise_augmentation_levels(config):
+    buckets = torch.arange(config.noise_buckets)
+    levels = noise_level(buckets, config)
+    assert levels[0] == 0 and torch.isclose(levels[-1], torch.tensor(0.7))
+    clean = torch.zeros(config.noise_buckets, 2, 4, 12, 16)
+    corrupted = corrupt_context(clean, buckets, config, torch.Generator().manual_seed(0))
+    assert torch.equal(corrupted[0], clean[0])  # bucket 0: untouched
+    stds = corrupted.flatten(1).std(dim=1)
+    assert torch.allclose(stds[1:], levels[1:], rtol=0.15)
+
+
+def test_training_loss_applies_dropout_to_the_whole_context(config):
+    import train_text_to_image as trainer
+
+    torch.manual_seed(0)
+    model = build_world_model(config)
+    seen = []
+    model.unet.conv_in.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    batch = window_batch(config, size=64)
+    batch = {"target": batch["noisy"], "context": batch["context"], "actions": batch["actions"]}
+    config.context_dropout = 0.5
+    loss = trainer.diffusion_loss(model, batch, config, make_scheduler(config), torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    context_part = seen[0][:, 4:].flatten(1)
+    zeroed = (context_part == 0).all(dim=1)
+    assert 10 < zeroed.sum() < 54  # about half the samples lost ALL their context frames
+    assert ((context_part != 0).all(dim=1) | zeroed).all()  # never only some frames
+
+
+def test_checkpoint_round_trip_through_the_shared_loader(config, tmp_path):
+    torch.manual_seed(0)
+    model = build_world_model(config).eval()
+    vae = build_vae(config.model)
+    config.dataset = {"name": "unit-test"}
+    save_world_model(tmp_path / "wm", model, vae, config)
+    assert {p.name for p in (tmp_path / "wm").iterdir()} >= {"unet", "vae", "scheduler", "action_embedding.safetensors", "gamengen_config.json", "README.md"}
+    bundle = load_world_model(tmp_path / "wm")
+    assert bundle.config.action_names == ACTIONS and bundle.config.dataset == {"name": "unit-test"}
+    assert bundle.scheduler.config.prediction_type == "v_prediction"
+    batch = window_batch(config)
+    with torch.no_grad():
+        expected = model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+        got = bundle.model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+    assert torch.allclose(expected, got, atol=1e-6)
+
+
+def test_loader_refuses_broken_checkpoints(config, tmp_path):
+    torch.manual_seed(0)
+    save_world_model(tmp_path / "wm", build_world_model(config), build_vae(config.model), config)
+    with pytest.raises(ModelLoadError, match="trained with 4 actions, the data has 7"):
+        load_world_model(tmp_path / "wm", num_actions=7)
+
+    shutil.copytree(tmp_path / "wm", tmp_path / "other_context")
+    saved = json.loads((tmp_path / "other_context" / "gamengen_config.json").read_text())
+    saved["context_length"] = 8
+    (tmp_path / "other_context" / "gamengen_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ModelLoadError, match="input channels"):
+        load_world_model(tmp_path / "other_context")
+
+    shutil.rmtree(tmp_path / "wm" / "vae")
+    with pytest.raises(ModelLoadError, match="missing vae/config.json"):
+        load_world_model(tmp_path / "wm")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_world_model(tmp_path / "nowhere")
