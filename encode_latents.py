@@ -1,0 +1,295 @@
+"""Encode every frame of a dataset with the VAE once, so that world-model training never runs the encoder.
+
+GameNGen (section 3.2) trains the UNet on VAE latents of the context frames and of the target
+frame; the encoder is frozen, so each frame's latent never changes. Encoding the N+1 frames of
+every sample on the fly costs far more than the rest of the data pipeline (benchmarks/
+bench_latent_cache.py); this script encodes each frame once (the posterior mean times the VAE's
+scaling factor, ``gamengen.model.encode_frames``) and ``train_text_to_image.py --latents_dir``
+then reads the windows from the cache (``gamengen.data.LatentWindowDataset``).
+
+Output (``--output_dir``): ``manifest.json`` (the VAE and a fingerprint of its encoder, the preset,
+frame size, latent shape and scaling factor, the dataset's shards, sizes and episodes, which is
+also the index of the latent files) and ``shards/<parquet shard>.safetensors`` (one per parquet
+shard: ``latents`` float16 (rows, C, h, w), ``actions`` int64). Each file is written under a
+temporary name and renamed. A rerun skips the shards already encoded, so an interrupted run is
+resumed by running the same command again; after new shards are recorded into the dataset, a rerun
+encodes only those. A folder made with another VAE or preset is refused.
+
+Example (tiny preset, CPU; the VAE from finetune_autoencoder.py --train_encoder):
+
+    python encode_latents.py --preset tiny --dataset_name /tmp/ds \
+        --pretrained_vae_model_name_or_path /tmp/vae --output_dir /tmp/ds-latents
+
+Paper setting (GPU): SD v1.4's VAE (or its fine-tuned decoder: the encoder is the same) on 320x240 frames:
+
+    python encode_latents.py --preset sd14 --dataset_name USER/vizdoom-e1m1 \
+        --pretrained_vae_model_name_or_path CompVis/stable-diffusion-v1-4 --output_dir data/e1m1-latents \
+        --batch_size 64 --mixed_precision fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from gamengen.config import PRESETS, ModelConfig, get_config
+from gamengen.data import (
+    LATENT_CACHE_FORMAT,
+    LATENT_CACHE_VERSION,
+    MANIFEST_FILE,
+    ColumnNames,
+    DatasetError,
+    EpisodeDataset,
+    FrameDataset,
+    check_action_ids,
+    check_frame_size,
+    dataset_fingerprint,
+    dataset_shards,
+    encoder_fingerprint,
+    open_dataset,
+    read_latent_manifest,
+    write_json_atomic,
+    write_latent_shard,
+)
+from gamengen.model import ModelLoadError, check_vae, encode_frames, load_vae
+from gamengen.training import UsageError
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Manifest entries a rerun must agree on: latents made under other settings cannot share a folder.
+MUST_MATCH = ("preset", "frame_width", "frame_height", "padded_width", "padded_height", "latent_shape", "latent_dtype", "columns")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
+    parser.add_argument(
+        "--pretrained_vae_model_name_or_path",
+        default=None,
+        help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for sd14; the tiny preset has none)",
+    )
+    parser.add_argument("--vae_subfolder", default="vae", help="subfolder of the VAE inside --pretrained_vae_model_name_or_path")
+    parser.add_argument("--revision", default=None, help="revision of a Hub model or dataset")
+    parser.add_argument("--output_dir", required=True, help="the latent cache folder (created; a rerun into it resumes)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and latent shape (gamengen/config.py)")
+    parser.add_argument("--batch_size", type=int, default=32, help="frames per VAE forward pass")
+    parser.add_argument(
+        "--mixed_precision", choices=sorted(DTYPES), default="no", help="dtype of the VAE's weights while encoding (latents are stored as fp16)"
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="processes decoding PNG frames (0: in the main process)")
+    parser.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
+    parser.add_argument(
+        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
+    )
+    parser.add_argument("--action_column", default=None, help="column of actions (default 'action')")
+    parser.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
+    parser.add_argument("--step_column", default=None, help="column of step indices within an episode (default 'step_id')")
+    parser.add_argument(
+        "--num_actions", type=int, default=None, help="number of actions, for datasets without action_names metadata (action ids are checked against it)"
+    )
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
+    return args
+
+
+def column_names(args: argparse.Namespace) -> ColumnNames | None:
+    explicit = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
+    if all(value is None for value in explicit.values()):
+        return None
+    return ColumnNames(**{key: value for key, value in explicit.items() if value is not None})
+
+
+def build_manifest(args: argparse.Namespace, config: ModelConfig, dataset: EpisodeDataset, vae_path: str, encoder_sha256: str, scaling_factor: float) -> dict:
+    return {
+        "format": LATENT_CACHE_FORMAT,
+        "format_version": LATENT_CACHE_VERSION,
+        "preset": config.preset,
+        "frame_width": config.frame_width,
+        "frame_height": config.frame_height,
+        "padded_width": config.padded_width,
+        "padded_height": config.padded_height,
+        "latent_shape": list(config.latent_shape),
+        "latent_dtype": "float16",
+        "latents": "VAE posterior mean x scaling_factor (gamengen.model.encode_frames), frames padded as the preset says",
+        "vae": {
+            "name_or_path": vae_path,
+            "subfolder": args.vae_subfolder,
+            "revision": args.revision,
+            "encoder_sha256": encoder_sha256,
+            "scaling_factor": scaling_factor,
+        },
+        "columns": asdict(dataset.columns),
+        "action_names": dataset.action_names,
+        "num_actions": args.num_actions if args.num_actions is not None else (len(dataset.action_names) if dataset.action_names else None),
+        "dataset": {
+            "name": str(args.dataset_name),
+            "fingerprint": dataset_fingerprint(dataset),
+            "num_episodes": len(dataset.episodes),
+            "num_frames": len(dataset),
+            "metadata": dataset.metadata,
+        },
+        "shards": dataset_shards(dataset),
+        "encoded_with": {"mixed_precision": args.mixed_precision, "torch": torch.__version__, "diffusers": diffusers.__version__},
+    }
+
+
+def check_existing(output_dir: Path, existing: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """A rerun may finish the shards of the same dataset (or of new shards added to it) with the same
+    VAE and preset; anything else would mix incompatible latents in one folder."""
+    differences = [f"{key}: {existing.get(key)!r} there, {manifest[key]!r} now" for key in MUST_MATCH if existing.get(key) != manifest[key]]
+    for key in ("encoder_sha256", "scaling_factor"):
+        if existing["vae"].get(key) != manifest["vae"][key]:
+            differences.append(f"VAE {key}: {existing['vae'].get(key)!r} ({existing['vae'].get('name_or_path')}) there, {manifest['vae'][key]!r} now")
+    if differences:
+        raise UsageError(
+            f"{output_dir} already holds latents made with other settings ({'; '.join(differences)}). "
+            f"To finish or extend it, run with the VAE and --preset it was made with ({existing['vae'].get('name_or_path')}, --preset {existing.get('preset')}); "
+            "for this VAE or preset, pick a new --output_dir"
+        )
+    current = {shard["source"]: shard for shard in manifest["shards"]}
+    encoded = [shard for shard in existing["shards"] if (output_dir / shard["file"]).is_file()]
+    if encoded and not any(shard["source"] in current for shard in encoded):
+        raise UsageError(
+            f"{output_dir} holds the latents of another dataset ({existing['dataset'].get('name')!r}; none of its shards is in {manifest['dataset']['name']!r}): "
+            "pick a new --output_dir"
+        )
+    for shard in encoded:
+        now = current.get(shard["source"])
+        if now is None:
+            raise UsageError(
+                f"{output_dir} holds latents of {shard['source']}, which the dataset no longer has: it was made from another version of the dataset; "
+                "pick a new --output_dir (or delete that folder)"
+            )
+        if (now["size"], now["episodes"]) != (shard["size"], shard["episodes"]):
+            raise UsageError(
+                f"{shard['source']} changed since its latents were written ({shard['size']} -> {now['size']} bytes or other episodes): "
+                f"delete {output_dir / shard['file']} to encode it again, or pick a new --output_dir"
+            )
+
+
+def is_encoded(output_dir: Path, shard: dict[str, Any], encoder_sha256: str) -> bool:
+    """True when the shard's latent file is there and was written for this source and VAE."""
+    path = output_dir / shard["file"]
+    if not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as handle:
+        info = handle.metadata() or {}
+    if (info.get("source"), info.get("source_size"), info.get("encoder_sha256")) != (shard["source"], str(shard["size"]), encoder_sha256):
+        raise UsageError(f"{path} was not written for this dataset shard and VAE: delete it (it is encoded again) or pick a new --output_dir")
+    return True
+
+
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Half-written files of interrupted runs (hidden ``.<name>.tmp-<pid>``, never read), unless their writer still runs."""
+    for path in output_dir.rglob(".*.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if path.is_file() and not (pid.isdigit() and int(pid) != os.getpid() and process_exists(int(pid))):
+            path.unlink()
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@torch.no_grad()
+def encode_shard(vae, dataset: EpisodeDataset, shard: int, config: ModelConfig, args: argparse.Namespace, device: torch.device, progress) -> torch.Tensor:
+    """Latents (rows, C, h, w) of every row of parquet file ``dataset.files[shard]``, in row order, as fp16 on the CPU."""
+    rows = torch.utils.data.Subset(FrameDataset(dataset), dataset.shard_frame_indices(shard).tolist())
+    loader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, num_workers=args.dataloader_num_workers)
+    chunks = []
+    for pixels in loader:
+        chunks.append(encode_frames(vae, pixels.to(device), config).to("cpu", torch.float16))
+        progress.update(len(pixels))
+    return torch.cat(chunks)
+
+
+def shard_actions(dataset: EpisodeDataset, shard: int) -> np.ndarray:
+    parts = sorted((e.start, i) for i, e in enumerate(dataset.episodes) if e.shard == shard)
+    return np.concatenate([dataset.actions(i) for _, i in parts])
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
+    config = get_config(args.preset)
+    dataset = open_dataset(args.dataset_name, columns=column_names(args), revision=args.revision, cache_dir=args.cache_dir, cache_row_groups=4)
+    check_frame_size(dataset, config)
+    if args.num_actions is not None or dataset.action_names:
+        check_action_ids(dataset.episode_ids, [dataset.actions(i) for i in range(len(dataset.episodes))], args.num_actions, dataset.action_names)
+
+    vae_path = args.pretrained_vae_model_name_or_path or config.pretrained_model_name_or_path
+    if not vae_path:
+        raise UsageError(
+            f"the {config.preset!r} preset has no pretrained VAE: pass --pretrained_vae_model_name_or_path (e.g. the --output_dir of finetune_autoencoder.py)"
+        )
+    vae = load_vae(vae_path, subfolder=args.vae_subfolder, revision=args.revision, cache_dir=args.cache_dir)
+    check_vae(vae, config)
+    encoder_sha256 = encoder_fingerprint(vae)  # of the stored weights, before any cast
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae.to(device).eval().requires_grad_(False)
+    if DTYPES[args.mixed_precision] != torch.float32:
+        vae.to(dtype=DTYPES[args.mixed_precision])
+
+    manifest = build_manifest(args, config, dataset, str(vae_path), encoder_sha256, float(vae.config.scaling_factor))
+    existing = read_latent_manifest(output_dir)
+    if existing is not None:
+        check_existing(output_dir, existing, manifest)
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
+        raise UsageError(f"--output_dir {output_dir} is not empty and holds no latent cache ({MANIFEST_FILE}): pick a new or empty folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)
+    # The manifest (and index) first: until every shard file it lists exists, readers call the cache unfinished.
+    write_json_atomic(output_dir / MANIFEST_FILE, manifest)
+
+    shards = manifest["shards"]
+    pending = [i for i, shard in enumerate(shards) if not is_encoded(output_dir, shard, encoder_sha256)]
+    skipped = len(shards) - len(pending)
+    if skipped:
+        print(f"skipping {skipped} of {len(shards)} shards already encoded in {output_dir}")
+    frames = sum(shards[i]["num_rows"] for i in pending)
+    print(
+        f"encoding {frames} frames of {len(pending)} shards with {vae_path} ({config.preset} preset, latents {'x'.join(map(str, config.latent_shape))}) on {device}"
+    )
+    started = time.perf_counter()
+    with tqdm(total=frames, desc="encoding", unit="frame") as progress:
+        for shard in pending:
+            latents = encode_shard(vae, dataset, shard, config, args, device, progress)
+            write_latent_shard(output_dir, shards[shard], latents, shard_actions(dataset, shard), encoder_sha256)
+    seconds = time.perf_counter() - started
+    summary = {
+        "output_dir": str(output_dir),
+        "shards_encoded": len(pending),
+        "shards_skipped": skipped,
+        "frames_encoded": frames,
+        "seconds": seconds,
+        "frames_per_second": frames / seconds if frames and seconds > 0 else None,
+    }
+    rate = f" ({summary['frames_per_second']:.1f} frames/s)" if summary["frames_per_second"] else ""
+    print(f"encoded {frames} frames in {seconds:.1f} s{rate}; the cache {output_dir} holds {len(dataset)} frames of {len(dataset.episodes)} episodes")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (DatasetError, ModelLoadError, UsageError) as error:
+        sys.exit(f"error: {error}")

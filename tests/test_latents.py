@@ -1,0 +1,182 @@
+"""encode_latents.py and the latent cache: the cached windows are the encoded pixel windows, reruns
+resume without redoing work, and a cache never meets another VAE, preset or dataset unnoticed."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+from diffusers.models.autoencoders.vae import Encoder
+from safetensors.torch import load_file
+from test_windows import write_coded_dataset
+
+import encode_latents
+from gamengen.config import get_config
+from gamengen.data import (
+    DatasetError,
+    LatentCache,
+    LatentWindowDataset,
+    PixelWindowDataset,
+    encode_pixel_windows,
+    encoder_fingerprint,
+    open_dataset,
+    open_latent_cache,
+    split_episode_ids,
+)
+from gamengen.model import build_vae, load_vae, save_vae
+from gamengen.training import UsageError
+
+CONTEXT = 4
+LENGTHS = [9, 3, 12, 6]
+
+
+def make_vae(directory: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_vae(build_vae(get_config("tiny")), directory)
+    return directory
+
+
+def encode(dataset: Path, vae: Path, output: Path, *extra: str) -> dict:
+    """encode_latents.py in this process (the CLI itself is run once, in the fixture)."""
+    args = ["--preset", "tiny", "--dataset_name", str(dataset), "--pretrained_vae_model_name_or_path", str(vae), "--output_dir", str(output), *extra]
+    return encode_latents.main(encode_latents.parse_args(args))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """A coded 64x48 dataset over several shards, a random tiny VAE, and its latents made by the CLI."""
+    root = tmp_path_factory.mktemp("latents")
+    dataset = root / "ds"
+    write_coded_dataset(dataset, LENGTHS, rows_per_shard=8)
+    vae = make_vae(root / "vae", seed=0)
+    cache = root / "cache"
+    result = run_script("encode_latents.py", "--preset", "tiny", "--dataset_name", dataset, "--pretrained_vae_model_name_or_path", vae, "--output_dir", cache)
+    assert f"encoded {sum(LENGTHS)} frames" in result.stdout
+    return {"root": root, "dataset": dataset, "vae": vae, "cache": cache}
+
+
+def test_cached_windows_equal_the_encoded_pixel_windows(setup):
+    episodes = open_dataset(setup["dataset"])
+    vae = load_vae(setup["vae"]).eval()
+    config = get_config("tiny")
+    cache = open_latent_cache(setup["cache"], dataset=episodes, config=config, vae=vae)
+    latent_windows = LatentWindowDataset(cache, context_length=CONTEXT)
+    pixel_windows = PixelWindowDataset(episodes, context_length=CONTEXT, config=config)
+    assert len(latent_windows) == len(pixel_windows) == sum(length - 1 for length in LENGTHS)
+    assert latent_windows.episode_ids == pixel_windows.episode_ids
+
+    def batches(windows):
+        return torch.utils.data.DataLoader(windows, batch_size=len(windows), shuffle=False)
+
+    from_cache = next(iter(batches(latent_windows)))
+    from_pixels = encode_pixel_windows(vae, next(iter(batches(pixel_windows))), config)
+    assert from_cache["context"].shape == (len(latent_windows), CONTEXT, *config.latent_shape) and from_cache["context"].dtype == torch.float32
+    assert from_cache["target"].shape == (len(latent_windows), *config.latent_shape)
+    assert from_cache.keys() == from_pixels.keys()
+    for key in ("actions", "context_mask", "num_padded", "episode_index", "step"):
+        assert torch.equal(from_cache[key], from_pixels[key]), key
+    scale = from_pixels["context"].abs().max()
+    for key in ("context", "target"):  # stored as float16
+        assert torch.allclose(from_cache[key], from_pixels[key], rtol=2e-3, atol=2e-3 * scale), key
+    # The same split by episode id on both sides; windows survive pickling (DataLoader workers).
+    train_ids, _ = split_episode_ids(cache.episode_ids, 0.25)
+    train = pickle.loads(pickle.dumps(LatentWindowDataset(cache, context_length=CONTEXT, episode_ids=train_ids)))
+    pixel_train = PixelWindowDataset(episodes.subset(train_ids), context_length=CONTEXT)
+    assert train.episode_ids == train_ids and len(train) == len(pixel_train)
+    assert torch.equal(train[3]["actions"], pixel_train[3]["actions"]) and torch.equal(train[3]["step"], pixel_train[3]["step"])
+
+
+def test_reading_the_cache_never_runs_the_encoder(setup, monkeypatch):
+    calls = []
+    original = Encoder.forward
+
+    def counting_forward(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Encoder, "forward", counting_forward)
+    windows = LatentWindowDataset(LatentCache(setup["cache"]), context_length=CONTEXT)  # no VAE object anywhere
+    for batch in torch.utils.data.DataLoader(windows, batch_size=8, shuffle=True):
+        assert batch["context"].shape[1:] == (CONTEXT, 4, 12, 16)
+    assert calls == []
+    # The counter does count: encoding a frame calls the encoder.
+    vae = load_vae(setup["vae"])
+    vae.encode(torch.zeros(1, 3, 48, 64))
+    assert calls == [1]
+
+
+def test_an_interrupted_run_is_finished_by_a_rerun_without_redoing_work(setup, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(setup["cache"], cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    files = [cache / shard["file"] for shard in manifest["shards"]]
+    assert len(files) == 3
+    # As if the run died while writing the second shard: its file is absent, a hidden temporary is left.
+    reference = load_file(files[1])
+    files[1].rename(files[1].with_name(f".{files[1].name}.tmp-999999999"))
+    with pytest.raises(DatasetError, match=r"unfinished: 1 of 3 shards are not encoded yet .*Run encode_latents.py again"):
+        LatentCache(cache)
+    before = {path: path.stat().st_mtime_ns for path in files if path.exists()}
+    summary = encode(setup["dataset"], setup["vae"], cache)
+    assert summary["shards_encoded"] == 1 and summary["shards_skipped"] == len(files) - 1
+    assert summary["frames_encoded"] == manifest["shards"][1]["num_rows"]
+    assert {path: path.stat().st_mtime_ns for path in before} == before  # the others were not rewritten
+    assert all(torch.equal(tensor, reference[name]) for name, tensor in load_file(files[1]).items())
+    assert not list(cache.rglob(".*.tmp-*"))
+    assert len(LatentCache(cache)) == sum(LENGTHS)
+    # A finished cache: nothing to do.
+    assert encode(setup["dataset"], setup["vae"], cache)["frames_encoded"] == 0
+
+
+def test_new_shards_of_a_growing_dataset_are_encoded_alone_and_a_stale_cache_says_so(setup, tmp_path):
+    dataset, cache = tmp_path / "ds", tmp_path / "cache"
+    shutil.copytree(setup["dataset"], dataset)
+    shutil.copytree(setup["cache"], cache)
+    write_coded_dataset(dataset, [5], worker=1, first_episode=len(LENGTHS))  # a later recording run
+    with pytest.raises(DatasetError, match="lacks 1 of the dataset's shards .* run encode_latents.py again"):
+        open_latent_cache(cache, dataset=open_dataset(dataset))
+    summary = encode(dataset, setup["vae"], cache)
+    assert summary["shards_encoded"] == 1 and summary["frames_encoded"] == 5
+    assert len(open_latent_cache(cache, dataset=open_dataset(dataset)).episode_ids) == len(LENGTHS) + 1
+
+
+def test_a_cache_is_refused_with_another_vae_preset_or_dataset(setup, tmp_path):
+    other_vae = make_vae(tmp_path / "other_vae", seed=1)
+    with pytest.raises(DatasetError, match="encoded with another VAE .* use the VAE that encoded it"):
+        open_latent_cache(setup["cache"], vae=load_vae(other_vae))
+    with pytest.raises(UsageError, match="already holds latents made with other settings .*VAE encoder_sha256"):
+        encode(setup["dataset"], other_vae, setup["cache"])
+    # A fine-tuned decoder (the paper's decoder-only fine-tuning) leaves the latents valid.
+    vae = load_vae(setup["vae"])
+    fingerprint = encoder_fingerprint(vae)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.add_(1.0)
+    assert encoder_fingerprint(vae) == fingerprint == encoder_fingerprint(load_vae(setup["vae"], torch_dtype=torch.float16))
+    open_latent_cache(setup["cache"], vae=vae)
+    with pytest.raises(DatasetError, match="holds 64x48 frames as latents 4x12x16 .* the 'sd14' preset needs 320x240 frames as latents 4x32x40"):
+        open_latent_cache(setup["cache"], config=get_config("sd14"))
+    another = tmp_path / "another"
+    write_coded_dataset(another, [4], worker=7)
+    with pytest.raises(DatasetError, match="made from another dataset"):
+        open_latent_cache(setup["cache"], dataset=open_dataset(another))
+    with pytest.raises(UsageError, match="holds the latents of another dataset"):
+        encode(another, setup["vae"], setup["cache"])
+
+
+def test_cli_errors_name_the_fix(setup, tmp_path):
+    small = tmp_path / "small"
+    write_coded_dataset(small, [3])
+    result = run_script("encode_latents.py", "--preset", "sd14", "--dataset_name", small, "--output_dir", tmp_path / "out", check=False)
+    assert result.returncode != 0
+    assert "error: the dataset's frames are 64x48, the 'sd14' preset expects 320x240: record with --frame_size 320x240" in result.stderr
+    with pytest.raises(UsageError, match="no pretrained VAE: pass --pretrained_vae_model_name_or_path"):
+        encode_latents.main(encode_latents.parse_args(["--preset", "tiny", "--dataset_name", str(small), "--output_dir", str(tmp_path / "out")]))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not empty and holds no latent cache"):
+        encode(small, setup["vae"], tmp_path / "busy")
