@@ -946,6 +946,8 @@ class LatentWindowDataset(_ContextWindows):
                 raise DatasetError(f"episodes not in the latent cache {cache.directory}: {sorted(unknown)[:5]}")
             self._episodes = [i for i, episode_id in enumerate(cache.episode_ids) if episode_id in wanted]
         ids = [cache.episode_ids[i] for i in self._episodes]
+        if num_actions is None:
+            num_actions = cache.manifest.get("num_actions")  # encode_latents.py --num_actions, or len(action_names)
         self.num_actions = check_action_ids(ids, [cache.actions(i) for i in self._episodes], num_actions, cache.action_names)
         self._index_windows(ids, [cache.lengths[i] for i in self._episodes], context_length, min_context)
 

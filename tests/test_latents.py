@@ -8,16 +8,18 @@ import pickle
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import run_script
 from diffusers.models.autoencoders.vae import Encoder
 from safetensors.torch import load_file
-from test_windows import write_coded_dataset
+from test_windows import action_at, write_coded_dataset
 
 import encode_latents
 from gamengen.config import get_config
 from gamengen.data import (
+    ColumnNames,
     DatasetError,
     LatentCache,
     LatentWindowDataset,
@@ -180,3 +182,19 @@ def test_cli_errors_name_the_fix(setup, tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="is not empty and holds no latent cache"):
         encode(small, setup["vae"], tmp_path / "busy")
+
+
+def test_datasets_of_another_column_layout_are_cached_through_the_column_options(setup, tmp_path):
+    table = pq.read_table(open_dataset(setup["dataset"]).files[0])
+    peer = tmp_path / "peer"
+    peer.mkdir()
+    renamed = table.select(["frame", "action", "episode_id", "step_id"]).rename_columns(["frames", "actions", "episode", "step"])
+    renamed = renamed.append_column("frames_hq", renamed.column("frames"))  # a second image column
+    pq.write_table(renamed.replace_schema_metadata({}), peer / "train-00000.parquet")
+    columns = ["--frame_column", "frames", "--action_column", "actions", "--episode_column", "episode", "--step_column", "step"]
+    encode(peer, setup["vae"], tmp_path / "cache", *columns, "--num_actions", "7")
+    cache = open_latent_cache(tmp_path / "cache", dataset=open_dataset(peer, columns=ColumnNames("frames", "actions", "episode", "step")))
+    windows = LatentWindowDataset(cache, context_length=2)  # the number of actions comes from the cache
+    assert windows.num_actions == 7 and windows[2]["actions"].tolist() == [action_at(0, 1), action_at(0, 2)]
+    with pytest.raises(UsageError, match="other settings .*columns"):
+        encode(peer, setup["vae"], tmp_path / "cache", "--frame_column", "frames_hq", *columns[2:], "--num_actions", "7")
