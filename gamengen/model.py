@@ -324,13 +324,14 @@ class WorldModelBundle:
 def save_world_model(
     output_dir: str | os.PathLike, model: WorldModel, vae: AutoencoderKL, config: WorldModelConfig, scheduler=None, model_card: str | None = None
 ) -> Path:
-    """Write a complete checkpoint folder atomically (a hidden temporary folder, then renamed over)."""
+    """Write the checkpoint parts into ``output_dir`` (other contents, such as training checkpoints,
+    are left alone). The parts are written to a hidden temporary folder first and each is then
+    renamed into place, the config last, so a reader never sees a half-written part."""
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / f".checkpoint.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     config.unet = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
@@ -338,12 +339,18 @@ def save_world_model(
     vae.save_pretrained(tmp / VAE_SUBFOLDER)
     (scheduler or make_scheduler(config)).save_pretrained(tmp / SCHEDULER_SUBFOLDER)
     save_file({"weight": model.action_embedding.weight.detach().float().cpu().contiguous()}, str(tmp / ACTION_EMBEDDING_FILE))
-    (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
     (tmp / "README.md").write_text(model_card or default_model_card(config))
-    if output_dir.exists():
-        os.replace(output_dir, old)
-    os.replace(tmp, output_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    for name in (UNET_SUBFOLDER, VAE_SUBFOLDER, SCHEDULER_SUBFOLDER, ACTION_EMBEDDING_FILE, "README.md", CONFIG_FILE):
+        final, old = output_dir / name, output_dir / f".{name}.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp / name, final)
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
 
 

@@ -1,0 +1,117 @@
+"""train_text_to_image.py on real recorded E1M1 frames: it learns, checkpoints, resumes, and refuses bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import run_script
+
+from gamengen.config import get_config
+from gamengen.model import build_vae, load_world_model, save_vae
+
+TRAIN = "train_text_to_image.py"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """6 random-policy episodes of 64x48 frames, a random tiny VAE, and its latent cache."""
+    root = tmp_path_factory.mktemp("world_model")
+    run_script(
+        "ViZDoomPPO/load_model_generate_dataset.py", "--random_policy", "--episodes", 6, "--num_workers", 2,
+        "--max_steps_per_episode", 40, "--frame_size", "64x48", "--out_dir", root / "ds", "--seed", 3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    save_vae(build_vae(get_config("tiny")), root / "vae")
+    run_script(
+        "encode_latents.py",
+        "--preset",
+        "tiny",
+        "--dataset_name",
+        root / "ds",
+        "--pretrained_vae_model_name_or_path",
+        root / "vae",
+        "--output_dir",
+        root / "lat",
+    )
+    return {"root": root, "ds": root / "ds", "vae": root / "vae", "lat": root / "lat"}
+
+
+def train(setup, output_dir, *extra, check=True):
+    args = ["--preset", "tiny", "--dataset_name", setup["ds"], "--pretrained_vae_model_name_or_path", setup["vae"], "--output_dir", output_dir]
+    args += ["--train_batch_size", 8, "--report_to", "none", "--validation_steps", 1000, "--num_validation_samples", 2, *extra]
+    return run_script(TRAIN, *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    out = setup["root"] / "wm"
+    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 20, "--checkpointing_steps", 10, "--learning_rate", "1e-3")
+    return out, result
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained, setup):
+    out, result = trained
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 20
+    assert summary["loss_last"] < 0.8 * summary["loss_first"]
+    assert "held-out next-frame PSNR" in result.stdout
+    bundle = load_world_model(out)
+    assert bundle.config.context_length == 4 and bundle.config.action_names[0] == "NOOP"
+    assert bundle.config.dataset["latents_dir"] == str(setup["lat"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
+    assert list((out / "samples").glob("validation-*.png"))
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(trained, setup):
+    out, _ = trained
+    before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 5, check=False)
+    assert result.returncode == 2 and "--resume_from_checkpoint latest" in result.stderr
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+def test_resume_continues_the_step_count(trained, setup):
+    out, _ = trained
+    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 25, "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3")
+    assert "resumed from" in result.stdout and "at step 20" in result.stdout
+    assert json.loads((out / "training_summary.json").read_text())["global_step"] == 25
+    assert (out / "checkpoint-25").is_dir()
+
+    other = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 30, "--resume_from_checkpoint", "latest", "--context_length", 2, check=False)
+    assert other.returncode == 2 and "context length 4" in other.stderr
+
+
+def test_pixel_path_trains_without_a_cache(setup):
+    out = setup["root"] / "wm_pixels"
+    train(setup, out, "--max_train_steps", 3, "--context_length", 2)
+    assert load_world_model(out).config.context_length == 2
+
+
+def test_action_id_out_of_range_is_named(setup, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shard = sorted(setup["ds"].glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    actions = table.column("action").to_pylist()
+    actions[3] = 99
+    table = table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions, pa.int16()))
+    pq.write_table(table, bad / shard.name)
+    result = train({**setup, "ds": bad}, tmp_path / "out", "--max_train_steps", 1, check=False)
+    assert result.returncode == 2 and "99" in result.stderr and "15" in result.stderr
+
+
+def test_latents_of_another_vae_are_refused(setup, tmp_path):
+    torch.manual_seed(1)
+    save_vae(build_vae(get_config("tiny")), tmp_path / "other_vae")
+    result = train({**setup, "vae": tmp_path / "other_vae"}, tmp_path / "out", "--latents_dir", setup["lat"], "--max_train_steps", 1, check=False)
+    assert result.returncode == 2 and "VAE" in result.stderr
+
+
+def test_frames_of_the_wrong_size_are_refused(tmp_path, random_dataset, setup):
+    result = train({**setup, "ds": random_dataset}, tmp_path / "out", "--max_train_steps", 1, check=False)
+    assert result.returncode == 2 and "320x240" in result.stderr and "64x48" in result.stderr
