@@ -1,0 +1,636 @@
+"""The neural game engine (DESIGN.md section 5): the one implementation of generation.
+
+Training validation, ``run_inference.py``, ``run_autoregressive.py``, evaluation and live play all
+generate frames through ``GameEngine``:
+
+    engine = GameEngine.from_pretrained("/tmp/wm", dtype="fp32")
+    engine.reset(frames, actions)          # frames f_{t-k} .. f_{t-1} (uint8, oldest first), actions a_{t-k} .. a_{t-2}
+    frame = engine.step("FORWARD")         # a_{t-1}: the action pressed at the newest frame -> f_t (uint8 HxWx3)
+
+**Window semantics** (the same as training, DESIGN.md section 3). The model predicts frame ``t`` from
+the latents of frames ``t-N .. t-1`` and the actions ``t-N .. t-1``; action ``t-1`` (pressed while
+frame ``t-1`` was on screen) produced frame ``t``. The engine keeps a ring buffer of N latents and N
+action slots; the last action slot belongs to the newest frame and is filled by ``step(action)``,
+which then generates the next frame and pushes its latent (never re-encoded by the VAE: the VAE
+encoder runs only in ``reset`` when it is given frames). So ``reset`` takes k context frames and the
+k-1 actions taken at all of them but the newest. A context shorter than N is padded exactly as in
+training (``gamengen.data.pad_context``: the first frame repeated, action id 0 = NOOP), or refused
+with ``pad_short_context=False``; a longer one keeps its last N frames.
+
+**Sampling.** ``num_inference_steps`` DDIM steps (default 4, the paper's; eta 0) with the
+checkpoint's scheduler (v-prediction, "trailing" timesteps so that sampling starts from pure noise).
+Classifier-free guidance on the context: the unconditional branch sees ALL context latents zeroed,
+which is exactly what training's context dropout (``gamengen.model.drop_context``) shows the model,
+with the same actions and noise bucket; both branches run as one batch of 2B through the UNet, and
+``v = v_uncond + scale * (v_cond - v_uncond)``. Scale 1.0 skips the unconditional branch.
+
+**Noise augmentation at inference.** The context is corrupted with the noise of bucket
+``noise_bucket`` (``gamengen.model.corrupt_context``) and the bucket is the UNet's class label, as
+in training. The default is the checkpoint's ``inference_noise_bucket`` (0, clean): a generated frame
+already carries the model's own small errors, which is the corruption noise augmentation teaches the
+model to tolerate, so adding more noise only blurs; raise it when rollouts drift.
+
+Batches: ``reset`` with a leading batch axis (``(B, k, ...)``) runs B rollouts side by side;
+``step`` then takes B actions and returns ``(B, H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gamengen.config import WorldModelConfig
+from gamengen.data import DatasetError, EpisodeDataset, check_action_ids, check_frame_size, pad_context
+from gamengen.model import WorldModelBundle, corrupt_context, decode_latents, encode_frames, frames_to_tensor, load_world_model, tensor_to_frames
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class EngineError(ValueError):
+    """A request the engine cannot serve as given (the message says what to change)."""
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"fp32" | "fp16" | "bf16"`` (or a torch dtype) -> torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise EngineError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class FrameTiming:
+    """Wall-clock cost of one ``step`` (all rollouts of a batch together), in milliseconds."""
+
+    unet_ms: float  # the denoising loop: every UNet call and DDIM update of the frame
+    decode_ms: float  # VAE decode and the copy to uint8 numpy frames (0 for step_latent)
+    total_ms: float  # the whole step, including context noise and the buffer update
+    unet_calls: int
+    batch_size: int
+
+
+@dataclass
+class _DDIMStep:
+    timestep: int
+    alpha: float  # alpha_cumprod at this timestep
+    alpha_prev: float  # alpha_cumprod of the step it lands on
+    timestep_tensor: torch.Tensor  # (1,) on the engine's device, made once
+
+
+# ----------------------------------------------------------------------------------------------
+# Actions
+
+
+def action_id(action: int | str | np.integer, action_names: Sequence[str]) -> int:
+    """An action given by id or by name (exact, or case-insensitive when unambiguous) -> its id."""
+    if isinstance(action, (int, np.integer)) and not isinstance(action, bool):
+        if not 0 <= int(action) < len(action_names):
+            raise EngineError(f"action id {int(action)} is out of range: the model has {len(action_names)} actions (ids 0..{len(action_names) - 1})")
+        return int(action)
+    if isinstance(action, str):
+        if action in action_names:
+            return list(action_names).index(action)
+        folded = [i for i, name in enumerate(action_names) if name.lower() == action.strip().lower()]
+        if len(folded) == 1:
+            return folded[0]
+        raise EngineError(f"unknown action {action!r}: the model's actions are {', '.join(action_names)}")
+    raise EngineError(f"an action is an id or a name, got {action!r} ({type(action).__name__})")
+
+
+def parse_action_script(script: str, action_names: Sequence[str]) -> list[int]:
+    """``"FORWARD*16,TURN_LEFT*8,ATTACK"`` -> action ids: comma-separated names (or ids), each
+    optionally repeated with ``*count``."""
+    ids: list[int] = []
+    for item in script.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, count_text = item.partition("*")
+        try:
+            count = int(count_text) if count_text else 1
+        except ValueError:
+            raise EngineError(f"bad repeat count in {item!r}: write NAME*COUNT, e.g. FORWARD*16") from None
+        if count < 1:
+            raise EngineError(f"repeat count in {item!r} must be >= 1")
+        name = name.strip()
+        ids += [action_id(int(name) if name.isdigit() else name, action_names)] * count
+    if not ids:
+        raise EngineError(f"the action script {script!r} names no action (example: FORWARD*16,TURN_LEFT*8,ATTACK)")
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets as context sources
+
+
+def check_dataset(dataset: EpisodeDataset, config: WorldModelConfig) -> None:
+    """Refuse a dataset the checkpoint cannot continue: another frame size, or another action list
+    (by name when the dataset has names, else by the range of its action ids)."""
+    try:
+        check_frame_size(dataset, config.model)
+    except DatasetError as error:
+        raise DatasetError(f"{error} (the checkpoint was trained on {config.model.frame_width}x{config.model.frame_height} frames)") from None
+    names = dataset.action_names
+    if names is not None and list(names) != list(config.action_names):
+        raise DatasetError(
+            f"the dataset's actions ({', '.join(names)}) are not the checkpoint's ({', '.join(config.action_names)}): "
+            "use a dataset recorded with the action set the model was trained on"
+        )
+    check_action_ids(dataset.episode_ids, [dataset.actions(i) for i in range(len(dataset.episodes))], config.num_actions, config.action_names)
+
+
+def find_episode(dataset: EpisodeDataset, episode: int | str) -> int:
+    """An episode given by index into ``dataset.episodes`` or by id -> its index."""
+    ids = dataset.episode_ids
+    if isinstance(episode, str) and not episode.lstrip("-").isdigit():
+        if episode not in ids:
+            raise DatasetError(f"episode {episode!r} is not in the dataset ({len(ids)} episodes, e.g. {', '.join(ids[:3])})")
+        return ids.index(episode)
+    index = int(episode)
+    if not 0 <= index < len(ids):
+        raise DatasetError(f"episode index {index} is out of range: the dataset has {len(ids)} episodes (0..{len(ids) - 1})")
+    return index
+
+
+def episode_frames(dataset: EpisodeDataset, episode: int, start: int, stop: int) -> np.ndarray:
+    """Frames ``start .. stop - 1`` of an episode as uint8 ``(stop - start, H, W, 3)``."""
+    first = dataset.row_index(episode, 0)
+    return np.stack([dataset.frame(first + step) for step in range(start, stop)])
+
+
+def episode_context(dataset: EpisodeDataset, episode: int, target_step: int, context_length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """What the engine needs to predict frame ``target_step`` of a recorded episode:
+    ``(frames, actions, next_action)`` for ``engine.reset(frames, actions)`` then ``engine.step(next_action)``.
+
+    frames ``t-k .. t-1`` with ``k = min(N, t)``, the actions ``t-k .. t-2`` and action ``t-1``.
+    """
+    length = dataset.episodes[episode].length
+    if not 1 <= target_step < length:
+        raise DatasetError(
+            f"episode {dataset.episode_ids[episode]!r} has {length} steps: the target step must be in 1..{length - 1} (step 0 has no frame before it)"
+        )
+    first = max(0, target_step - context_length)
+    actions = dataset.actions(episode)
+    return episode_frames(dataset, episode, first, target_step), np.asarray(actions[first : target_step - 1]), int(actions[target_step - 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+
+
+class GameEngine:
+    """A world-model checkpoint played as a game: ``reset`` with a real context, then ``step(action)``.
+
+    Args:
+        bundle: what ``gamengen.model.load_world_model`` returns (model, vae, scheduler, config); the
+            engine uses the model's device and dtype as they are (``from_pretrained`` sets them).
+        guidance_scale: CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1.0
+            turns guidance off (one UNet branch).
+        num_inference_steps: DDIM steps per frame (default: the checkpoint's, 4 as the paper).
+        noise_bucket: noise-augmentation bucket of the context at inference (default: the
+            checkpoint's ``inference_noise_bucket``, 0 = clean; see the module docstring).
+        seed: seed of the engine's random generator (initial noise, context noise); ``reset`` can reseed.
+        compile: run the world model (UNet + action embedding) through ``torch.compile``.
+        compile_mode: ``torch.compile`` mode (e.g. "reduce-overhead" for CUDA graphs on a GPU).
+        pad_short_context: pad a context shorter than the model's as training does (True) or refuse it.
+        sync_timing: on CUDA, synchronise before reading each stage's clock, so that the per-stage
+            timings are real (costs a little overlap).
+    """
+
+    def __init__(
+        self,
+        bundle: WorldModelBundle,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        noise_bucket: int | None = None,
+        seed: int | None = 0,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
+        pad_short_context: bool = True,
+        sync_timing: bool = True,
+    ) -> None:
+        self.model = bundle.model
+        self.vae = bundle.vae
+        self.config = bundle.config
+        self.scheduler = bundle.scheduler
+        parameter = next(self.model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.guidance_scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
+        self.noise_bucket = int(self.config.inference_noise_bucket if noise_bucket is None else noise_bucket)
+        if not 0 <= self.noise_bucket < self.config.noise_buckets:
+            raise EngineError(f"noise bucket {self.noise_bucket} is out of range: the model has buckets 0..{self.config.noise_buckets - 1} (0 = clean context)")
+        self.pad_short_context = pad_short_context
+        self.sync_timing = sync_timing and self.device.type == "cuda"
+        self.num_inference_steps = int(self.config.num_inference_steps if num_inference_steps is None else num_inference_steps)
+        self._schedule = self._make_schedule(self.num_inference_steps)
+        self._denoiser = torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0 if seed is None else int(seed))
+        self.timings: list[FrameTiming] = []
+        self._latents: torch.Tensor | None = None  # (B, N, C, h, w) float32, oldest first
+        self._actions: torch.Tensor | None = None  # (B, N) int64; the last slot is the newest frame's (set by step)
+        self._batched = False
+        self._unet_calls = 0
+        self.frame_index = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "fp32",
+        revision: str | None = None,
+        **engine_options: Any,
+    ) -> GameEngine:
+        """Load a checkpoint folder or Hub id through the shared loader and build an engine on it."""
+        device = torch.device(device or default_device())
+        dtype = parse_dtype(dtype)
+        if device.type == "cpu" and dtype == torch.float16:
+            warnings.warn("fp16 on a CPU has no fast kernels (measured ~60x slower than fp32 here): use fp32 or bf16 on a CPU", stacklevel=2)
+        bundle = load_world_model(name_or_path, device=device, dtype=dtype, revision=revision)
+        return cls(bundle, **engine_options)
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def action_names(self) -> list[str]:
+        return list(self.config.action_names)
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames ``step`` returns (the dataset's, without padding)."""
+        return self.config.model.frame_width, self.config.model.frame_height
+
+    @property
+    def context_latents(self) -> torch.Tensor:
+        """A copy of the context buffer: latents ``(N, C, h, w)`` (``(B, N, ...)`` batched), oldest first."""
+        return self._squeeze(self._require_reset()[0].clone())
+
+    @property
+    def context_actions(self) -> torch.Tensor:
+        """The action slots ``(N,)`` aligned with ``context_latents``; the last slot (the newest frame's
+        action) holds a placeholder until ``step`` fills it."""
+        return self._squeeze(self._require_reset()[1].clone())
+
+    @property
+    def last_timing(self) -> FrameTiming | None:
+        return self.timings[-1] if self.timings else None
+
+    def timing_summary(self, skip_first: int = 1) -> dict[str, float]:
+        """Mean ms per ``step`` for each stage (the first ``skip_first`` steps, warm-up, left out when
+        there are more), and frames/s over the steps counted (times the batch size)."""
+        timings = self.timings[skip_first:] if len(self.timings) > skip_first else self.timings
+        if not timings:
+            return {}
+        mean = {key: float(np.mean([getattr(t, key) for t in timings])) for key in ("unet_ms", "decode_ms", "total_ms")}
+        frames = sum(t.batch_size for t in timings)
+        mean["fps"] = 1000.0 * frames / max(sum(t.total_ms for t in timings), 1e-9)
+        mean["frames"] = float(frames)
+        return mean
+
+    # -- reset ----------------------------------------------------------------------------------
+    def reset(
+        self,
+        frames: np.ndarray | torch.Tensor | None = None,
+        actions: Sequence[int | str] | np.ndarray | torch.Tensor | None = None,
+        *,
+        latents: torch.Tensor | None = None,
+        seed: int | None = None,
+        pad_short_context: bool | None = None,
+    ) -> None:
+        """Fill the context: k >= 1 frames ``f_{t-k} .. f_{t-1}`` (oldest first) and the k-1 actions
+        ``a_{t-k} .. a_{t-2}`` taken at all of them but the newest (whose action ``step`` takes).
+
+        ``frames``: uint8 ``(k, H, W, 3)`` at the checkpoint's frame size (encoded once by the VAE),
+        or ``latents``: ``(k, C, h, w)`` scaled latents as the latent cache stores them; with a leading
+        batch axis (``(B, k, ...)``, actions ``(B, k-1)``) for B rollouts at once. Actions are ids or
+        names. ``seed`` reseeds the generator (same seed + same inputs -> the same rollout).
+        """
+        if (frames is None) == (latents is None):
+            raise EngineError("reset takes the context as frames (uint8 HxWx3) or as latents, exactly one of them")
+        if frames is not None:
+            context = self._encode(frames)
+        else:
+            context = torch.as_tensor(latents)
+            if context.ndim == 4:
+                context = context[None]
+            if context.ndim != 5 or tuple(context.shape[2:]) != tuple(self.config.model.latent_shape):
+                raise EngineError(
+                    f"context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = {self.config.model.latent_shape}, got {tuple(context.shape)}"
+                )
+            self._batched = torch.as_tensor(latents).ndim == 5
+            context = context.to(self.device, torch.float32)
+        batch, count = context.shape[:2]
+        action_ids = self._action_tensor(actions, batch, count)
+        pad = self.pad_short_context if pad_short_context is None else pad_short_context
+        if count < self.context_length and not pad:
+            raise EngineError(
+                f"the context has {count} frames, the model's context is {self.context_length}: give at least {self.context_length} frames, "
+                "or allow padding (it repeats the first frame and uses action 0, NOOP, for the missing slots, as training does)"
+            )
+        # The newest frame's action slot is a placeholder (PAD) until step() fills it.
+        with_pending = torch.cat([action_ids, torch.zeros(batch, 1, dtype=torch.int64)], dim=1)
+        padded = [pad_context(context[b], with_pending[b], self.context_length) for b in range(batch)]
+        self._latents = torch.stack([p[0] for p in padded]).to(self.device)
+        self._actions = torch.stack([p[1] for p in padded]).to(self.device)
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        self.timings = []
+        self.frame_index = 0
+
+    def _encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+        if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+            raise EngineError(f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+        self._batched = frames.ndim == 5
+        if not self._batched:
+            frames = frames[None]
+        height, width = frames.shape[2:4]
+        if (width, height) != self.frame_size:
+            raise EngineError(f"context frames are {width}x{height}, the checkpoint's frames are {self.frame_size[0]}x{self.frame_size[1]}")
+        batch, count = frames.shape[:2]
+        with torch.inference_mode():
+            pixels = frames_to_tensor(frames.flatten(0, 1)).to(self.device, self.vae.dtype)
+            latents = encode_frames(self.vae, pixels, self.config.model).float()
+        return latents.unflatten(0, (batch, count))
+
+    def _action_tensor(self, actions: Any, batch: int, count: int) -> torch.Tensor:
+        expected = count - 1
+        if actions is None:
+            actions = np.zeros((batch, 0), dtype=np.int64)
+        if isinstance(actions, torch.Tensor):
+            actions = actions.cpu().numpy()
+        rows = [actions] if not self._batched else list(actions)
+        if len(rows) != batch:
+            raise EngineError(f"{len(rows)} action rows for a batch of {batch} contexts")
+        ids = []
+        for row in rows:
+            row = list(np.asarray(row).reshape(-1)) if not isinstance(row, (list, tuple)) else list(row)
+            if len(row) != expected:
+                raise EngineError(
+                    f"{count} context frames need {expected} actions (those taken at every frame but the newest; "
+                    f"the newest frame's action is the one step() takes), got {len(row)}"
+                )
+            ids.append([action_id(a, self.config.action_names) for a in row])
+        return torch.tensor(ids, dtype=torch.int64).reshape(batch, expected)
+
+    # -- step -----------------------------------------------------------------------------------
+    def step(self, action: int | str | Sequence[int | str]) -> np.ndarray:
+        """Press ``action`` at the newest frame; generate, remember and return the next frame:
+        uint8 ``(H, W, 3)`` at the dataset's frame size (``(B, H, W, 3)`` for a batch)."""
+        started = time.perf_counter()
+        latent, unet_ms = self._generate(action)
+        decode_started = time.perf_counter()
+        frames = self.decode(latent)
+        finished = time.perf_counter()
+        self.timings.append(FrameTiming(unet_ms, 1000 * (finished - decode_started), 1000 * (finished - started), self._unet_calls, latent.shape[0]))
+        return frames if self._batched else frames[0]
+
+    def step_latent(self, action: int | str | Sequence[int | str]) -> torch.Tensor:
+        """``step`` without decoding: the next frame's latent ``(C, h, w)`` (``(B, C, h, w)``), float32."""
+        started = time.perf_counter()
+        latent, unet_ms = self._generate(action)
+        self.timings.append(FrameTiming(unet_ms, 0.0, 1000 * (time.perf_counter() - started), self._unet_calls, latent.shape[0]))
+        return self._squeeze(latent.clone())
+
+    def rollout(self, actions: Sequence[int | str] | Sequence[Sequence[int | str]]) -> np.ndarray:
+        """``step`` through a sequence of actions: frames ``(T, H, W, 3)`` (``(B, T, H, W, 3)`` for a
+        batch, actions ``(T, B)``)."""
+        frames = [self.step(action) for action in actions]
+        return np.stack(frames, axis=1 if self._batched else 0)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents ``(B, C, h, w)`` -> uint8 frames ``(B, H, W, 3)`` without the padding."""
+        pixels = decode_latents(self.vae, latents.to(self.device, self.vae.dtype), self.config.model)
+        return tensor_to_frames(pixels)
+
+    @torch.inference_mode()
+    def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, context_latents: torch.Tensor, context_actions: torch.Tensor) -> torch.Tensor:
+        """The guided v-prediction (float32) for noisy latents ``(B, C, h, w)``: with CFG, one UNet call
+        on a batch of 2B, the real context first and the all-zero context (dropped as in training)
+        second, same actions and noise bucket; ``v_uncond + scale * (v_cond - v_uncond)``."""
+        batch = noisy_latents.shape[0]
+        guided = self.guidance_scale != 1.0
+        context_latents = context_latents.to(self.dtype)
+        if guided:
+            context_latents = torch.cat([context_latents, torch.zeros_like(context_latents)])
+            context_actions = torch.cat([context_actions, context_actions])
+            noisy_latents = torch.cat([noisy_latents, noisy_latents])
+        buckets = torch.full((noisy_latents.shape[0],), self.noise_bucket, dtype=torch.int64, device=self.device)
+        timesteps = timestep.to(self.device).expand(noisy_latents.shape[0])
+        prediction = self._denoiser(noisy_latents.to(self.dtype), timesteps, context_latents, context_actions, buckets).float()
+        self._unet_calls += 1
+        if not guided:
+            return prediction
+        conditional, unconditional = prediction[:batch], prediction[batch:]
+        return unconditional + self.guidance_scale * (conditional - unconditional)
+
+    @torch.inference_mode()
+    def _generate(self, action: Any) -> tuple[torch.Tensor, float]:
+        latents, actions = self._require_reset()
+        batch = latents.shape[0]
+        self._unet_calls = 0
+        pressed = self._step_actions(action, batch)
+        actions = actions.clone()
+        actions[:, -1] = pressed
+        started = time.perf_counter()
+        context = latents
+        if self.noise_bucket > 0:
+            buckets = torch.full((batch,), self.noise_bucket, dtype=torch.int64, device=self.device)
+            context = corrupt_context(context, buckets, self.config, generator=self.generator)
+        shape = (batch, *self.config.model.latent_shape)
+        sample = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32) * float(self.scheduler.init_noise_sigma)
+        for step in self._schedule:
+            prediction = self.predict(sample, step.timestep_tensor, context, actions)
+            sample = self._ddim_update(sample, prediction, step)
+        if self.sync_timing:
+            torch.cuda.synchronize(self.device)
+        unet_ms = 1000 * (time.perf_counter() - started)
+        # Slide the window: the generated latent becomes the newest frame, its action slot pending.
+        self._latents = torch.cat([latents[:, 1:], sample[:, None]], dim=1)
+        self._actions = torch.cat([actions[:, 1:], torch.zeros(batch, 1, dtype=torch.int64, device=self.device)], dim=1)
+        self.frame_index += 1
+        return sample, unet_ms
+
+    def _step_actions(self, action: Any, batch: int) -> torch.Tensor:
+        if self._batched:
+            if isinstance(action, (str, int, np.integer)) or len(action) != batch:
+                raise EngineError(f"a batch of {batch} rollouts takes {batch} actions per step, got {action!r}")
+            ids = [action_id(a.item() if isinstance(a, (torch.Tensor, np.ndarray)) else a, self.config.action_names) for a in action]
+        else:
+            if isinstance(action, torch.Tensor):
+                action = action.item()
+            ids = [action_id(action, self.config.action_names)]
+        return torch.tensor(ids, dtype=torch.int64, device=self.device)
+
+    # -- the sampler ----------------------------------------------------------------------------
+    def _make_schedule(self, num_steps: int) -> list[_DDIMStep]:
+        """The DDIM timesteps and their alphas, computed once (the scheduler's own rules: its
+        timestep spacing, ``prev = t - T // k``, the final alpha below timestep 0)."""
+        if num_steps < 1:
+            raise EngineError(f"num_inference_steps must be >= 1, got {num_steps}")
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type not in ("v_prediction", "epsilon"):
+            raise EngineError(f"the scheduler predicts {prediction_type!r}; the engine samples v_prediction (or epsilon) models")
+        scheduler = copy.deepcopy(self.scheduler)  # set_timesteps mutates it; the bundle's stays as it was
+        scheduler.set_timesteps(num_steps)
+        alphas = scheduler.alphas_cumprod.double()
+        final_alpha = float(scheduler.final_alpha_cumprod)
+        stride = scheduler.config.num_train_timesteps // num_steps
+        schedule = []
+        for timestep in scheduler.timesteps.tolist():
+            previous = timestep - stride
+            alpha_prev = float(alphas[previous]) if previous >= 0 else final_alpha
+            schedule.append(_DDIMStep(int(timestep), float(alphas[timestep]), alpha_prev, torch.tensor([int(timestep)], device=self.device)))
+        self._prediction_type = prediction_type
+        return schedule
+
+    def _ddim_update(self, sample: torch.Tensor, prediction: torch.Tensor, step: _DDIMStep) -> torch.Tensor:
+        """One deterministic DDIM step (eta 0) from the model output at ``step.timestep``."""
+        sqrt_alpha, sqrt_one_minus = math.sqrt(step.alpha), math.sqrt(1.0 - step.alpha)
+        if self._prediction_type == "v_prediction":
+            original = sqrt_alpha * sample - sqrt_one_minus * prediction
+            noise = sqrt_alpha * prediction + sqrt_one_minus * sample
+        else:
+            noise = prediction
+            original = (sample - sqrt_one_minus * noise) / sqrt_alpha
+        return math.sqrt(step.alpha_prev) * original + math.sqrt(1.0 - step.alpha_prev) * noise
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _require_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._latents is None or self._actions is None:
+            raise EngineError("the engine has no context yet: call reset(frames, actions) (or reset(latents=..., actions=...)) first")
+        return self._latents, self._actions
+
+    def _squeeze(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self._batched else tensor[0]
+
+    def describe(self) -> dict[str, Any]:
+        """The sampling settings, for logs and result files."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "noise_bucket": self.noise_bucket,
+            "context_length": self.context_length,
+            "compiled": self._denoiser is not self.model,
+            "timesteps": [step.timestep for step in self._schedule],
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# What the inference scripts share: engine options on the command line, captioned images
+
+
+def add_engine_arguments(parser: Any) -> None:
+    """The checkpoint and sampling options of every script that generates frames."""
+    group = parser.add_argument_group("model and sampling")
+    group.add_argument("--model_folder", required=True, help="world-model checkpoint: a folder written by train_text_to_image.py, or a Hub model id")
+    group.add_argument("--revision", default=None, help="revision of a Hub model")
+    group.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    group.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and activations (a CPU runs fp32 or bf16; fp16 is for GPUs)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first frame; on this 2-core CPU ~25%% faster frames)")
+    group.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
+    group.add_argument("--guidance_scale", type=float, default=None, help="CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1 = no CFG")
+    group.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps per frame (default: the checkpoint's, 4 as the paper)")
+    group.add_argument(
+        "--noise_bucket", type=int, default=None, help="noise-augmentation bucket of the context at inference (default: the checkpoint's, 0 = clean context)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise: the same seed gives the same frames")
+    group.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads. 1 by default: with anything else running on the cores, more threads spin-wait and can make frames 50x slower",
+    )
+    group.add_argument(
+        "--no_pad_context", action="store_true", help="refuse a context shorter than the model's instead of padding it (first frame repeated, NOOP actions)"
+    )
+    data = parser.add_argument_group("dataset columns (other layouts)")
+    data.add_argument(
+        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
+    )
+    data.add_argument("--action_column", default=None, help="column of actions (default 'action')")
+    data.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
+    data.add_argument("--step_column", default=None, help="column of step indices (default 'step_id')")
+
+
+def engine_from_args(args: Any) -> GameEngine:
+    """A ``GameEngine`` from the options of ``add_engine_arguments``."""
+    if args.num_threads is not None and args.num_threads >= 1:
+        torch.set_num_threads(args.num_threads)
+    return GameEngine.from_pretrained(
+        args.model_folder,
+        device=args.device,
+        dtype=args.dtype,
+        revision=args.revision,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+        noise_bucket=args.noise_bucket,
+        seed=args.seed,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        pad_short_context=not args.no_pad_context,
+    )
+
+
+def dataset_from_args(args: Any, config: WorldModelConfig) -> EpisodeDataset:
+    """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
+    from gamengen.data import ColumnNames, open_dataset
+
+    names = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
+    columns = ColumnNames(**{k: v for k, v in names.items() if v is not None}) if any(names.values()) else None
+    dataset = open_dataset(args.dataset_name, columns=columns)
+    check_dataset(dataset, config)
+    return dataset
+
+
+def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an ``(H, W, 3)`` frame (pixels stay visible as blocks)."""
+    return frame if scale == 1 else frame.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def display_scale(frame_width: int) -> int:
+    """The integer upscaling that shows a frame at least ~256 pixels wide (1 for the paper's 320)."""
+    return max(1, round(256 / frame_width))
+
+
+def captioned_row(frames: Sequence[np.ndarray], titles: Sequence[str], caption: str = "", scale: int = 1) -> np.ndarray:
+    """Frames side by side (upscaled), a title above each and a caption line below: uint8 ``(H', W', 3)``
+    with even height and width (what video encoders need)."""
+    from PIL import Image, ImageDraw
+
+    tiles = [upscale(np.asarray(frame), scale) for frame in frames]
+    height, gap, bar = tiles[0].shape[0], 4, 14
+    width = sum(tile.shape[1] for tile in tiles) + gap * (len(tiles) - 1)
+    rows = bar + height + (bar if caption else 0)
+    canvas = Image.new("RGB", (width + width % 2, rows + rows % 2), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for tile, title in zip(tiles, titles, strict=True):
+        canvas.paste(Image.fromarray(tile), (x, bar))
+        draw.text((x + 2, 1), title, fill=(255, 255, 255))
+        x += tile.shape[1] + gap
+    if caption:
+        draw.text((2, bar + height + 1), caption, fill=(255, 255, 0))
+    return np.asarray(canvas)

@@ -1,0 +1,300 @@
+"""The game engine (gamengen/engine.py) on a tiny random-init checkpoint: window semantics, CFG,
+the sampler, no re-encoding, reproducibility, timings, and the errors a user can run into."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from gamengen.config import get_world_model_config
+from gamengen.data import pad_context
+from gamengen.engine import EngineError, GameEngine, action_id, parse_action_script
+from gamengen.model import ModelLoadError, build_vae, build_world_model, encode_frames, frames_to_tensor, load_world_model, save_world_model
+
+ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK"]
+N = 4  # the tiny preset's context length
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = get_world_model_config("tiny", ACTIONS)
+    model = build_world_model(config)
+    # Random init leaves the noise-bucket embedding and the last layers small; scale up the
+    # class embedding so that the noise bucket visibly changes the prediction.
+    with torch.no_grad():
+        model.unet.class_embedding.weight.normal_(0, 1)
+    return save_world_model(tmp_path_factory.mktemp("engine") / "wm", model, build_vae(config.model), config)
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint):
+    return load_world_model(checkpoint)
+
+
+@pytest.fixture
+def engine(bundle):
+    return GameEngine(bundle, seed=0)
+
+
+def random_frames(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 48, 64, 3), dtype=np.uint8)
+
+
+class UNetSpy:
+    """Records the inputs of every world-model forward call (a forward pre-hook)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls: list[tuple[torch.Tensor, ...]] = []
+        self.handle = model.register_forward_pre_hook(lambda _module, args: self.calls.append(tuple(a.clone() for a in args)))
+
+    def __enter__(self) -> UNetSpy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+# -- window semantics ----------------------------------------------------------------------------
+
+
+def test_step_sees_the_context_frames_and_their_actions_with_the_pressed_one_last(engine, bundle):
+    frames = random_frames(N)
+    engine.reset(frames, ["FORWARD", "TURN_LEFT", 4])  # actions at f_{t-4}, f_{t-3}, f_{t-2}; a_{t-1} comes with step
+    encoded = encode_frames(bundle.vae, frames_to_tensor(frames), bundle.config.model)
+    torch.testing.assert_close(engine.context_latents, encoded)
+    with UNetSpy(bundle.model) as spy:
+        engine.step("TURN_RIGHT")
+        first_call = spy.calls[0]
+        generated = engine.context_latents[-1].clone()
+        spy.calls.clear()
+        engine.step("NOOP")
+    noisy, _, context, actions, buckets = first_call
+    assert context.shape == (2, N, 4, 12, 16) and noisy.shape == (2, 4, 12, 16)
+    torch.testing.assert_close(context[0], encoded)
+    assert actions[0].tolist() == [1, 2, 4, 3]  # a_{t-4} .. a_{t-1}: the pressed action is the newest token
+    # After one step the window slid by one: f_{t-3} .. f_{t-1}, then the generated frame; its action slot got NOOP.
+    _, _, context, actions, _ = spy.calls[0]
+    torch.testing.assert_close(context[0], torch.cat([encoded[1:], generated[None]]))
+    assert actions[0].tolist() == [2, 4, 3, 0]
+
+
+def test_a_short_context_is_padded_exactly_as_training_pads_it(engine, bundle):
+    frames = random_frames(2)
+    engine.reset(frames, ["ATTACK"])
+    encoded = encode_frames(bundle.vae, frames_to_tensor(frames), bundle.config.model)
+    expected_latents, expected_actions, _ = pad_context(encoded, torch.tensor([4, 0]), N)
+    torch.testing.assert_close(engine.context_latents, expected_latents)
+    assert engine.context_actions.tolist() == expected_actions.tolist() == [0, 0, 4, 0]  # first frame repeated, NOOP padding
+    # One frame (an episode's first) is enough: the engine starts like an episode start in training.
+    engine.reset(frames[:1])
+    torch.testing.assert_close(engine.context_latents, encoded[:1].expand(N, -1, -1, -1))
+
+
+def test_a_short_context_is_refused_when_padding_is_off(bundle):
+    engine = GameEngine(bundle, pad_short_context=False)
+    with pytest.raises(EngineError, match="the context has 2 frames, the model's context is 4.*repeats the first frame.*NOOP"):
+        engine.reset(random_frames(2), [1])
+    engine.reset(random_frames(N), [1, 1, 1])  # a full context is fine
+
+
+def test_a_longer_context_keeps_its_newest_frames(engine, bundle):
+    frames = random_frames(N + 3)
+    engine.reset(frames, [1, 2, 3, 4, 1, 2])
+    encoded = encode_frames(bundle.vae, frames_to_tensor(frames[-N:]), bundle.config.model)
+    torch.testing.assert_close(engine.context_latents, encoded)
+    assert engine.context_actions.tolist() == [4, 1, 2, 0]  # the actions of the kept frames, then the pending slot
+
+
+# -- classifier-free guidance on the context -----------------------------------------------------
+
+
+@pytest.mark.parametrize("noise_bucket", [0, 5])
+def test_cfg_unconditional_branch_sees_all_zero_context_and_conditional_the_real_one(bundle, noise_bucket):
+    engine = GameEngine(bundle, noise_bucket=noise_bucket, guidance_scale=1.5)
+    engine.reset(random_frames(N), [1, 2, 3])
+    real = engine.context_latents
+    with UNetSpy(bundle.model) as spy:
+        engine.step(1)
+    assert len(spy.calls) == 4  # one batched UNet call per DDIM step, both branches in it
+    for noisy, timesteps, context, actions, buckets in spy.calls:
+        assert noisy.shape[0] == context.shape[0] == 2 and torch.equal(noisy[0], noisy[1])
+        assert torch.count_nonzero(context[1]) == 0  # EVERY context frame dropped, as training's drop_context
+        if noise_bucket == 0:
+            torch.testing.assert_close(context[0], real)
+        else:  # the conditional branch sees the real context with bucket-5 noise added
+            difference = (context[0] - real).std().item()
+            assert 0.2 < difference < 0.6  # sigma(5) = 5 * 0.7 / 9 = 0.39
+        assert torch.equal(actions[0], actions[1]) and buckets.tolist() == [noise_bucket] * 2
+        assert timesteps[0] == timesteps[1]
+    assert [int(call[1][0]) for call in spy.calls] == [999, 749, 499, 249]  # trailing spacing: starts from pure noise
+
+
+def test_batched_cfg_equals_two_separate_unet_calls(engine, bundle):
+    engine.reset(random_frames(N), [1, 2, 3])
+    generator = torch.Generator().manual_seed(1)
+    noisy = torch.randn(1, 4, 12, 16, generator=generator)
+    context, actions = engine.context_latents[None], torch.tensor([[1, 2, 3, 4]])
+    timestep = torch.tensor([749])
+    guided = engine.predict(noisy, timestep, context, actions)
+    bucket = torch.tensor([0])
+    with torch.no_grad():
+        conditional = bundle.model(noisy, timestep, context, actions, bucket)
+        unconditional = bundle.model(noisy, timestep, torch.zeros_like(context), actions, bucket)
+    torch.testing.assert_close(guided, unconditional + 1.5 * (conditional - unconditional), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(conditional, unconditional)  # the context matters, so the test can fail
+
+
+def test_guidance_scale_one_runs_only_the_conditional_branch(bundle):
+    engine = GameEngine(bundle, guidance_scale=1.0)
+    engine.reset(random_frames(N), [1, 2, 3])
+    with UNetSpy(bundle.model) as spy:
+        engine.step(1)
+    assert [call[0].shape[0] for call in spy.calls] == [1, 1, 1, 1]
+    assert engine.last_timing.unet_calls == 4
+
+
+def test_step_equals_a_reference_sampler_built_from_diffusers_ddim(bundle):
+    """The engine's precomputed DDIM updates give what DDIMScheduler.step gives, with CFG from two separate calls."""
+    engine = GameEngine(bundle, seed=3, guidance_scale=2.0)
+    engine.reset(random_frames(N), [1, 2, 3])
+    context, actions = engine.context_latents[None], torch.tensor([[1, 2, 3, 1]])
+    latent = engine.step_latent("FORWARD")
+
+    scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
+    scheduler.set_timesteps(4)
+    sample = torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(3))
+    bucket = torch.tensor([0])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            conditional = bundle.model(sample, t[None], context, actions, bucket)
+            unconditional = bundle.model(sample, t[None], torch.zeros_like(context), actions, bucket)
+            sample = scheduler.step(unconditional + 2.0 * (conditional - unconditional), t, sample).prev_sample
+    torch.testing.assert_close(latent, sample[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_noise_bucket_is_the_class_label_and_changes_the_frame(bundle):
+    frames = {}
+    for bucket in (0, 9):
+        engine = GameEngine(bundle, noise_bucket=bucket, seed=0)
+        engine.reset(random_frames(N), [1, 2, 3])
+        frames[bucket] = engine.step(1)
+    assert not np.array_equal(frames[0], frames[9])
+    with pytest.raises(EngineError, match="noise bucket 10 is out of range.*0..9"):
+        GameEngine(bundle, noise_bucket=10)
+
+
+# -- the VAE encoder runs only on real context frames --------------------------------------------
+
+
+def test_generated_frames_are_never_passed_through_the_vae_encoder(bundle, monkeypatch):
+    calls = []
+    original = bundle.vae.encode
+    monkeypatch.setattr(bundle.vae, "encode", lambda pixels, *a, **k: calls.append(pixels.shape[0]) or original(pixels, *a, **k))
+    engine = GameEngine(bundle)
+    engine.reset(random_frames(N), [1, 2, 3])
+    assert calls == [N]  # the context, encoded once in one batch
+    engine.rollout([1, 2, 3, 4, 0, 1, 2, 3])
+    assert calls == [N]
+    engine.reset(latents=engine.context_latents, actions=[1, 2, 3])
+    engine.rollout([1, 1])
+    assert calls == [N]
+
+
+# -- rollouts ------------------------------------------------------------------------------------
+
+
+def test_rollouts_have_the_requested_length_and_are_reproducible_with_a_seed(engine):
+    frames = random_frames(N)
+    engine.reset(frames, [1, 2, 3], seed=7)
+    first = engine.rollout(["FORWARD"] * 5 + ["TURN_LEFT"] * 2)
+    assert first.shape == (7, 48, 64, 3) and first.dtype == np.uint8
+    assert engine.frame_index == 7 and len(engine.timings) == 7
+    engine.reset(frames, [1, 2, 3], seed=7)
+    assert np.array_equal(engine.rollout(["FORWARD"] * 5 + ["TURN_LEFT"] * 2), first)
+    engine.reset(frames, [1, 2, 3], seed=8)
+    assert not np.array_equal(engine.rollout(["FORWARD"] * 5 + ["TURN_LEFT"] * 2), first)
+
+
+def test_a_batch_of_rollouts_runs_side_by_side(engine):
+    frames = np.stack([random_frames(N, seed=1), random_frames(N, seed=2)])
+    engine.reset(frames, [[1, 2, 3], [4, 4, 4]])
+    assert engine.context_latents.shape == (2, N, 4, 12, 16)
+    out = engine.rollout([[1, 2], [3, 4], [0, 0]])
+    assert out.shape == (2, 3, 48, 64, 3)
+    assert engine.last_timing.batch_size == 2
+    with pytest.raises(EngineError, match="a batch of 2 rollouts takes 2 actions"):
+        engine.step(1)
+
+
+def test_timings_break_a_frame_down_into_unet_and_decode(engine):
+    engine.reset(random_frames(N), [1, 2, 3])
+    engine.rollout([1, 1, 1])
+    timing = engine.last_timing
+    assert timing.unet_ms > 0 and timing.decode_ms > 0 and timing.total_ms >= timing.unet_ms + timing.decode_ms
+    summary = engine.timing_summary()
+    assert summary["frames"] == 2 and summary["fps"] > 0  # the first frame (warm-up) left out
+    engine.step_latent(1)
+    assert engine.last_timing.decode_ms == 0
+
+
+def test_bf16_and_compiled_engines_generate_frames(checkpoint):
+    engine = GameEngine.from_pretrained(checkpoint, device="cpu", dtype="bf16", compile=True, compile_backend="eager")
+    assert engine.describe()["dtype"] == "bfloat16" and engine.describe()["compiled"]
+    engine.reset(random_frames(N), [1, 2, 3])
+    frames = engine.rollout([1, 2])
+    assert frames.shape == (2, 48, 64, 3)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def test_unknown_action_names_and_ids_are_refused_with_the_action_list(engine):
+    engine.reset(random_frames(N), [1, 2, 3])
+    with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD, TURN_LEFT, TURN_RIGHT, ATTACK"):
+        engine.step("JUMP")
+    with pytest.raises(EngineError, match="action id 5 is out of range: the model has 5 actions"):
+        engine.step(5)
+    with pytest.raises(EngineError, match="unknown action 'JUMP'"):
+        engine.reset(random_frames(2), ["JUMP"])
+    assert action_id("forward", ACTIONS) == 1  # names are matched case-insensitively
+
+
+def test_action_scripts_expand_repeats(engine):
+    assert parse_action_script("FORWARD*3, TURN_LEFT,ATTACK*2", ACTIONS) == [1, 1, 1, 2, 4, 4]
+    with pytest.raises(EngineError, match="unknown action 'STRAFE'"):
+        parse_action_script("FORWARD*2,STRAFE", ACTIONS)
+    with pytest.raises(EngineError, match="bad repeat count"):
+        parse_action_script("FORWARD*x", ACTIONS)
+
+
+def test_malformed_contexts_are_refused(engine):
+    with pytest.raises(EngineError, match="no context yet: call reset"):
+        GameEngine(engine_bundle(engine)).step(1)
+    with pytest.raises(EngineError, match="context frames are 32x24, the checkpoint's frames are 64x48"):
+        engine.reset(np.zeros((N, 24, 32, 3), np.uint8), [1, 2, 3])
+    with pytest.raises(EngineError, match="4 context frames need 3 actions.*the newest frame's action is the one step\\(\\) takes"):
+        engine.reset(random_frames(N), [1, 2, 3, 4])
+    with pytest.raises(EngineError, match="exactly one of them"):
+        engine.reset(random_frames(N), [1, 2, 3], latents=torch.zeros(N, 4, 12, 16))
+    with pytest.raises(EngineError, match=r"context latents must be .* C, h, w = \(4, 12, 16\)"):
+        engine.reset(latents=torch.zeros(N, 4, 8, 8), actions=[1, 2, 3])
+
+
+def engine_bundle(engine: GameEngine):
+    from gamengen.model import WorldModelBundle
+
+    return WorldModelBundle(engine.model, engine.vae, engine.scheduler, engine.config)
+
+
+@pytest.mark.parametrize("part", ["action_embedding.safetensors", "vae/config.json", "scheduler/scheduler_config.json"])
+def test_a_checkpoint_with_a_missing_part_is_refused(checkpoint, tmp_path, part):
+    import shutil
+
+    broken = tmp_path / "wm"
+    shutil.copytree(checkpoint, broken)
+    (broken / part).unlink()
+    with pytest.raises(ModelLoadError, match=f"not a complete world-model checkpoint: missing {part}"):
+        GameEngine.from_pretrained(broken, device="cpu")

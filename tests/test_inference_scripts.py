@@ -1,0 +1,156 @@
+"""run_inference.py and run_autoregressive.py on real recorded 64x48 frames and a tiny random-init checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+from PIL import Image
+
+import run_autoregressive
+import run_inference
+from gamengen.config import get_world_model_config
+from gamengen.data import DatasetError, open_dataset
+from gamengen.engine import EngineError
+from gamengen.model import build_vae, build_world_model, save_world_model
+
+STEPS = 40  # per recorded episode
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """2 random-policy E1M1 episodes of 40 steps at the tiny preset's 64x48."""
+    out = tmp_path_factory.mktemp("rollout_ds")
+    run_script(
+        "ViZDoomPPO/load_model_generate_dataset.py",
+        *("--random_policy", "--episodes", 2, "--num_workers", 2, "--max_steps_per_episode", STEPS, "--frame_size", "64x48", "--out_dir", out, "--seed", 5),
+    )
+    return out
+
+
+def save_checkpoint(folder: Path, action_names: list[str], **model_overrides) -> Path:
+    torch.manual_seed(0)
+    config = get_world_model_config("tiny", action_names)
+    if model_overrides:
+        config.model = dataclasses.replace(config.model, **model_overrides)
+    return save_world_model(folder, build_world_model(config), build_vae(config.model), config)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(dataset, tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("rollout_wm") / "wm", open_dataset(dataset).action_names)
+
+
+@pytest.fixture
+def in_process():
+    """Run a script's main() here (faster than a subprocess); keep torch's thread count as it was."""
+    threads = torch.get_num_threads()
+    yield lambda module, *args: module.main(module.parse_args([str(a) for a in args]))
+    torch.set_num_threads(threads)
+
+
+def gif_frames(path: Path) -> list[Image.Image]:
+    with Image.open(path) as gif:
+        frames = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            frames.append(gif.convert("RGB"))
+        return frames
+
+
+def test_run_inference_saves_truth_prediction_and_difference_and_prints_psnr(dataset, checkpoint, tmp_path):
+    output = tmp_path / "pred.png"
+    result = run_script("run_inference.py", "--model_folder", checkpoint, "--dataset_name", dataset, "--episode", 1, "--step", 9, "--output", output)
+    assert "PSNR:" in result.stdout and "dB" in result.stdout and f"saved {output}" in result.stdout
+    assert "predicted from frames 5..8" in result.stdout  # context 4: frames t-4 .. t-1
+    with Image.open(output) as image:
+        width, height = image.size
+    assert width == 3 * 64 * 4 + 2 * 4  # truth | prediction | difference, upscaled 4x, 4-pixel gaps
+    assert height >= 48 * 4
+
+
+def test_run_autoregressive_writes_every_generated_frame_beside_the_truth_and_prints_fps(dataset, checkpoint, tmp_path):
+    result = run_script(
+        "run_autoregressive.py", "--model_folder", checkpoint, "--dataset_name", dataset, "--episodes", 0, 1, "--num_frames", 12, "--output_dir", tmp_path
+    )
+    assert result.stdout.count("FPS") >= 2 and "unet" in result.stdout and "decode" in result.stdout
+    summary = json.loads((tmp_path / "rollouts.json").read_text())
+    assert [r["name"] for r in summary["rollouts"]] == ["ep0_recorded", "ep1_recorded"]
+    for rollout in summary["rollouts"]:
+        frames = gif_frames(Path(rollout["gif"]))
+        assert len(frames) == 12  # EVERY generated frame, none merged
+        assert frames[0].size[0] == 2 * 64 * 4 + 4  # generated | truth
+        assert len(rollout["psnr"]) == 12 and rollout["start_step"] == 4 and rollout["fps"] > 0
+        assert len(rollout["actions"]) == 12
+
+
+def test_scripted_actions_roll_out_every_script_from_every_episode(dataset, checkpoint, tmp_path, in_process):
+    results = in_process(
+        run_autoregressive,
+        *("--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--no_mp4"),
+        *("--actions", "FORWARD*3,turn_left*2", "ATTACK", "--num_frames", 7, "--start_step", 2),
+    )
+    assert [r["name"] for r in results] == ["ep0_script0", "ep0_script1"]
+    assert results[0]["actions"] == ["FORWARD"] * 3 + ["TURN_LEFT"] * 2 + ["FORWARD"] * 2  # a shorter script repeats
+    assert results[1]["actions"] == ["ATTACK"] * 7
+    for result in results:
+        frames = gif_frames(Path(result["gif"]))
+        assert len(frames) == 7 and frames[0].size[0] == 64 * 4  # no ground truth for invented actions
+        assert result["psnr"] is None
+
+
+def test_a_script_without_num_frames_plays_it_once(dataset, checkpoint, tmp_path, in_process):
+    (result,) = in_process(
+        run_autoregressive, "--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--actions", "FORWARD*2,USE", "--save_arrays"
+    )
+    assert result["num_frames"] == 3 and len(gif_frames(Path(result["gif"]))) == 3
+    import numpy as np
+
+    arrays = np.load(tmp_path / "ep0_script0.npz")
+    assert arrays["generated"].shape == (3, 48, 64, 3) and arrays["actions"].tolist() == [1, 1, 8]
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def test_an_unknown_action_name_is_refused_with_the_action_list(dataset, checkpoint, tmp_path, in_process):
+    with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD, BACKWARD"):
+        in_process(run_autoregressive, "--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--actions", "FORWARD*2,JUMP")
+    assert not list(tmp_path.glob("*.gif"))  # refused before anything was generated
+
+
+def test_a_dataset_with_other_actions_or_frame_size_is_refused(dataset, tmp_path, in_process):
+    other_actions = save_checkpoint(tmp_path / "other_actions", ["NOOP", "FORWARD", "TURN_LEFT"])
+    with pytest.raises(DatasetError, match="the dataset's actions .* are not the checkpoint's \\(NOOP, FORWARD, TURN_LEFT\\)"):
+        in_process(run_inference, "--model_folder", other_actions, "--dataset_name", dataset, "--output", tmp_path / "x.png")
+    names = open_dataset(dataset).action_names
+    other_size = save_checkpoint(tmp_path / "other_size", names, frame_width=80, frame_height=64, padded_width=80, padded_height=64)
+    with pytest.raises(DatasetError, match="the dataset's frames are 64x48, the 'tiny' preset expects 80x64.*trained on 80x64 frames"):
+        in_process(run_autoregressive, "--model_folder", other_size, "--dataset_name", dataset, "--output_dir", tmp_path)
+
+
+def test_a_short_context_is_padded_or_refused(dataset, checkpoint, tmp_path, in_process):
+    args = ("--model_folder", checkpoint, "--dataset_name", dataset, "--step", 2, "--output", tmp_path / "p.png")
+    assert in_process(run_inference, *args)["step"] == 2  # 2 real frames, padded to 4 as in training
+    with pytest.raises(EngineError, match="the context has 2 frames, the model's context is 4"):
+        in_process(run_inference, *args, "--no_pad_context")
+
+
+def test_a_recorded_rollout_longer_than_the_episode_is_refused(dataset, checkpoint, tmp_path, in_process):
+    with pytest.raises(DatasetError, match=f"has {STEPS} steps: with recorded actions, 40 frames from step 4 need 44.*at most --num_frames 36"):
+        in_process(run_autoregressive, "--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--num_frames", 40)
+
+
+def test_a_checkpoint_with_a_missing_part_is_refused_with_a_message(dataset, checkpoint, tmp_path):
+    broken = tmp_path / "wm"
+    shutil.copytree(checkpoint, broken)
+    shutil.rmtree(broken / "vae")
+    result = run_script("run_autoregressive.py", "--model_folder", broken, "--dataset_name", dataset, "--output_dir", tmp_path, check=False)
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "not a complete world-model checkpoint: missing vae/config.json" in result.stderr
+    assert "Traceback" not in result.stderr
