@@ -111,7 +111,7 @@ def measure(bundle: WorldModelBundle, frames: int, warmup: int, **engine_options
 def row(name: str, result: dict[str, Any]) -> str:
     return (
         f"| {name} | {result['unet_ms']:.1f} ({result['unet_ms_per_ddim_step']:.1f} per step) | {result['decode_ms']:.1f} | "
-        f"{result['total_ms']:.1f} | **{result['fps']:.1f}** |"
+        f"{result['total_ms']:.1f} | **{result['fps']:.3g}** |"
     )
 
 

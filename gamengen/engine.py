@@ -50,7 +50,7 @@ import torch
 
 from gamengen.config import WorldModelConfig
 from gamengen.data import DatasetError, EpisodeDataset, check_action_ids, check_frame_size, pad_context
-from gamengen.model import WorldModelBundle, corrupt_context, decode_latents, encode_frames, frames_to_tensor, load_world_model, tensor_to_frames
+from gamengen.model import WorldModelBundle, corrupt_context, decode_latents, encode_frames, frames_to_tensor, load_world_model, tensor_to_frames, unpad_frames
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -204,7 +204,7 @@ class GameEngine:
         noise_bucket: noise-augmentation bucket of the context at inference (default: the
             checkpoint's ``inference_noise_bucket``, 0 = clean; see the module docstring).
         seed: seed of the engine's random generator (initial noise, context noise); ``reset`` can reseed.
-        compile: run the world model (UNet + action embedding) through ``torch.compile``.
+        compile: run the world model (UNet + action embedding) and the VAE decoder through ``torch.compile``.
         compile_mode: ``torch.compile`` mode (e.g. "reduce-overhead" for CUDA graphs on a GPU).
         pad_short_context: pad a context shorter than the model's as training does (True) or refuse it.
         sync_timing: on CUDA, synchronise before reading each stage's clock, so that the per-stage
@@ -239,6 +239,7 @@ class GameEngine:
         self.num_inference_steps = int(self.config.num_inference_steps if num_inference_steps is None else num_inference_steps)
         self._schedule = self._make_schedule(self.num_inference_steps)
         self._denoiser = torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
+        self._compiled_decode = torch.compile(self.vae.decode, mode=compile_mode, backend=compile_backend) if compile else None
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.timings: list[FrameTiming] = []
@@ -327,58 +328,57 @@ class GameEngine:
         if (frames is None) == (latents is None):
             raise EngineError("reset takes the context as frames (uint8 HxWx3) or as latents, exactly one of them")
         if frames is not None:
-            context = self._encode(frames)
+            context = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+            if context.dtype != torch.uint8 or context.ndim not in (4, 5) or context.shape[-1] != 3:
+                raise EngineError(f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} {context.dtype}")
+            height, width = context.shape[-3:-1]
+            if (width, height) != self.frame_size:
+                raise EngineError(f"context frames are {width}x{height}, the checkpoint's frames are {self.frame_size[0]}x{self.frame_size[1]}")
         else:
             context = torch.as_tensor(latents)
-            if context.ndim == 4:
-                context = context[None]
-            if context.ndim != 5 or tuple(context.shape[2:]) != tuple(self.config.model.latent_shape):
+            if context.ndim not in (4, 5) or tuple(context.shape[-3:]) != tuple(self.config.model.latent_shape):
                 raise EngineError(
                     f"context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = {self.config.model.latent_shape}, got {tuple(context.shape)}"
                 )
-            self._batched = torch.as_tensor(latents).ndim == 5
-            context = context.to(self.device, torch.float32)
+        batched = context.ndim == 5
+        if not batched:
+            context = context[None]
         batch, count = context.shape[:2]
-        action_ids = self._action_tensor(actions, batch, count)
+        action_ids = self._action_tensor(actions, batch, count, batched)
         pad = self.pad_short_context if pad_short_context is None else pad_short_context
         if count < self.context_length and not pad:
             raise EngineError(
                 f"the context has {count} frames, the model's context is {self.context_length}: give at least {self.context_length} frames, "
                 "or allow padding (it repeats the first frame and uses action 0, NOOP, for the missing slots, as training does)"
             )
+        # Frames are encoded once, here (the VAE encoder's only use); latents are taken as they are.
+        context = self._encode(context) if frames is not None else context.to(self.device, torch.float32)
         # The newest frame's action slot is a placeholder (PAD) until step() fills it.
         with_pending = torch.cat([action_ids, torch.zeros(batch, 1, dtype=torch.int64)], dim=1)
         padded = [pad_context(context[b], with_pending[b], self.context_length) for b in range(batch)]
         self._latents = torch.stack([p[0] for p in padded]).to(self.device)
         self._actions = torch.stack([p[1] for p in padded]).to(self.device)
+        self._batched = batched
         if seed is not None:
             self.generator.manual_seed(int(seed))
         self.timings = []
         self.frame_index = 0
 
-    def _encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        frames = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
-        if frames.dtype != torch.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
-            raise EngineError(f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
-        self._batched = frames.ndim == 5
-        if not self._batched:
-            frames = frames[None]
-        height, width = frames.shape[2:4]
-        if (width, height) != self.frame_size:
-            raise EngineError(f"context frames are {width}x{height}, the checkpoint's frames are {self.frame_size[0]}x{self.frame_size[1]}")
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames ``(B, k, H, W, 3)`` -> scaled latents ``(B, k, C, h, w)`` float32, in one VAE batch."""
         batch, count = frames.shape[:2]
         with torch.inference_mode():
             pixels = frames_to_tensor(frames.flatten(0, 1)).to(self.device, self.vae.dtype)
             latents = encode_frames(self.vae, pixels, self.config.model).float()
         return latents.unflatten(0, (batch, count))
 
-    def _action_tensor(self, actions: Any, batch: int, count: int) -> torch.Tensor:
+    def _action_tensor(self, actions: Any, batch: int, count: int, batched: bool) -> torch.Tensor:
         expected = count - 1
         if actions is None:
-            actions = np.zeros((batch, 0), dtype=np.int64)
+            actions = np.zeros((batch, 0), dtype=np.int64) if batched else []
         if isinstance(actions, torch.Tensor):
             actions = actions.cpu().numpy()
-        rows = [actions] if not self._batched else list(actions)
+        rows = list(actions) if batched else [actions]
         if len(rows) != batch:
             raise EngineError(f"{len(rows)} action rows for a batch of {batch} contexts")
         ids = []
@@ -420,7 +420,11 @@ class GameEngine:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Scaled latents ``(B, C, h, w)`` -> uint8 frames ``(B, H, W, 3)`` without the padding."""
-        pixels = decode_latents(self.vae, latents.to(self.device, self.vae.dtype), self.config.model)
+        latents = latents.to(self.device, self.vae.dtype)
+        if self._compiled_decode is None:
+            pixels = decode_latents(self.vae, latents, self.config.model)
+        else:  # decode_latents, through the compiled decoder
+            pixels = unpad_frames(self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model)
         return tensor_to_frames(pixels)
 
     @torch.inference_mode()

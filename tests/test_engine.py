@@ -240,12 +240,22 @@ def test_timings_break_a_frame_down_into_unet_and_decode(engine):
     assert engine.last_timing.decode_ms == 0
 
 
-def test_bf16_and_compiled_engines_generate_frames(checkpoint):
-    engine = GameEngine.from_pretrained(checkpoint, device="cpu", dtype="bf16", compile=True, compile_backend="eager")
-    assert engine.describe()["dtype"] == "bfloat16" and engine.describe()["compiled"]
+def test_a_compiled_engine_generates_the_same_frames(checkpoint, bundle):
+    # The "eager" backend exercises the torch.compile wiring (UNet and decoder) without minutes of C++ compilation.
+    compiled = GameEngine.from_pretrained(checkpoint, device="cpu", compile=True, compile_backend="eager")
+    assert compiled.describe()["compiled"]
+    plain = GameEngine(bundle)
+    for engine in (compiled, plain):
+        engine.reset(random_frames(N), [1, 2, 3], seed=4)
+    assert np.array_equal(compiled.rollout([1, 2]), plain.rollout([1, 2]))
+
+
+def test_a_bf16_engine_generates_frames(checkpoint):
+    engine = GameEngine.from_pretrained(checkpoint, device="cpu", dtype="bf16")
+    assert engine.describe()["dtype"] == "bfloat16" and engine.model.unet.dtype == torch.bfloat16
     engine.reset(random_frames(N), [1, 2, 3])
     frames = engine.rollout([1, 2])
-    assert frames.shape == (2, 48, 64, 3)
+    assert frames.shape == (2, 48, 64, 3) and frames.std() > 0
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -281,6 +291,13 @@ def test_malformed_contexts_are_refused(engine):
         engine.reset(random_frames(N), [1, 2, 3], latents=torch.zeros(N, 4, 12, 16))
     with pytest.raises(EngineError, match=r"context latents must be .* C, h, w = \(4, 12, 16\)"):
         engine.reset(latents=torch.zeros(N, 4, 8, 8), actions=[1, 2, 3])
+    # A refused reset leaves the engine as it was.
+    engine.reset(random_frames(N), [1, 2, 3])
+    before = engine.context_latents
+    with pytest.raises(EngineError):
+        engine.reset(np.stack([random_frames(N)] * 2), [1, 2, 3])
+    torch.testing.assert_close(engine.context_latents, before)
+    assert engine.step(1).shape == (48, 64, 3)
 
 
 def engine_bundle(engine: GameEngine):
