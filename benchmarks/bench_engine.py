@@ -150,7 +150,7 @@ def main() -> None:
                 configurations.append((threads, dtype, 1.5, False))
             configurations.append((threads, "fp32", 1.0, False))
         if args.compile:
-            configurations += [(1, "fp32", 1.5, True), (1, "bf16", 1.5, True)]
+            configurations += [(1, "fp32", 1.5, True), (1, "bf16", 1.5, True), (2, "bf16", 1.5, True)]
         for threads, dtype, scale, compiled in configurations:
             torch.set_num_threads(threads)
             torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
