@@ -432,16 +432,27 @@ class GameEngine:
         """The guided v-prediction (float32) for noisy latents ``(B, C, h, w)``: with CFG, one UNet call
         on a batch of 2B, the real context first and the all-zero context (dropped as in training)
         second, same actions and noise bucket; ``v_uncond + scale * (v_cond - v_uncond)``."""
-        batch = noisy_latents.shape[0]
-        guided = self.guidance_scale != 1.0
-        context_latents = context_latents.to(self.dtype)
-        if guided:
+        return self._guided(noisy_latents, timestep, self._conditioning(context_latents, context_actions))
+
+    def _conditioning(self, context_latents: torch.Tensor, context_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The UNet's context inputs for a frame (the same at every DDIM step): with CFG, the real context
+        then the all-zero one, the actions twice, the noise bucket for all."""
+        context_latents = context_latents.to(self.device, self.dtype)
+        context_actions = context_actions.to(self.device)
+        if self.guidance_scale != 1.0:
             context_latents = torch.cat([context_latents, torch.zeros_like(context_latents)])
             context_actions = torch.cat([context_actions, context_actions])
-            noisy_latents = torch.cat([noisy_latents, noisy_latents])
-        buckets = torch.full((noisy_latents.shape[0],), self.noise_bucket, dtype=torch.int64, device=self.device)
-        timesteps = timestep.to(self.device).expand(noisy_latents.shape[0])
-        prediction = self._denoiser(noisy_latents.to(self.dtype), timesteps, context_latents, context_actions, buckets).float()
+        buckets = torch.full((context_latents.shape[0],), self.noise_bucket, dtype=torch.int64, device=self.device)
+        return context_latents, context_actions, buckets
+
+    def _guided(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditioning: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        context_latents, context_actions, buckets = conditioning
+        batch, guided = noisy_latents.shape[0], self.guidance_scale != 1.0
+        unet_input = noisy_latents.to(self.dtype)
+        if guided:
+            unet_input = torch.cat([unet_input, unet_input])
+        timesteps = timestep.to(self.device).expand(unet_input.shape[0])
+        prediction = self._denoiser(unet_input, timesteps, context_latents, context_actions, buckets).float()
         self._unet_calls += 1
         if not guided:
             return prediction
@@ -463,9 +474,9 @@ class GameEngine:
             context = corrupt_context(context, buckets, self.config, generator=self.generator)
         shape = (batch, *self.config.model.latent_shape)
         sample = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32) * float(self.scheduler.init_noise_sigma)
+        conditioning = self._conditioning(context, actions)
         for step in self._schedule:
-            prediction = self.predict(sample, step.timestep_tensor, context, actions)
-            sample = self._ddim_update(sample, prediction, step)
+            sample = self._ddim_update(sample, self._guided(sample, step.timestep_tensor, conditioning), step)
         if self.sync_timing:
             torch.cuda.synchronize(self.device)
         unet_ms = 1000 * (time.perf_counter() - started)
