@@ -420,7 +420,7 @@ def load_world_model(
     embedding = load_file(str(root / ACTION_EMBEDDING_FILE))["weight"]
     if tuple(embedding.shape) != (config.num_actions, unet.config.cross_attention_dim):
         problems.append(f"action embedding is {tuple(embedding.shape)}, expected ({config.num_actions}, {unet.config.cross_attention_dim})")
-    vae = AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER)
+    vae = AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype)
     try:
         check_vae(vae, config.model)
     except ModelLoadError as error:
@@ -432,5 +432,5 @@ def load_world_model(
         model.action_embedding.weight.copy_(embedding)
     scheduler = DDIMScheduler.from_pretrained(root, subfolder=SCHEDULER_SUBFOLDER)
     model.to(device=device, dtype=dtype).eval()
-    vae.to(device=device, dtype=dtype).eval()
+    vae.to(device=device).eval()
     return WorldModelBundle(model=model, vae=vae, scheduler=scheduler, config=config)
