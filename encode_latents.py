@@ -48,12 +48,13 @@ from gamengen.data import (
     LATENT_CACHE_FORMAT,
     LATENT_CACHE_VERSION,
     MANIFEST_FILE,
-    ColumnNames,
     DatasetError,
     EpisodeDataset,
     FrameDataset,
+    add_column_arguments,
     check_action_ids,
     check_frame_size,
+    columns_from_args,
     dataset_fingerprint,
     dataset_shards,
     encoder_fingerprint,
@@ -89,12 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="processes decoding PNG frames (0: in the main process)")
     parser.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
-    parser.add_argument(
-        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
-    )
-    parser.add_argument("--action_column", default=None, help="column of actions (default 'action')")
-    parser.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
-    parser.add_argument("--step_column", default=None, help="column of step indices within an episode (default 'step_id')")
+    add_column_arguments(parser)
     parser.add_argument(
         "--num_actions", type=int, default=None, help="number of actions, for datasets without action_names metadata (action ids are checked against it)"
     )
@@ -102,13 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
     return args
-
-
-def column_names(args: argparse.Namespace) -> ColumnNames | None:
-    explicit = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
-    if all(value is None for value in explicit.values()):
-        return None
-    return ColumnNames(**{key: value for key, value in explicit.items() if value is not None})
 
 
 def build_manifest(args: argparse.Namespace, config: ModelConfig, dataset: EpisodeDataset, vae_path: str, encoder_sha256: str, scaling_factor: float) -> dict:
@@ -231,7 +220,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
     config = get_config(args.preset)
-    dataset = open_dataset(args.dataset_name, columns=column_names(args), revision=args.revision, cache_dir=args.cache_dir, cache_row_groups=4)
+    dataset = open_dataset(args.dataset_name, columns=columns_from_args(args), revision=args.revision, cache_dir=args.cache_dir, cache_row_groups=4)
     check_frame_size(dataset, config)
     if args.num_actions is not None or dataset.action_names:
         check_action_ids(dataset.episode_ids, [dataset.actions(i) for i in range(len(dataset.episodes))], args.num_actions, dataset.action_names)

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.data import ColumnNames, DatasetError, EpisodeDataset, FrameDataset, LocalShuffleSampler, open_dataset
+from gamengen.data import DatasetError, EpisodeDataset, FrameDataset, LocalShuffleSampler, add_column_arguments, columns_from_args, open_dataset
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
 from gamengen.training import UsageError, check_output_dir, checkpoint_step, find_checkpoint, save_checkpoint, write_json
@@ -69,12 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
     data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
-    data.add_argument(
-        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
-    )
-    data.add_argument("--action_column", default=None, help="column of actions (default 'action')")
-    data.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
-    data.add_argument("--step_column", default=None, help="column of step indices within an episode (default 'step_id')")
+    add_column_arguments(data)
     data.add_argument("--holdout_fraction", type=float, default=0.1, help="fraction of episodes held out for evaluation (at least one)")
     data.add_argument("--num_validation_frames", type=int, default=64, help="held-out frames (evenly spaced) the PSNR is measured on")
     data.add_argument("--num_validation_images", type=int, default=4, help="held-out frames shown in each reconstruction grid")
@@ -239,8 +234,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = get_config(args.preset)
 
     # Data: recorded episodes, a held-out split by episode id, a fixed set of held-out frames.
-    explicit = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
-    columns = ColumnNames(**{k: v for k, v in explicit.items() if v is not None}) if any(v is not None for v in explicit.values()) else None
+    columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
     if (dataset.frame_width, dataset.frame_height) != (config.frame_width, config.frame_height):
         raise DatasetError(

@@ -38,10 +38,11 @@ from tqdm.auto import tqdm
 
 from gamengen.config import DEFAULT_CONTEXT_LENGTH, PRESETS, WorldModelConfig, get_config, get_world_model_config
 from gamengen.data import (
-    ColumnNames,
     DatasetError,
     LatentWindowDataset,
     PixelWindowDataset,
+    add_column_arguments,
+    columns_from_args,
     encode_pixel_windows,
     open_dataset,
     open_latent_cache,
@@ -90,10 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
     data.add_argument("--latents_dir", default=None, help="latents cached by encode_latents.py: training then never runs the VAE encoder")
     data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
-    data.add_argument("--frame_column", default=None, help="column of encoded frames (default 'frame'); naming columns accepts other layouts")
-    data.add_argument("--action_column", default=None, help="column of actions (default 'action')")
-    data.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
-    data.add_argument("--step_column", default=None, help="column of step indices (default 'step_id')")
+    add_column_arguments(data)
     data.add_argument("--holdout_fraction", type=float, default=0.1, help="fraction of episodes held out for validation (at least one)")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes")
     train = parser.add_argument_group("training")
@@ -171,8 +169,7 @@ def load_windows(args: argparse.Namespace, vae) -> tuple[list[str], torch.utils.
 
     With ``--latents_dir`` the windows are read from the latent cache (checked against this dataset,
     preset and VAE); otherwise they are decoded from the parquet frames and encoded each step."""
-    explicit = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
-    columns = ColumnNames(**{k: v for k, v in explicit.items() if v is not None}) if any(v is not None for v in explicit.values()) else None
+    columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
     model_config = get_config(args.preset)
     context_length = args.context_length or DEFAULT_CONTEXT_LENGTH[args.preset]
@@ -418,7 +415,9 @@ def check_resumable(checkpoint: Path, config: WorldModelConfig) -> None:
         return
     saved = WorldModelConfig.from_dict(json.loads(saved_path.read_text()))
     if saved.context_length != config.context_length:
-        raise UsageError(f"{checkpoint} has context length {saved.context_length}, this run {config.context_length}: pass --context_length {saved.context_length}")
+        raise UsageError(
+            f"{checkpoint} has context length {saved.context_length}, this run {config.context_length}: pass --context_length {saved.context_length}"
+        )
     if saved.action_names != config.action_names:
         raise UsageError(
             f"{checkpoint} was trained with {saved.num_actions} actions {saved.action_names[:4]}..., this dataset has {config.num_actions} {config.action_names[:4]}...: "

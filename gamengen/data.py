@@ -61,6 +61,25 @@ class ColumnNames:
     step: str = "step_id"
 
 
+def add_column_arguments(group: Any) -> None:
+    """The ``--frame_column/--action_column/--episode_column/--step_column`` options of every script
+    that reads a dataset (for datasets of another layout, e.g. public ``frames``/``actions`` ones)."""
+    group.add_argument(
+        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
+    )
+    group.add_argument("--action_column", default=None, help="column of actions (default 'action')")
+    group.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
+    group.add_argument("--step_column", default=None, help="column of step indices within an episode (default 'step_id')")
+
+
+def columns_from_args(args: Any) -> ColumnNames | None:
+    """The ``ColumnNames`` the options of ``add_column_arguments`` name (None: this project's layout)."""
+    explicit = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
+    if all(value is None for value in explicit.values()):
+        return None
+    return ColumnNames(**{key: value for key, value in explicit.items() if value is not None})
+
+
 @dataclass(frozen=True)
 class Episode:
     """One episode's place in the dataset: rows ``start .. start + length - 1`` of shard ``shard``."""

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from gamengen.config import WorldModelConfig
-from gamengen.data import DatasetError, EpisodeDataset, check_action_ids, check_frame_size, pad_context
+from gamengen.data import DatasetError, EpisodeDataset, add_column_arguments, check_action_ids, check_frame_size, columns_from_args, pad_context
 from gamengen.model import WorldModelBundle, corrupt_context, decode_latents, encode_frames, frames_to_tensor, load_world_model, tensor_to_frames, unpad_frames
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -582,12 +582,7 @@ def add_engine_arguments(parser: Any) -> None:
         "--no_pad_context", action="store_true", help="refuse a context shorter than the model's instead of padding it (first frame repeated, NOOP actions)"
     )
     data = parser.add_argument_group("dataset columns (other layouts)")
-    data.add_argument(
-        "--frame_column", default=None, help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata"
-    )
-    data.add_argument("--action_column", default=None, help="column of actions (default 'action')")
-    data.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
-    data.add_argument("--step_column", default=None, help="column of step indices (default 'step_id')")
+    add_column_arguments(data)
 
 
 def engine_from_args(args: Any) -> GameEngine:
@@ -611,10 +606,9 @@ def engine_from_args(args: Any) -> GameEngine:
 
 def dataset_from_args(args: Any, config: WorldModelConfig) -> EpisodeDataset:
     """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
-    from gamengen.data import ColumnNames, open_dataset
+    from gamengen.data import open_dataset
 
-    names = {"frame": args.frame_column, "action": args.action_column, "episode": args.episode_column, "step": args.step_column}
-    columns = ColumnNames(**{k: v for k, v in names.items() if v is not None}) if any(names.values()) else None
+    columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns)
     check_dataset(dataset, config)
     return dataset
