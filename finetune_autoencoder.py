@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from PIL import Image, ImageDraw
@@ -50,7 +50,7 @@ from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.data import DatasetError, EpisodeDataset, FrameDataset, LocalShuffleSampler, add_column_arguments, columns_from_args, open_dataset
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
-from gamengen.training import UsageError, check_output_dir, checkpoint_step, find_checkpoint, save_checkpoint, write_json
+from gamengen.training import UsageError, add_run_arguments, check_output_dir, checkpoint_step, find_checkpoint, make_accelerator, save_checkpoint, write_json
 
 SUMMARY_FILE = "vae_training.json"
 
@@ -82,24 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
     train.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in the backward pass to save memory")
     train.add_argument("--learning_rate", type=float, default=None, help="AdamW learning rate (default: 1e-4 decoder-only, 1e-3 with --train_encoder)")
-    train.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...")
-    train.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the learning-rate schedule")
-    train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
     train.add_argument("--kl_weight", type=float, default=1e-6, help="--train_encoder: weight of the KL term (summed over latent elements, mean over frames)")
     train.add_argument(
         "--lpips_weight", type=float, default=0.0, help="weight of an LPIPS term (needs the lpips package and its weights; the paper uses MSE only)"
     )
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's")
-    train.add_argument("--checkpointing_steps", type=int, default=500, help="save the training state to output_dir/checkpoint-<step> every this many steps")
-    train.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints (default: all)")
-    train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
     train.add_argument("--validation_steps", type=int, default=250, help="log held-out PSNR and a reconstruction grid every this many steps")
-    logging = parser.add_argument_group("logging and hub")
-    logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
-    logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
-    logging.add_argument("--push_to_hub", action="store_true", help="upload output_dir/vae and the run summary to the Hub")
-    logging.add_argument("--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)")
+    add_run_arguments(train, parser.add_argument_group("logging and hub"), checkpointing_steps=500, pushed="output_dir/vae and the run summary")
     args = parser.parse_args(argv)
     for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "num_validation_frames"):
         if getattr(args, name) < 1:
@@ -224,12 +213,7 @@ def log_grid(accelerator: Accelerator, grid: Image.Image, output_dir: Path, step
 def main(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, resuming=args.resume_from_checkpoint is not None, results=["vae"])
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
-    )
+    accelerator = make_accelerator(args, output_dir)
     set_seed(args.seed)
     config = get_config(args.preset)
 

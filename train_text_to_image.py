@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
@@ -61,7 +61,7 @@ from gamengen.model import (
     make_scheduler,
     save_world_model,
 )
-from gamengen.training import UsageError, check_output_dir, checkpoint_step, find_checkpoint, save_checkpoint, write_json
+from gamengen.training import UsageError, add_run_arguments, check_output_dir, checkpoint_step, find_checkpoint, make_accelerator, save_checkpoint, write_json
 
 SUMMARY_FILE = "training_summary.json"
 
@@ -103,21 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass to save memory")
     train.add_argument("--optimizer", choices=["adafactor", "adamw"], default=None, help="default: adafactor for sd14 (paper), adamw for tiny")
     train.add_argument("--learning_rate", type=float, default=None, help="default: 2e-5 for sd14 (paper), 5e-4 for tiny")
-    train.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...")
-    train.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the learning-rate schedule")
-    train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (paper: 1.0)")
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's")
-    train.add_argument("--checkpointing_steps", type=int, default=1000, help="save the training state to output_dir/checkpoint-<step> every this many steps")
-    train.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints (default: all)")
-    train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
     train.add_argument("--validation_steps", type=int, default=500, help="sample held-out next frames (engine, CFG) every this many steps")
     train.add_argument("--num_validation_samples", type=int, default=4, help="held-out windows sampled at each validation")
-    logging = parser.add_argument_group("logging and hub")
-    logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
-    logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
-    logging.add_argument("--push_to_hub", action="store_true", help="upload the checkpoint folder to the Hub")
-    logging.add_argument("--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)")
+    add_run_arguments(train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder")
     args = parser.parse_args(argv)
     for name in ("max_train_steps", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "noise_buckets"):
         if getattr(args, name) < 1:
@@ -220,12 +209,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     resuming = args.resume_from_checkpoint is not None
     check_output_dir(output_dir, resuming=resuming, results=["unet", "gamengen_config.json"])
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
-    )
+    accelerator = make_accelerator(args, output_dir)
     set_seed(args.seed)
 
     # The VAE: decodes validation samples, and encodes the frames when there is no latent cache.

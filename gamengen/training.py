@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -79,3 +80,31 @@ def write_json(path: Path, values: dict[str, Any]) -> None:
 def checkpoint_step(checkpoint: Path) -> int:
     """The global step a ``checkpoint-<step>`` folder was saved at."""
     return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+
+
+def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed: str) -> None:
+    """The options every accelerate training script shares (diffusers' names): learning-rate schedule,
+    mixed precision, checkpointing and resumption, trackers and the Hub."""
+    train.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...")
+    train.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the learning-rate schedule")
+    train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's")
+    train.add_argument(
+        "--checkpointing_steps", type=int, default=checkpointing_steps, help="save the training state to output_dir/checkpoint-<step> every this many steps"
+    )
+    train.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints (default: all)")
+    train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
+    logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
+    logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
+    logging.add_argument("--push_to_hub", action="store_true", help=f"upload {pushed} to the Hub")
+    logging.add_argument("--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)")
+
+
+def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
+    """The Accelerator of a run from the options of ``add_run_arguments``."""
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+    )
