@@ -54,3 +54,41 @@ def random_dataset(tmp_path_factory) -> Path:
         "7",
     )
     return out
+
+
+TINY_STEPS = 40  # per episode of the tiny_dataset fixture
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """2 random-policy E1M1 episodes of 40 steps at the tiny preset's 64x48, from 2 worker processes."""
+    out = tmp_path_factory.mktemp("tiny_ds")
+    run_script(
+        "ViZDoomPPO/load_model_generate_dataset.py",
+        *("--random_policy", "--episodes", 2, "--num_workers", 2, "--max_steps_per_episode", TINY_STEPS, "--frame_size", "64x48", "--out_dir", out, "--seed", 5),
+    )
+    return out
+
+
+def save_tiny_checkpoint(folder: Path, action_names: list[str], seed: int = 0, **model_overrides) -> Path:
+    """A random-init tiny world model (UNet + VAE + config) saved as a checkpoint folder."""
+    import dataclasses
+
+    import torch
+
+    from gamengen.config import get_world_model_config
+    from gamengen.model import build_vae, build_world_model, save_world_model
+
+    torch.manual_seed(seed)
+    config = get_world_model_config("tiny", action_names)
+    if model_overrides:
+        config.model = dataclasses.replace(config.model, **model_overrides)
+    return save_world_model(folder, build_world_model(config), build_vae(config.model), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
+    """A random-init tiny checkpoint for the actions of ``tiny_dataset``."""
+    from gamengen.data import open_dataset
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_wm") / "wm", open_dataset(tiny_dataset).action_names)

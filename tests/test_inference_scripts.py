@@ -2,48 +2,34 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import TINY_STEPS, run_script, save_tiny_checkpoint
 from PIL import Image
 
 import run_autoregressive
 import run_inference
-from gamengen.config import get_world_model_config
 from gamengen.data import DatasetError, open_dataset
 from gamengen.engine import EngineError
-from gamengen.model import build_vae, build_world_model, save_world_model
 
-STEPS = 40  # per recorded episode
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """2 random-policy E1M1 episodes of 40 steps at the tiny preset's 64x48."""
-    out = tmp_path_factory.mktemp("rollout_ds")
-    run_script(
-        "ViZDoomPPO/load_model_generate_dataset.py",
-        *("--random_policy", "--episodes", 2, "--num_workers", 2, "--max_steps_per_episode", STEPS, "--frame_size", "64x48", "--out_dir", out, "--seed", 5),
-    )
-    return out
-
-
-def save_checkpoint(folder: Path, action_names: list[str], **model_overrides) -> Path:
-    torch.manual_seed(0)
-    config = get_world_model_config("tiny", action_names)
-    if model_overrides:
-        config.model = dataclasses.replace(config.model, **model_overrides)
-    return save_world_model(folder, build_world_model(config), build_vae(config.model), config)
+STEPS = TINY_STEPS  # per recorded episode
 
 
 @pytest.fixture(scope="module")
-def checkpoint(dataset, tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("rollout_wm") / "wm", open_dataset(dataset).action_names)
+def dataset(tiny_dataset) -> Path:
+    return tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
+
+
+save_checkpoint = save_tiny_checkpoint
 
 
 @pytest.fixture
