@@ -92,3 +92,13 @@ def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     from gamengen.data import open_dataset
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_wm") / "wm", open_dataset(tiny_dataset).action_names)
+
+
+@pytest.fixture
+def in_process():
+    """Run a script's main() here (faster than a subprocess); keep torch's thread count as it was."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield lambda module, *args: module.main(module.parse_args([str(a) for a in args]))
+    torch.set_num_threads(threads)

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TINY_STEPS, run_script, save_tiny_checkpoint
 from PIL import Image
 
@@ -30,14 +29,6 @@ def checkpoint(tiny_checkpoint) -> Path:
 
 
 save_checkpoint = save_tiny_checkpoint
-
-
-@pytest.fixture
-def in_process():
-    """Run a script's main() here (faster than a subprocess); keep torch's thread count as it was."""
-    threads = torch.get_num_threads()
-    yield lambda module, *args: module.main(module.parse_args([str(a) for a in args]))
-    torch.set_num_threads(threads)
 
 
 def gif_frames(path: Path) -> list[Image.Image]:

@@ -1,0 +1,205 @@
+"""evaluate.py and gamengen/metrics.py: metrics with known answers, honest baselines, the report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script, save_tiny_checkpoint
+from PIL import Image
+
+import evaluate
+from gamengen.config import get_world_model_config
+from gamengen.data import DatasetError, open_dataset
+from gamengen.engine import EngineError, GameEngine, episode_frames
+from gamengen.metrics import load_lpips, psnr, ssim
+from gamengen.model import build_vae, build_world_model, frames_to_tensor, save_world_model
+
+FAST = ("--max_windows", 8, "--horizon", 6, "--timing_frames", 2, "--num_examples", 3)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_psnr_has_known_answers_on_the_full_pixel_range():
+    frames = torch.rand(3, 3, 12, 16) * 2 - 1
+    assert torch.allclose(psnr(frames, frames), torch.full((3,), 100.0))  # identical: the cap
+    shifted = (frames * 0.5) + 0.2  # stays inside [-1, 1]
+    assert torch.allclose(psnr(shifted, frames * 0.5), torch.full((3,), 20.0), atol=1e-3)  # 0.2 of a range of 2 = 0.1 -> 20 dB
+    black, white = frames_to_tensor(np.zeros((1, 4, 4, 3), np.uint8)), frames_to_tensor(np.full((1, 4, 4, 3), 255, np.uint8))
+    assert float(psnr(black, white)) == pytest.approx(0.0, abs=1e-4)  # uint8 frames: 0 vs 255 is the whole range
+
+
+def test_ssim_is_one_for_identical_frames_and_falls_with_noise():
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 3, 48, 64, generator=generator) * 2 - 1
+    assert torch.allclose(ssim(frames, frames), torch.ones(2), atol=1e-5)
+    noisy = [ssim((frames + sigma * torch.randn(frames.shape, generator=generator)).clamp(-1, 1), frames).mean() for sigma in (0.05, 0.2, 0.8)]
+    assert 1 > noisy[0] > noisy[1] > noisy[2] > -1
+
+
+def test_ssim_of_two_flat_frames_is_the_luminance_term():
+    # No structure: the contrast/structure term is C2 / C2 = 1, so SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1) on [0, 1] pixels.
+    a, b = torch.full((1, 3, 20, 20), -0.5), torch.full((1, 3, 20, 20), 0.5)  # 0.25 and 0.75
+    expected = (2 * 0.25 * 0.75 + 0.01**2) / (0.25**2 + 0.75**2 + 0.01**2)
+    assert float(ssim(a, b)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_lpips_says_why_it_is_not_computed_when_it_cannot_be():
+    metric, reason = load_lpips()
+    if metric is None:
+        assert "lpips" in reason.lower() and ("install" in reason or "could not be loaded" in reason)
+    else:  # installed with its weights: identical frames are at distance ~0
+        frames = torch.rand(1, 3, 64, 64) * 2 - 1
+        assert float(metric(frames, frames)[0]) < 1e-3
+
+
+@pytest.fixture
+def one_thread():
+    """What the scripts do (--num_threads 1): torch threads spin-wait against other busy processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- windows and shuffles -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 3, 7, 50])
+def test_shuffled_actions_come_from_another_window_every_time(count):
+    order = evaluate.derangement(count, seed=count)
+    assert sorted(order.tolist()) == list(range(count))  # a permutation: every action sequence is used once
+    assert all(order[i] != i for i in range(count))  # no window keeps its own actions
+
+
+def test_actions_are_grouped_by_the_change_they_make():
+    from common.envs import ACTION_NAMES
+
+    kinds = {name: evaluate.action_category(name) for name in ACTION_NAMES}
+    assert kinds["TURN_LEFT"] == kinds["FORWARD_TURN_RIGHT"] == kinds["TURN_LEFT_ATTACK"] == "turning"
+    assert kinds["FORWARD"] == kinds["STRAFE_LEFT"] == kinds["BACKWARD"] == kinds["FORWARD_ATTACK"] == "moving"
+    assert kinds["NOOP"] == "still" and kinds["ATTACK"] == kinds["USE"] == "other"
+
+
+# -- the script ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_dataset, tiny_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    """One evaluation of the random-init checkpoint, run as a user runs it."""
+    out = tmp_path_factory.mktemp("eval")
+    result = run_script("evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST)
+    assert "teacher-forced PSNR" in result.stdout and "wrote" in result.stdout
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluation_writes_metrics_report_and_plots_that_parse(evaluation):
+    out, metrics = evaluation
+    (model,) = metrics["models"]
+    assert len(metrics["windows"]) == 8 and len(model["drift"]["psnr"]) == 6 and len(metrics["baselines"]["copy_last"]["drift"]["psnr"]) == 6
+    assert 0 < model["teacher_forced"]["psnr"] < 100 and -1 <= model["teacher_forced"]["ssim"] <= 1
+    assert model["timing"]["fps"] > 0 and model["timing"]["unet_ms"] > 0 and model["timing"]["decode_ms"] > 0
+    assert model["engine"]["num_inference_steps"] == 4 and model["engine"]["guidance_scale"] == 1.5  # the sampling is recorded
+    assert metrics["lpips"]["computed"] or metrics["lpips"]["reason"]
+    report = (out / "report.md").read_text()
+    assert "| paper (SD v1.4, 320x240, TPU-v5) | 29.43 |" in report and "copy last context frame" in report and "shuffled actions" in report
+    assert "LPIPS:" in report
+    with Image.open(out / "drift.png") as drift, Image.open(out / "examples.png") as examples:
+        assert drift.size[0] > 600 and examples.size[1] >= 3 * 48 * 4  # 3 example rows of 4x-upscaled 64x48 frames
+
+
+def test_the_copy_last_baseline_repeats_the_last_context_frame_not_the_target(evaluation, tiny_dataset):
+    _, metrics = evaluation
+    dataset = open_dataset(tiny_dataset)
+    windows = [(dataset.episode_ids.index(w["episode_id"]), w["step"]) for w in metrics["windows"]]
+
+    def mean_psnr(offset: int) -> float:
+        previous = np.stack([episode_frames(dataset, e, s + offset, s + offset + 1)[0] for e, s in windows])
+        truth = np.stack([episode_frames(dataset, e, s, s + 1)[0] for e, s in windows])
+        return float(psnr(frames_to_tensor(previous), frames_to_tensor(truth)).mean())
+
+    reported = metrics["baselines"]["copy_last"]["teacher_forced"]["psnr"]
+    assert reported == pytest.approx(mean_psnr(-1), abs=1e-4)  # frame t-1 vs frame t
+    assert mean_psnr(0) == 100.0 and reported < 60  # not the target itself
+
+
+def test_shuffled_actions_change_only_the_actions(tiny_dataset, tmp_path, one_thread):
+    """An action-sensitive model: fed another window's actions, its predictions change; fed its own
+    (the identity 'shuffle'), they are identical: the noise is the same, only the actions differ."""
+    dataset = open_dataset(tiny_dataset)
+    torch.manual_seed(0)
+    config = get_world_model_config("tiny", dataset.action_names)
+    model = build_world_model(config)
+    with torch.no_grad():
+        model.action_embedding.weight.mul_(200.0)
+    engine = GameEngine.from_pretrained(save_world_model(tmp_path / "wm", model, build_vae(config.model), config))
+    args = evaluate.parse_args(["--model_folder", "x", "--dataset_name", str(tiny_dataset), "--batch_size", "4"])
+    windows = evaluate.choose_windows(dataset, [0, 1], engine.context_length, 8, dataset.action_names)
+    same = evaluate.teacher_forced(engine, dataset, windows, np.arange(len(windows)), args, None, "same")
+    assert same["per_window"]["model"]["psnr"] == same["per_window"]["shuffled_actions"]["psnr"]
+    order = evaluate.derangement(len(windows), 0)
+    shuffled = evaluate.teacher_forced(engine, dataset, windows, order, args, None, "shuffled")
+    assert shuffled["per_window"]["model"]["psnr"] == same["per_window"]["model"]["psnr"]  # the true actions give the same frames again
+
+    def actions(window):
+        return dataset.actions(window.episode)[window.step - 4 : window.step]
+
+    changed = [i for i, window in enumerate(windows) if not np.array_equal(actions(window), actions(windows[order[i]]))]
+    assert changed, "the random episodes should give windows with different action sequences"
+    for i in changed:
+        assert not np.array_equal(shuffled["predictions"]["model"][i], shuffled["predictions"]["shuffled"][i])
+
+
+def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
+    other = save_tiny_checkpoint(tmp_path / "other", open_dataset(tiny_dataset).action_names, seed=1)
+    out = tmp_path / "eval"
+    results = in_process(
+        evaluate,
+        *("--model_folder", tiny_checkpoint, "--compare", other, tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST),
+    )
+    names = [m["name"] for m in results["models"]]
+    assert names == ["wm", "other", "wm (2)"]  # labels stay distinct
+    report = (out / "report.md").read_text()
+    for name in names:
+        assert f"| **{name}** |" in report and f"| {name}, shuffled actions |" in report
+    saved = json.loads((out / "metrics.json").read_text())
+    assert [m["name"] for m in saved["models"]] == names and len(saved["windows"]) == 8
+    # the same checkpoint twice, on the same windows with the same seed: the same numbers
+    assert saved["models"][0]["teacher_forced"]["psnr"] == saved["models"][2]["teacher_forced"]["psnr"]
+
+
+def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_path, in_process):
+    dataset = open_dataset(tiny_dataset)
+    torch.manual_seed(0)
+    heldout = dataset.episode_ids[1]
+    config = get_world_model_config("tiny", dataset.action_names, dataset={"name": str(tiny_dataset), "heldout_episodes": [heldout]})
+    folder = save_world_model(tmp_path / "wm", build_world_model(config), build_vae(config.model), config)
+    results = in_process(evaluate, "--model_folder", folder, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "eval", *FAST)
+    assert results["episodes"] == [heldout] and "held out" in results["episode_source"]
+    assert {w["episode_id"] for w in results["windows"]} == {heldout}
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+def test_an_earlier_evaluation_is_not_overwritten(evaluation, tiny_dataset, tiny_checkpoint):
+    out, metrics = evaluation
+    before = (out / "metrics.json").read_text()
+    result = run_script("evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST, check=False)
+    assert result.returncode == 1 and "already holds an evaluation" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr and (out / "metrics.json").read_text() == before
+
+
+def test_a_checkpoint_of_other_actions_is_refused_before_any_work(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
+    other = save_tiny_checkpoint(tmp_path / "other", ["NOOP", "FORWARD", "TURN_LEFT"])
+    with pytest.raises(DatasetError, match="other.*the dataset's actions .* are not the checkpoint's"):
+        in_process(evaluate, "--model_folder", tiny_checkpoint, "--compare", other, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--model_folder", "a", "--compare", "b", "--names", "only-one", "--dataset_name", "d"])
+    with pytest.raises(EngineError):
+        in_process(evaluate, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "e", "--noise_bucket", 99)
