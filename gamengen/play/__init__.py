@@ -285,15 +285,16 @@ class RealGame:
         self.frame: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
-        _, info = self.env.reset(seed=self.seed + self.episodes)
+        """A new episode with the same seed: the same start, and the same answers to the same actions."""
+        _, info = self.env.reset(seed=self.seed)
         self.episodes += 1
-        self.frame = info["frame"]
+        self.frame = np.array(info["frame"])
         return self.frame
 
     def step(self, action: int) -> tuple[np.ndarray | None, bool]:
         """Play ``action``; the frame after it (None when the episode ended) and whether it ended."""
         _, _, terminated, truncated, info = self.env.step(action)
-        self.frame = info["frame"]
+        self.frame = None if info["frame"] is None else np.array(info["frame"])
         return self.frame, bool(terminated or truncated)
 
     def close(self) -> None:
@@ -327,7 +328,7 @@ class StartContext:
     @classmethod
     def from_frame(cls, frame: np.ndarray, description: str) -> StartContext:
         """One frame: the engine pads it to the model's context (first frame repeated, NOOP), as training pads episode starts."""
-        return cls(np.asarray(frame)[None], [], description)
+        return cls(np.array(frame)[None], [], description)  # a copy: the game may reuse its buffer
 
 
 def first_game_frame(settings: dict[str, Any], seed: int = 0) -> np.ndarray:
@@ -354,6 +355,7 @@ class Recording:
     actions: list[int] = field(default_factory=list)
     model_frames: list[np.ndarray] = field(default_factory=list)  # the model's frames as generated (uint8 HxWx3)
     real_frames: list[np.ndarray] = field(default_factory=list)  # the real game's, side by side
+    psnr: list[float] = field(default_factory=list)  # model vs real game, dB, side by side
     first_frame: int = 0  # engine frame index (since the last reset) of the first recorded frame
 
 
@@ -436,6 +438,7 @@ class PlaySession:
             self.recording.model_frames.append(self.frame)
             if self.real_game is not None:
                 self.recording.real_frames.append(self.real_frame)
+                self.recording.psnr.append(self.last_psnr)
         return self.frame
 
     def mark_idle(self) -> None:
@@ -528,6 +531,7 @@ class PlaySession:
             "episode_id": self.start.episode_id,
             "start_step": self.start.start_step,
             "seed": self.seed,
+            "psnr": recording.psnr or None,
             "engine": self.engine.describe(),
             "replay": self.replay_command(actions_path),
         }

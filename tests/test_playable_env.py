@@ -1,0 +1,357 @@
+"""run_playable_env.py: the browser (a real headless Chromium), the pygame window, headless scripts and
+side by side with the real ViZDoom game, on real 64x48 recordings and a tiny random-init checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_script, script_env
+from PIL import Image
+
+import run_autoregressive
+import run_playable_env
+from gamengen.data import open_dataset
+from gamengen.engine import EngineError, GameEngine
+from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, action_script, doom_env_module, game_settings
+
+CHROMIUM = os.environ.get("GAMENGEN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+GAME_ACTIONS = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "STRAFE_LEFT", "STRAFE_RIGHT", "ATTACK", "USE", "FORWARD_TURN_LEFT"]
+
+
+@pytest.fixture
+def in_process():
+    """Run the script's main() here (faster than a subprocess); keep torch's thread count as it was."""
+    threads = torch.get_num_threads()
+    yield lambda module, *args: module.main(module.parse_args([str(a) for a in args]))
+    torch.set_num_threads(threads)
+
+
+def gif_frames(path: Path) -> int:
+    with Image.open(path) as gif:
+        return gif.n_frames
+
+
+# -- the key map -----------------------------------------------------------------------------------
+
+
+def test_held_keys_pick_the_action_whose_controls_they_hold():
+    keys = KeyMap(GAME_ACTIONS)
+    assert keys.action_for([]) == 0 and keys.action_for(["KeyQ"]) == 0  # no key, or an unbound one: the no-op
+    assert GAME_ACTIONS[keys.action_for(["KeyW"])] == "FORWARD" and GAME_ACTIONS[keys.action_for(["ArrowUp"])] == "FORWARD"
+    assert GAME_ACTIONS[keys.action_for(["KeyW", "KeyA"])] == "FORWARD_TURN_LEFT"  # a combination the model has
+    assert GAME_ACTIONS[keys.action_for(["KeyW", "Space"])] in ("FORWARD", "ATTACK")  # one it lacks: the largest part of it
+    assert GAME_ACTIONS[keys.action_for(["Space"])] == "ATTACK" and GAME_ACTIONS[keys.action_for(["KeyE"])] == "USE"
+    assert keys.action_keys(9) == "W/Up + A/Left"
+    # Names that are not made of known controls get digit keys; a renamed no-op is still the no-op.
+    other = KeyMap(["IDLE", "MOVE_FORWARD", "JUMP", "CROUCH"])
+    assert other.noop == 0 and other.action_for(["KeyW"]) == 1
+    assert other.action_for(["Digit1"]) == 2 and other.action_for(["KeyW", "Digit2"]) == 3 and other.action_keys(3) == "2"
+    assert action_controls("FORWARD_TURN_LEFT") == {"FORWARD", "TURN_LEFT"} and action_controls("NOOP") == frozenset()
+    assert action_script([1, 1, 1, 3, 0, 0], GAME_ACTIONS) == "FORWARD*3,TURN_LEFT,NOOP*2"
+
+
+# -- headless ----------------------------------------------------------------------------------------
+
+
+def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_replays_the_same_frames(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
+    script = tmp_path / "moves.txt"
+    script.write_text("# a scripted walk\nFORWARD*3\nturn_left\n")
+    result = run_script(
+        "run_playable_env.py",
+        *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--episode", 1, "--ui", "headless"),
+        *("--actions_file", script, "--num_frames", 6, "--output_dir", tmp_path / "play", "--name", "walk"),
+    )
+    assert re.search(r"6 frames in [\d.]+ s = [\d.]+ FPS", result.stdout)
+    assert gif_frames(tmp_path / "play" / "walk.gif") == 6  # every generated frame, none merged
+    log = json.loads((tmp_path / "play" / "walk.json").read_text())
+    assert log["actions"] == ["FORWARD"] * 3 + ["TURN_LEFT"] + ["FORWARD"] * 2  # a shorter script repeats
+    actions_file = Path(log["actions_file"])
+    assert actions_file.read_text().strip() == "FORWARD*3,TURN_LEFT,FORWARD*2"
+    assert "run_autoregressive.py" in log["replay"] and f"--start_step {log['start_step']}" in log["replay"]
+
+    # The action log replays through run_autoregressive.py: from the same start and seed, the same frames.
+    in_process(
+        run_autoregressive,
+        *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--episodes", log["episode_id"], "--start_step", log["start_step"]),
+        *("--seed", log["seed"], "--actions", actions_file.read_text().strip(), "--output_dir", tmp_path / "replay", "--save_arrays", "--no_mp4"),
+    )
+    played = np.load(tmp_path / "play" / "walk.npz")
+    replayed = np.load(tmp_path / "replay" / "ep1_script0.npz")
+    assert played["generated"].shape == (6, 48, 64, 3)
+    np.testing.assert_array_equal(played["generated"], replayed["generated"])
+
+
+def test_bad_input_is_refused_with_the_problem_and_the_fix(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
+    with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD"):
+        in_process(run_playable_env, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless", "--actions", "FORWARD,JUMP")
+    with pytest.raises(EngineError, match="--actions_file .*missing.txt does not exist"):
+        in_process(
+            run_playable_env, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless", "--actions_file", tmp_path / "missing.txt"
+        )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortError, match=f"cannot listen on 127.0.0.1:{port} .*pass a free one with --port"):
+            in_process(run_playable_env, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--port", port, "--output_dir", tmp_path)
+    result = run_script("run_playable_env.py", "--model_folder", tiny_checkpoint, "--ui", "headless", "--actions", "FORWARD*2,JUMP", check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: unknown action 'JUMP'") and "Traceback" not in result.stderr
+
+
+# -- side by side with the real game ------------------------------------------------------------------
+
+
+def test_side_by_side_steps_the_real_game_in_lockstep_with_the_model(tiny_checkpoint, tmp_path, in_process):
+    actions = "FORWARD*4,TURN_LEFT*4"
+    result = in_process(
+        run_playable_env,
+        *("--model_folder", tiny_checkpoint, "--ui", "headless", "--side_by_side", "--actions", actions, "--output_dir", tmp_path, "--seed", 3),
+    )
+    assert result["frames"] == 8 and gif_frames(Path(result["gif"])) == 8
+    arrays = np.load(tmp_path / "headless.npz")
+    assert arrays["generated"].shape == arrays["real"].shape == (8, 48, 64, 3)
+    assert len(result["psnr"]) == 8 and all(np.isfinite(result["psnr"]))
+    with Image.open(result["gif"]) as gif:
+        assert gif.size[0] == 2 * 64 * 4 + 4  # model | ViZDoom
+
+    # The real frames are the game's answers to the same actions, step by step: a fresh game with the
+    # same seed, played the same way, shows the same frames.
+    game = RealGame(game_settings((64, 48)), doom_env_module().ACTION_NAMES, seed=3)
+    try:
+        game.reset()
+        expected = [game.step(a)[0] for a in [1] * 4 + [3] * 4]
+    finally:
+        game.close()
+    np.testing.assert_array_equal(arrays["real"], np.stack(expected))
+    assert not np.array_equal(arrays["real"][3], arrays["real"][7])  # turning changed the view
+
+
+# -- the pygame window ----------------------------------------------------------------------------------
+
+
+def test_the_pygame_window_plays_n_frames_with_the_keys_held(tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch, in_process):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    import pygame
+
+    from gamengen.play.window import run_window
+
+    torch.set_num_threads(1)  # as the scripts do (in_process restores it)
+    engine = GameEngine.from_pretrained(tiny_checkpoint, device="cpu")
+    session = PlaySession(engine, StartContext.from_dataset(open_dataset(tiny_dataset), 0, None, engine.context_length), record_dir=tmp_path)
+
+    def press(session, frame):  # what a player does: W down after frame 2, A too after 4, both up after 6
+        events = {2: [(pygame.KEYDOWN, pygame.K_w)], 4: [(pygame.KEYDOWN, pygame.K_a)], 6: [(pygame.KEYUP, pygame.K_w), (pygame.KEYUP, pygame.K_a)]}
+        for kind, key in events.get(frame, []):
+            pygame.event.post(pygame.event.Event(kind, key=key))
+
+    result = run_window(session, max_frames=8, on_frame=press)
+    assert result["frames"] == 8 and result["fps"] > 0
+    names = [engine.action_names[a] for a in session.actions]
+    assert names == ["NOOP", "NOOP", "FORWARD", "FORWARD", "FORWARD_TURN_LEFT", "FORWARD_TURN_LEFT", "NOOP", "NOOP"]
+
+
+def test_the_pygame_ui_runs_from_the_command_line_and_records(tiny_dataset, tiny_checkpoint, tmp_path):
+    result = run_script(
+        "run_playable_env.py",
+        *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "pygame", "--max_frames", 5, "--record", "--output_dir", tmp_path),
+        SDL_VIDEODRIVER="dummy",
+        SDL_AUDIODRIVER="dummy",
+    )
+    assert re.search(r"5 frames in [\d.]+ s = [\d.]+ FPS \(window\)", result.stdout)
+    (gif,) = tmp_path.glob("*.gif")
+    assert gif_frames(gif) == 5 and len(list(tmp_path.glob("*.actions.txt"))) == 1
+
+
+# -- the browser ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dataset, tiny_checkpoint, tmp_path_factory):
+    """run_playable_env.py --ui web on a free port, as a user starts it."""
+    out = tmp_path_factory.mktemp("web")
+    command = [sys.executable, str(REPO / "run_playable_env.py"), "--model_folder", str(tiny_checkpoint), "--dataset_name", str(tiny_dataset)]
+    command += ["--port", "0", "--output_dir", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO)
+    lines = []
+    try:
+        deadline = time.time() + 120
+        url = None
+        while url is None and time.time() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            lines.append(line)
+            match = re.search(r"serving the game at (http://127\.0\.0\.1:\d+/)", line)
+            url = match.group(1) if match else None
+        assert url, "the server did not start:\n" + "".join(lines)
+        yield {"url": url, "process": process, "out": out}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, as .ci/run does, or set GAMENGEN_CHROMIUM)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def frame_count(page) -> int:
+    return page.evaluate("window.play.frames.length")
+
+
+def next_frame(page, count: int, timeout: float = 30000) -> dict:
+    page.wait_for_function(f"window.play.frames.length > {count}", timeout=timeout)
+    return page.evaluate(f"window.play.frames[{count}]")
+
+
+def step_with(page, key: str, frames: int) -> list[dict]:
+    """Back to the start, then ``frames`` single steps (N) with ``key`` held."""
+    count = frame_count(page)
+    page.keyboard.press("r")
+    page.wait_for_function(f"window.play.frames.slice({count}).some((f) => f.frame === 0)", timeout=30000)
+    page.keyboard.down(key)
+    stepped = []
+    for _ in range(frames):
+        count = frame_count(page)
+        page.keyboard.press("n")
+        stepped.append(next_frame(page, count))
+    page.keyboard.up(key)
+    return stepped
+
+
+def test_the_browser_page_plays_with_the_keyboard_and_the_frames_follow_the_keys(server, browser):
+    page = browser.new_page()
+    try:
+        page.goto(server["url"])
+        page.wait_for_function("window.play.frames.length > 3", timeout=60000)  # it plays on its own (no key: NOOP)
+        assert page.evaluate("window.play.frames[2].action") == "NOOP"
+        assert "W/Up" in page.inner_text("#keymap") and "FORWARD_TURN_LEFT" in page.inner_text("#keymap")
+        page.keyboard.down("w")
+        count = frame_count(page)
+        page.wait_for_function(f"window.play.frames.slice({count + 1}).some((f) => f.action === 'FORWARD')", timeout=30000)
+        page.keyboard.down("a")
+        count = frame_count(page)
+        page.wait_for_function(f"window.play.frames.slice({count + 1}).some((f) => f.action === 'FORWARD_TURN_LEFT')", timeout=30000)
+        page.keyboard.up("a")
+        page.keyboard.up("w")
+        status = page.evaluate("window.play.status")
+        assert status["fps"] > 0 and status["ms"] > 0  # the overlay's numbers
+
+        # Pause, then step frame by frame from the start: the same keys give the same frames, other keys other frames.
+        page.keyboard.press("p")
+        page.wait_for_function("window.play.status.paused === true", timeout=30000)
+        forward = step_with(page, "w", 3)
+        turn = step_with(page, "a", 3)
+        forward_again = step_with(page, "w", 3)
+        assert [f["action"] for f in forward] == ["FORWARD"] * 3 and [f["action"] for f in turn] == ["TURN_LEFT"] * 3
+        assert [f["frame"] for f in forward] == [1, 2, 3]
+        assert [f["hash"] for f in forward] == [f["hash"] for f in forward_again]
+        assert all(a["hash"] != b["hash"] for a, b in zip(forward, turn, strict=True))
+
+        # Record two frames: a gif and an action log come back.
+        page.keyboard.press("c")
+        page.wait_for_function("window.play.status.recording === true", timeout=30000)
+        for _ in range(2):
+            count = frame_count(page)
+            page.keyboard.press("n")
+            next_frame(page, count)
+        page.keyboard.press("c")
+        page.wait_for_function("window.play.saved.length === 1", timeout=30000)
+        saved = page.evaluate("window.play.saved[0]")
+        assert gif_frames(Path(saved["gif"])) == 2 and saved["replay"] and Path(saved["actions_file"]).read_text().strip() == "FORWARD*3,NOOP*2"
+        assert page.evaluate("window.play.errors") == []
+
+        # A second player is told the engine is busy.
+        other = browser.new_page()
+        other.goto(server["url"])
+        other.wait_for_function("window.play.busy !== null", timeout=30000)
+        assert "another player" in other.evaluate("window.play.busy")
+        other.close()
+    finally:
+        page.close()
+
+
+def test_malformed_messages_are_refused_and_the_next_player_still_plays(server, browser):
+    import aiohttp
+
+    ws_url = server["url"].replace("http://", "ws://") + "ws"
+
+    async def misbehave() -> tuple[list[str], int | None]:
+        errors = []
+        async with aiohttp.ClientSession() as client:
+            for _ in range(100):  # the previous player's disconnect may still be settling
+                async with client.ws_connect(ws_url) as ws:
+                    hello = json.loads((await ws.receive()).data)
+                    if hello["type"] == "busy":
+                        await asyncio.sleep(0.1)
+                        continue
+                    assert hello["type"] == "hello"
+                    for bad in ["not json", "[1, 2]", '{"type": "keys", "held": 5}', '{"type": "jump"}', '{"type": "command", "command": "fly"}', "x" * 5000]:
+                        await ws.send_str(bad)
+                    await ws.send_bytes(b"\x00\x01")
+                    while len(errors) < 7:
+                        message = await ws.receive(timeout=30)
+                        if message.type == aiohttp.WSMsgType.TEXT and json.loads(message.data)["type"] == "error":
+                            errors.append(json.loads(message.data)["message"])
+                    await ws.send_str("y" * 200_000)  # larger than the WebSocket limit: the connection is closed
+                    while True:
+                        message = await ws.receive(timeout=30)
+                        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                            return errors, ws.close_code
+            raise AssertionError("the engine stayed busy")
+
+    with ThreadPoolExecutor(1) as thread:  # Playwright's sync API holds this thread's event loop
+        errors, close_code = thread.submit(lambda: asyncio.run(misbehave())).result()
+    assert errors[0].startswith("message is not JSON") and "JSON object" in errors[1] and '"held" must be a list' in errors[2]
+    assert "unknown message type 'jump'" in errors[3] and "unknown command 'fly'" in errors[4]
+    assert "5000 characters refused" in errors[5] and "not binary" in errors[6]
+    assert close_code == 1009  # message too big
+    assert server["process"].poll() is None  # the server runs on
+
+    page = browser.new_page()
+    try:
+        page.goto(server["url"])
+        page.wait_for_function("window.play.hello !== null || window.play.busy !== null", timeout=60000)
+        for _ in range(50):  # the misbehaving client's session may take a frame to be freed
+            if page.evaluate("window.play.busy") is None:
+                break
+            page.reload()
+            page.wait_for_function("window.play.hello !== null || window.play.busy !== null", timeout=60000)
+        page.keyboard.down("d")
+        count = frame_count(page)
+        page.wait_for_function(f"window.play.frames.slice({count + 1}).some((f) => f.action === 'TURN_RIGHT')", timeout=60000)
+        page.keyboard.up("d")
+    finally:
+        page.close()
