@@ -1,0 +1,79 @@
+"""quickstart.py --smoke: the whole pipeline (agent, data, VAE, latents, world model, evaluation,
+rollouts) with the real scripts at the smallest sizes; every artifact exists and loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_script
+from PIL import Image
+
+import quickstart
+from gamengen.data import open_dataset, open_latent_cache
+from gamengen.model import load_vae, load_world_model
+
+SMOKE = quickstart.BUDGETS["smoke"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, str]:
+    run = tmp_path_factory.mktemp("quickstart") / "run"
+    # one thread per stage: CI's cores may be shared, and spin-waiting threads make steps many times slower
+    result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--threads", 1, timeout=600)
+    return run, result.stdout
+
+
+def test_the_smoke_pipeline_runs_every_stage_and_says_how_to_play(smoke_run):
+    run, stdout = smoke_run
+    for number, stage in enumerate(quickstart.STAGES, 1):
+        assert f"{number}/7 {stage}: estimated" in stdout and f"{stage} finished in" in stdout
+    assert f"python run_playable_env.py --model_folder {run / 'world_model'} --dataset_name {run / 'dataset'}" in stdout
+    state = json.loads((run / "quickstart.json").read_text())
+    assert list(state["stages"]) == list(quickstart.STAGES) and all(s["seconds"] > 0 for s in state["stages"].values())
+
+
+def test_every_artifact_exists_and_loads(smoke_run):
+    run, _ = smoke_run
+    dataset = open_dataset(run / "dataset")
+    policies = {json.loads(pq.read_schema(f).metadata[b"gamengen"])["policy"] for f in (run / "dataset").glob("*.parquet")}
+    assert len(policies) == 2  # the PPO run's own episodes and the trained agent's
+    assert len(dataset.episode_ids) > SMOKE.episodes and (dataset.frame_width, dataset.frame_height) == (64, 48)
+    assert (run / "agent" / "models" / "quickstart" / "best_model.zip").is_file()
+    vae = load_vae(run / "vae")
+    cache = open_latent_cache(run / "latents", dataset=dataset, vae=vae)  # checked against the dataset and the VAE
+    assert len(cache) == len(dataset) and tuple(cache.latents(0, 0, 1).shape[1:]) == cache.latent_shape
+    bundle = load_world_model(run / "world_model")
+    assert bundle.config.context_length == SMOKE.context_length and bundle.config.dataset["heldout_episodes"]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["models"][0]["teacher_forced"]["psnr"] > 0 and set(metrics["episodes"]) <= set(bundle.config.dataset["heldout_episodes"])
+    for name in ("report.md", "drift.png", "examples.png"):
+        assert (run / "eval" / name).stat().st_size > 0
+    gifs = sorted((run / "rollouts").glob("*/*.gif"))
+    assert [g.parent.name for g in gifs] == ["recorded", "scripted"]
+    for gif in gifs:
+        with Image.open(gif) as image:
+            assert image.n_frames == SMOKE.rollout_frames
+    summary = (run / "summary.md").read_text()
+    assert "| world model |" in summary and "| copy last frame |" in summary and "| same, shuffled actions |" in summary
+    for gif in gifs:
+        assert f"]({gif.relative_to(run)})" in summary  # the gifs are shown in the summary
+    for stage in quickstart.STAGES:
+        assert f"| {stage} |" in summary
+
+
+def test_a_rerun_skips_the_finished_stages_and_keeps_their_outputs(smoke_run):
+    run, _ = smoke_run
+    metrics = (run / "eval" / "metrics.json").stat().st_mtime_ns
+    result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--threads", 1, timeout=120)
+    assert result.stdout.count("skipped") == len(quickstart.STAGES) and "estimated" not in result.stdout.split("all stages done")[0].split("work left")[1]
+    assert (run / "eval" / "metrics.json").stat().st_mtime_ns == metrics
+
+
+def test_a_rerun_with_other_sizes_is_refused_instead_of_mixing_runs(smoke_run):
+    run, _ = smoke_run
+    result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--wm_steps", 9, check=False, timeout=120)
+    assert result.returncode == 1 and "holds a 'world' stage run with other settings" in result.stderr and "--redo world" in result.stderr
+    assert "Traceback" not in result.stderr
