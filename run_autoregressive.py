@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from gamengen.data import DatasetError
 from gamengen.engine import (
@@ -44,6 +43,7 @@ from gamengen.engine import (
 )
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor
+from gamengen.play import read_actions_file, write_gif, write_video
 
 DEFAULT_NUM_FRAMES = 32
 DOOM_TICS_PER_SECOND = 35
@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SCRIPT",
         help='scripted actions instead of the recorded ones, e.g. "FORWARD*16,TURN_LEFT*8,ATTACK"; several scripts = several rollouts per episode',
     )
+    what.add_argument(
+        "--actions_file",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="scripted actions from files (names separated by commas or lines, e.g. the .actions.txt that run_playable_env.py records); one rollout per file",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="outputs/rollouts", help="where the gifs/mp4s and rollouts.json go")
     output.add_argument("--gif_fps", type=float, default=None, help="playback speed (default: the game's, 35 tics/s / the dataset's frame skip)")
@@ -81,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--no_mp4", action="store_true", help="write only gifs")
     output.add_argument("--save_arrays", action="store_true", help="also save each rollout's frames and actions as <name>.npz")
     args = parser.parse_args(argv)
+    if args.actions_file:
+        if args.actions:
+            parser.error("give --actions or --actions_file, not both")
+        args.actions = [read_actions_file(path) for path in args.actions_file]
     if args.num_frames is not None and args.num_frames < 1:
         parser.error("--num_frames must be >= 1")
     if args.start_step is not None and args.start_step < 1:
@@ -114,26 +125,6 @@ def plan_rollouts(args: argparse.Namespace, engine: GameEngine, dataset) -> list
                 name = f"ep{episode}_script{number}"
             plans.append({"name": name, "episode": episode, "episode_id": episode_id, "start_step": start, "actions": actions, "recorded": script is None})
     return plans
-
-
-def write_video(frames: list[np.ndarray], path: Path, fps: float) -> Path | None:
-    """An mp4 of the frames when an ffmpeg backend (imageio-ffmpeg) is installed; None otherwise."""
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin needs it)
-    except ImportError:
-        return None
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error") as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    return path
-
-
-def write_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
-    """Every frame in order (each carries its own caption, so none is merged with its neighbour)."""
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), loop=0, optimize=False)
-    return path
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ the model's context as training pads episode starts). Then it generates one fram
 action of the keys held (no key = the no-op), at ``--fps`` or as fast as it can. Keys: W/S or
 Up/Down move, A/D or Left/Right turn, Z/X strafe, Space attacks, E uses; P pauses, N steps one
 frame while paused, R goes back to the start, C starts/stops a recording (gif + the action log that
-``run_autoregressive.py --actions`` replays). ``--side_by_side`` plays the real ViZDoom game with the
+``run_autoregressive.py --actions_file`` replays). ``--side_by_side`` plays the real ViZDoom game with the
 same actions beside the model, with the PSNR of every frame.
 
 Examples (the tiny checkpoint of the README's quickstart):
@@ -140,8 +140,6 @@ def play_pygame(args: argparse.Namespace, session: PlaySession) -> dict[str, Any
         from gamengen.play.window import run_window
     except ImportError as error:
         raise EngineError(f"--ui pygame needs pygame-ce ({error}): pip install pygame-ce") from None
-    if args.record:
-        session.toggle_recording()
     result = run_window(session, fps=args.fps, max_frames=args.max_frames)
     print(f"{result['frames']} frames in {result['seconds']:.2f} s = {result['fps']:.1f} FPS (window)")
     return {"ui": "pygame", **result}
@@ -152,8 +150,6 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
         from gamengen.play.web import GameServer, serve
     except ImportError as error:
         raise EngineError(f"--ui web needs aiohttp ({error}): pip install -r diffusion_requirements.txt") from None
-    if args.record:
-        session.toggle_recording()
     server = GameServer(session, fps=args.fps, settings=session.engine.describe())
 
     def ready(url: str) -> None:
@@ -175,6 +171,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         describe(session)
         play = {"headless": play_headless, "pygame": play_pygame, "web": play_web}[args.ui]
+        if args.record and args.ui != "headless":
+            session.toggle_recording()
         result = play(args, session)
     finally:
         session.close()

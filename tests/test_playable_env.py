@@ -89,13 +89,13 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
     assert log["actions"] == ["FORWARD"] * 3 + ["TURN_LEFT"] + ["FORWARD"] * 2  # a shorter script repeats
     actions_file = Path(log["actions_file"])
     assert actions_file.read_text().strip() == "FORWARD*3,TURN_LEFT,FORWARD*2"
-    assert "run_autoregressive.py" in log["replay"] and f"--start_step {log['start_step']}" in log["replay"]
+    assert f"--start_step {log['start_step']}" in log["replay"] and f"--actions_file {actions_file}" in log["replay"]
 
     # The action log replays through run_autoregressive.py: from the same start and seed, the same frames.
     in_process(
         run_autoregressive,
         *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--episodes", log["episode_id"], "--start_step", log["start_step"]),
-        *("--seed", log["seed"], "--actions", actions_file.read_text().strip(), "--output_dir", tmp_path / "replay", "--save_arrays", "--no_mp4"),
+        *("--seed", log["seed"], "--actions_file", actions_file, "--output_dir", tmp_path / "replay", "--save_arrays", "--no_mp4"),
     )
     played = np.load(tmp_path / "play" / "walk.npz")
     replayed = np.load(tmp_path / "replay" / "ep1_script0.npz")

@@ -9,7 +9,7 @@
   fresh ViZDoom game (padded to the model's context as training pads episode starts).
 * ``PlaySession``: the engine plus that start: ``reset``, ``step(action)`` with frames/s and ms per
   frame, pause, recording (gif, mp4 when imageio-ffmpeg is there, and an action log that
-  ``run_autoregressive.py --actions`` replays), and optionally the real game stepped in lockstep
+  ``run_autoregressive.py --actions_file`` replays), and optionally the real game stepped in lockstep
   (``RealGame``) with the PSNR of every model frame against the real one.
 * ``write_gif`` / ``write_video``: every frame of a rollout, none merged.
 """
@@ -545,7 +545,7 @@ class PlaySession:
             return None
         return (
             f"python run_autoregressive.py --model_folder {self.replay['model_folder']} --dataset_name {self.replay['dataset_name']} "
-            f'--episodes {self.start.episode_id} --start_step {self.start.start_step} --seed {self.seed} --actions "$(cat {actions_path})"'
+            f"--episodes {self.start.episode_id} --start_step {self.start.start_step} --seed {self.seed} --actions_file {actions_path}"
         )
 
     def close(self) -> None:

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+import pygame  # noqa: E402  (after the variable that quiets its banner)
+
 from gamengen.play import COMMAND_KEYS, PlaySession, pygame_key_code
 
 PANEL_WIDTH = 300
@@ -24,9 +27,6 @@ def run_window(
     session: PlaySession, fps: float | None = None, max_frames: int | None = None, on_frame: Callable[[PlaySession, int], Any] | None = None
 ) -> dict[str, Any]:
     """Play in a window until it is closed (or ``max_frames`` frames); returns frames and frames/s."""
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    import pygame
-
     pygame.init()
     try:
         font = pygame.font.Font(None, 20)
@@ -87,8 +87,6 @@ def run_window(
 
 
 def draw(screen, font, session: PlaySession) -> None:
-    import pygame
-
     screen.fill((0, 0, 0))
     view = session.scaled_view()
     surface = pygame.surfarray.make_surface(np.ascontiguousarray(view.transpose(1, 0, 2)))
