@@ -191,6 +191,12 @@ class WorldModelConfig:
     # model tolerates such corrupted context; a higher bucket trades sharpness for stability.
     inference_noise_bucket: int = 0
     prediction_type: str = "v_prediction"
+    # Residual parameterisation (off for the paper): the diffusion model generates the CHANGE from the
+    # last context latent (``target - base``, base = the last context latent as the model sees it,
+    # noise augmentation included, before context dropout), and the base is added back after
+    # sampling (``gamengen.model.residual_base``). A model whose output is zero then predicts the
+    # last frame again: training starts at copy-last quality instead of noise.
+    residual: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)  # provenance: name, fingerprint, metadata
     format_version: int = 1
 

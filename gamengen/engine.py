@@ -30,6 +30,11 @@ in training. The default is the checkpoint's ``inference_noise_bucket`` (0, clea
 already carries the model's own small errors, which is the corruption noise augmentation teaches the
 model to tolerate, so adding more noise only blurs; raise it when rollouts drift.
 
+**Residual checkpoints** (``config.residual``, docs/tiny_learning.md): the sampler generates the change
+from the last context latent as the UNet sees it (after the inference noise), and that latent is added
+back to the sample before the frame is decoded and pushed into the buffer (``gamengen.model.residual_base``,
+the same base as in training; both CFG branches share it).
+
 Batches: ``reset`` with a leading batch axis (``(B, k, ...)``) runs B rollouts side by side;
 ``step`` then takes B actions and returns ``(B, H, W, 3)``.
 """
@@ -50,7 +55,17 @@ import torch
 
 from gamengen.config import WorldModelConfig
 from gamengen.data import DatasetError, EpisodeDataset, add_column_arguments, check_action_ids, check_frame_size, columns_from_args, pad_context
-from gamengen.model import WorldModelBundle, corrupt_context, decode_latents, encode_frames, frames_to_tensor, load_world_model, tensor_to_frames, unpad_frames
+from gamengen.model import (
+    WorldModelBundle,
+    corrupt_context,
+    decode_latents,
+    encode_frames,
+    frames_to_tensor,
+    load_world_model,
+    residual_base,
+    tensor_to_frames,
+    unpad_frames,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -477,6 +492,8 @@ class GameEngine:
         conditioning = self._conditioning(context, actions)
         for step in self._schedule:
             sample = self._ddim_update(sample, self._guided(sample, step.timestep_tensor, conditioning), step)
+        if self.config.residual:  # the sample is the change from the last context latent the model saw
+            sample = sample + residual_base(context, self.config).float()
         if self.sync_timing:
             torch.cuda.synchronize(self.device)
         unet_ms = 1000 * (time.perf_counter() - started)

@@ -300,6 +300,22 @@ def corrupt_context(context_latents: torch.Tensor, buckets: torch.Tensor, config
     return context_latents + sigma * noise
 
 
+def residual_base(context_latents: torch.Tensor, config: WorldModelConfig) -> torch.Tensor:
+    """What the diffusion model's sample is relative to: the last context latent ``(B, C, h, w)``
+    under the residual parameterisation (``config.residual``), zeros otherwise.
+
+    Pass the context exactly as the UNet's conditional branch sees it: noise-augmented, NOT dropped.
+    Training and the engine both do, so (1) under noise augmentation the model learns to predict
+    ``target - noisy last frame``, i.e. to remove the corruption of its base, which is the error
+    correction the augmentation is for (at inference the base is the model's own, possibly noised,
+    previous output); (2) the unconditional branch of CFG (all context dropped) predicts the change
+    from the same base as the conditional one, so both branches parameterise the same variable and
+    ``v_uncond + scale * (v_cond - v_uncond)`` stays meaningful."""
+    if not config.residual:
+        return torch.zeros_like(context_latents[:, -1])
+    return context_latents[:, -1]
+
+
 def drop_context(context_latents: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     """Zero EVERY context frame of the samples where ``drop`` is true: the unconditional input that
     classifier-free guidance on the context uses at inference."""

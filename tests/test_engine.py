@@ -315,3 +315,55 @@ def test_a_checkpoint_with_a_missing_part_is_refused(checkpoint, tmp_path, part)
     (broken / part).unlink()
     with pytest.raises(ModelLoadError, match=f"not a complete world-model checkpoint: missing {part}"):
         GameEngine.from_pretrained(broken, device="cpu")
+
+
+# -- residual parameterisation (docs/tiny_learning.md) -------------------------------------------
+
+
+def residual_bundle(bundle, residual: bool = True):
+    """The same weights under a config with ``residual`` set."""
+    from dataclasses import replace
+
+    from gamengen.model import WorldModelBundle
+
+    return WorldModelBundle(model=bundle.model, vae=bundle.vae, scheduler=bundle.scheduler, config=replace(bundle.config, residual=residual))
+
+
+@pytest.mark.parametrize("noise_bucket", [0, 5])
+def test_a_residual_engine_adds_the_last_context_latent_the_model_saw_to_the_sample(bundle, noise_bucket):
+    """Same weights, seed and context: the residual engine's frame is the plain engine's sample plus the
+    last context latent, noised exactly as the UNet saw it (so both CFG branches share one base)."""
+    latents = torch.randn(N, 4, 12, 16, generator=torch.Generator().manual_seed(5))
+    plain = GameEngine(residual_bundle(bundle, False), seed=7, noise_bucket=noise_bucket)
+    residual = GameEngine(residual_bundle(bundle, True), seed=7, noise_bucket=noise_bucket)
+    plain.reset(latents=latents, actions=[1, 2, 3])
+    residual.reset(latents=latents, actions=[1, 2, 3])
+    with UNetSpy(bundle.model) as spy:
+        got = residual.step_latent("FORWARD")
+    seen_last = spy.calls[0][2][0, -1]  # context of the conditional branch, newest frame
+    if noise_bucket == 0:
+        torch.testing.assert_close(seen_last, latents[-1])
+    torch.testing.assert_close(got, plain.step_latent("FORWARD") + seen_last, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(residual.context_latents[-1], got)  # the buffer holds the frame, not the change
+
+
+def test_a_residual_model_that_predicts_no_change_repeats_the_last_frame(bundle):
+    """A residual model whose prediction is a zero change reproduces the last context latent (up to the
+    DDIM sampler's final noise level, alpha_cumprod[0] = 0.99915) frame after frame."""
+    engine = GameEngine(residual_bundle(bundle, True), seed=0)
+    alphas = bundle.scheduler.alphas_cumprod
+
+    def no_change(noisy, timesteps, *_):  # the v of x0 = 0: v = sqrt(a) * eps, eps = x_t / sqrt(1 - a)
+        alpha = alphas[timesteps].view(-1, 1, 1, 1)
+        return alpha.sqrt() * noisy / (1 - alpha).sqrt()
+
+    engine._denoiser = no_change
+    latents = torch.randn(N, 4, 12, 16, generator=torch.Generator().manual_seed(1))
+    engine.reset(latents=latents, actions=[0, 0, 0])
+    for _ in range(3):
+        got = engine.step_latent("NOOP")
+        assert (got - latents[-1]).abs().mean() < 0.05
+    plain = GameEngine(residual_bundle(bundle, False), seed=0)
+    plain._denoiser = no_change
+    plain.reset(latents=latents, actions=[0, 0, 0])
+    assert (plain.step_latent("NOOP") - latents[-1]).abs().mean() > 0.5  # without the residual: a blank frame

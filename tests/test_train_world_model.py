@@ -62,6 +62,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained, setu
     assert "held-out next-frame PSNR" in result.stdout
     bundle = load_world_model(out)
     assert bundle.config.context_length == 4 and bundle.config.action_names[0] == "NOOP"
+    assert bundle.config.residual is True  # the tiny preset's default (docs/tiny_learning.md)
     assert bundle.config.dataset["latents_dir"] == str(setup["lat"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert list((out / "samples").glob("validation-*.png"))
@@ -90,6 +91,16 @@ def test_pixel_path_trains_without_a_cache(setup):
     out = setup["root"] / "wm_pixels"
     train(setup, out, "--max_train_steps", 3, "--context_length", 2)
     assert load_world_model(out).config.context_length == 2
+
+
+def test_the_paper_parameterisation_with_ema_and_min_snr_trains_and_saves(setup):
+    """--no-residual (sd14's default), an EMA of the weights and min-SNR weighting: the options of docs/tiny_learning.md."""
+    out = setup["root"] / "wm_options"
+    result = train(
+        setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 4, "--no-residual", "--ema_decay", "0.9", "--snr_gamma", 5, "--num_threads", 1
+    )
+    assert "held-out next-frame PSNR" in result.stdout
+    assert load_world_model(out).config.residual is False
 
 
 def test_action_id_out_of_range_is_named(setup, tmp_path):

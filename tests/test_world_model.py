@@ -20,6 +20,7 @@ from gamengen.model import (
     load_world_model,
     make_scheduler,
     noise_level,
+    residual_base,
     save_world_model,
 )
 
@@ -160,3 +161,60 @@ def test_loader_refuses_broken_checkpoints(config, tmp_path):
         load_world_model(tmp_path / "wm")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_world_model(tmp_path / "nowhere")
+
+
+def test_residual_is_saved_with_the_checkpoint_and_old_configs_load_without_it(config, tmp_path):
+    from gamengen.config import WorldModelConfig
+
+    assert config.residual is False  # the paper's parameterisation unless asked
+    config.residual = True
+    assert WorldModelConfig.from_dict(config.to_dict()).residual is True
+    old = config.to_dict()
+    del old["residual"]  # a checkpoint written before the option existed
+    assert WorldModelConfig.from_dict(old).residual is False
+    save_world_model(tmp_path / "wm", build_world_model(config), build_vae(config.model), config)
+    assert json.loads((tmp_path / "wm" / "gamengen_config.json").read_text())["residual"] is True
+    assert load_world_model(tmp_path / "wm").config.residual is True
+
+
+def test_residual_base_is_the_last_context_latent_only_under_residual(config):
+    context = window_batch(config)["context"]
+    assert torch.equal(residual_base(context, config), torch.zeros_like(context[:, -1]))
+    config.residual = True
+    assert torch.equal(residual_base(context, config), context[:, -1])
+
+
+def test_residual_training_target_is_the_change_from_the_noised_last_context_frame(config):
+    """Under residual, the velocity target is that of ``target - (noised last context frame)``, also
+    for samples whose context is dropped (the unconditional branch predicts the change from the same base)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("trainer", Path(__file__).parent.parent / "train_text_to_image.py")
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    scheduler = make_scheduler(config)
+    batch = window_batch(config, size=4)
+    target = batch["context"][:, -1] + 0.1 * torch.randn(4, *config.model.latent_shape)
+    windows = {"target": target, "context": batch["context"], "actions": batch["actions"]}
+    config.context_dropout = 0.5
+    captured = {}
+
+    def spy(noisy, timesteps, context, actions, buckets):
+        captured.update(noisy=noisy, timesteps=timesteps, context=context, buckets=buckets)
+        return torch.zeros_like(noisy)
+
+    for residual in (False, True):
+        config.residual = residual
+        generator = torch.Generator().manual_seed(0)
+        loss = trainer.diffusion_loss(spy, windows, config, scheduler, generator)
+        # replay the draws: noise, timesteps, buckets, context noise
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(target.shape, generator=generator)
+        timesteps = torch.randint(0, 1000, (4,), generator=generator)
+        buckets = torch.randint(0, config.noise_buckets, (4,), generator=generator)
+        noised = corrupt_context(batch["context"], buckets, config, generator)
+        base = noised[:, -1] if residual else torch.zeros_like(target)
+        velocity = scheduler.get_velocity(target - base, noise, timesteps)
+        torch.testing.assert_close(loss, velocity.pow(2).mean())
+        torch.testing.assert_close(captured["noisy"], scheduler.add_noise(target - base, noise, timesteps))
