@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--guidance_scale", type=float, default=1.5, help="CFG scale on the context stored in the checkpoint (paper: 1.5)")
     model.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)")
     model.add_argument(
+        "--action_positions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a learned embedding of each action's context slot to its token, so the newest action is distinguishable (default: off for sd14, on for tiny)",
+    )
+    model.add_argument(
         "--residual",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -142,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.learning_rate = args.learning_rate or (2e-5 if sd14 else 5e-4)
     if args.residual is None:
         args.residual = not sd14
+    if args.action_positions is None:
+        args.action_positions = not sd14
     if args.num_threads is None and not sd14:
         args.num_threads = 1
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
@@ -276,6 +284,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps,
         residual=args.residual,
+        action_positions=args.action_positions,
         dataset=provenance,
     )
     accelerator.print(
@@ -482,6 +491,10 @@ def check_resumable(checkpoint: Path, config: WorldModelConfig) -> None:
         )
     if saved.model.preset != config.model.preset:
         raise UsageError(f"{checkpoint} is a {saved.model.preset!r} model, this run uses --preset {config.model.preset}")
+    for name in ("residual", "action_positions"):
+        if getattr(saved, name) != getattr(config, name):
+            flag = name if getattr(saved, name) else f"no-{name}"
+            raise UsageError(f"{checkpoint} was trained with {name}={getattr(saved, name)}: pass --{flag} to resume it")
 
 
 def log_validation(accelerator, model, vae, scheduler, config, windows, output_dir: Path, step: int, seed: int) -> float:

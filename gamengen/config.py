@@ -197,6 +197,11 @@ class WorldModelConfig:
     # sampling (``gamengen.model.residual_base``). A model whose output is zero then predicts the
     # last frame again: training starts at copy-last quality instead of noise.
     residual: bool = False
+    # A learned embedding of each action's slot in the context (oldest .. newest) added to its token.
+    # Without it the UNet's cross-attention sees the N action tokens as an unordered set and cannot
+    # tell the action that produced the target (the newest) from older ones. Off for the paper
+    # (which does not describe one); on for tiny (docs/tiny_learning.md).
+    action_positions: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)  # provenance: name, fingerprint, metadata
     format_version: int = 1
 

@@ -188,13 +188,17 @@ class WorldModel(torch.nn.Module):
     context_actions (B,N) int, noise_buckets (B,) int) -> (B,C,h,w)``. The context latents are
     concatenated after the noisy latent on the channel axis; the actions become the
     cross-attention tokens (in place of the text); the context noise bucket is the UNet's class
-    label, whose embedding is added to the timestep embedding.
+    label, whose embedding is added to the timestep embedding. With ``context_length`` given
+    (``config.action_positions``), a learned embedding of each action's slot is added to its token.
     """
 
-    def __init__(self, unet, num_actions: int) -> None:
+    def __init__(self, unet, num_actions: int, context_length: int | None = None) -> None:
         super().__init__()
         self.unet = unet
         self.action_embedding = torch.nn.Embedding(num_actions, unet.config.cross_attention_dim)
+        self.action_position = None
+        if context_length is not None:
+            self.action_position = torch.nn.Parameter(torch.randn(context_length, unet.config.cross_attention_dim))
 
     def forward(
         self,
@@ -207,6 +211,8 @@ class WorldModel(torch.nn.Module):
         batch, frames, channels, height, width = context_latents.shape
         unet_input = torch.cat([noisy_latents, context_latents.reshape(batch, frames * channels, height, width)], dim=1)
         tokens = self.action_embedding(context_actions)
+        if self.action_position is not None:
+            tokens = tokens + self.action_position[-tokens.shape[1] :].to(tokens.dtype)
         return self.unet(unet_input, timesteps, encoder_hidden_states=tokens, class_labels=noise_buckets).sample
 
 
@@ -254,7 +260,7 @@ def widen_pretrained_unet(pretrained, config: WorldModelConfig):
 def build_world_model(config: WorldModelConfig, pretrained_unet=None) -> WorldModel:
     """A new world model: from scratch (tiny) or from a pretrained text-to-image UNet (sd14)."""
     unet = widen_pretrained_unet(pretrained_unet, config) if pretrained_unet is not None else build_unet(config)
-    return WorldModel(unet, config.num_actions)
+    return WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None)
 
 
 def load_pretrained_unet(pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None):
@@ -354,7 +360,10 @@ def save_world_model(
     model.unet.save_pretrained(tmp / UNET_SUBFOLDER)
     vae.save_pretrained(tmp / VAE_SUBFOLDER)
     (scheduler or make_scheduler(config)).save_pretrained(tmp / SCHEDULER_SUBFOLDER)
-    save_file({"weight": model.action_embedding.weight.detach().float().cpu().contiguous()}, str(tmp / ACTION_EMBEDDING_FILE))
+    embeddings = {"weight": model.action_embedding.weight}
+    if model.action_position is not None:
+        embeddings["position"] = model.action_position
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in embeddings.items()}, str(tmp / ACTION_EMBEDDING_FILE))
     (tmp / "README.md").write_text(model_card or default_model_card(config))
     (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
     for name in (UNET_SUBFOLDER, VAE_SUBFOLDER, SCHEDULER_SUBFOLDER, ACTION_EMBEDDING_FILE, "README.md", CONFIG_FILE):
@@ -433,9 +442,13 @@ def load_world_model(
         problems.append(f"unet takes {unet.config.in_channels} input channels, the config needs {config.unet_in_channels} (context {config.context_length})")
     if unet.config.num_class_embeds != config.noise_buckets:
         problems.append(f"unet has {unet.config.num_class_embeds} noise buckets, the config {config.noise_buckets}")
-    embedding = load_file(str(root / ACTION_EMBEDDING_FILE))["weight"]
+    embeddings = load_file(str(root / ACTION_EMBEDDING_FILE))
+    embedding, position = embeddings["weight"], embeddings.get("position")
     if tuple(embedding.shape) != (config.num_actions, unet.config.cross_attention_dim):
         problems.append(f"action embedding is {tuple(embedding.shape)}, expected ({config.num_actions}, {unet.config.cross_attention_dim})")
+    if config.action_positions and (position is None or tuple(position.shape) != (config.context_length, unet.config.cross_attention_dim)):
+        found = "none" if position is None else tuple(position.shape)
+        problems.append(f"action position embedding is {found}, expected ({config.context_length}, {unet.config.cross_attention_dim})")
     vae = AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype)
     try:
         check_vae(vae, config.model)
@@ -443,9 +456,11 @@ def load_world_model(
         problems.append(str(error))
     if problems:
         raise ModelLoadError(f"{root} does not match its {CONFIG_FILE}: " + "; ".join(problems))
-    model = WorldModel(unet, config.num_actions)
+    model = WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None)
     with torch.no_grad():
         model.action_embedding.weight.copy_(embedding)
+        if model.action_position is not None:
+            model.action_position.copy_(position)
     scheduler = DDIMScheduler.from_pretrained(root, subfolder=SCHEDULER_SUBFOLDER)
     model.to(device=device, dtype=dtype).eval()
     vae.to(device=device).eval()
