@@ -109,8 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="CPU threads of each stage (OMP_NUM_THREADS; default: torch's, one per core). 1 when other work shares the cores (DESIGN.md section 7)",
+        default=1,
+        help="CPU threads of each stage (OMP_NUM_THREADS). 1: with anything else on the cores, torch's spin-waiting threads made training steps "
+        "10x slower here (DESIGN.md section 7); 0 = torch's default (one per core), for an otherwise idle machine",
     )
     sizes = parser.add_argument_group("sizes (override the budget's)")
     for item in fields(Budget):
@@ -225,7 +226,7 @@ def heldout_episode(run: Path) -> str:
 
 def run_logged(command: list[str], log: Path, threads: int | None = None) -> int:
     """Run a script with this interpreter; its output goes to the terminal and to the log file."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads and threads > 0 else {})}
     with open(log, "ab") as sink:
         sink.write(f"\n$ {shlex.join(command)}\n".encode())
         process = subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -21,8 +21,7 @@ SMOKE = quickstart.BUDGETS["smoke"]
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, str]:
     run = tmp_path_factory.mktemp("quickstart") / "run"
-    # one thread per stage: CI's cores may be shared, and spin-waiting threads make steps many times slower
-    result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--threads", 1, timeout=600)
+    result = run_script("quickstart.py", "--smoke", "--output_dir", run, timeout=600)
     return run, result.stdout
 
 
@@ -67,7 +66,7 @@ def test_every_artifact_exists_and_loads(smoke_run):
 def test_a_rerun_skips_the_finished_stages_and_keeps_their_outputs(smoke_run):
     run, _ = smoke_run
     metrics = (run / "eval" / "metrics.json").stat().st_mtime_ns
-    result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--threads", 1, timeout=120)
+    result = run_script("quickstart.py", "--smoke", "--output_dir", run, timeout=120)
     assert result.stdout.count("skipped") == len(quickstart.STAGES) and "estimated" not in result.stdout.split("all stages done")[0].split("work left")[1]
     assert (run / "eval" / "metrics.json").stat().st_mtime_ns == metrics
 
