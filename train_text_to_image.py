@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add a learned embedding of each action's context slot to its token, so the newest action is distinguishable (default: off for sd14, on for tiny)",
     )
     model.add_argument(
+        "--action_class",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also feed the newest action through the UNet's class embedding (with the noise bucket), reaching every ResNet block (default: off for sd14, on for tiny)",
+    )
+    model.add_argument(
         "--residual",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -150,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.residual = not sd14
     if args.action_positions is None:
         args.action_positions = not sd14
+    if args.action_class is None:
+        args.action_class = not sd14
     if args.num_threads is None and not sd14:
         args.num_threads = 1
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
@@ -285,6 +293,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_inference_steps=args.num_inference_steps,
         residual=args.residual,
         action_positions=args.action_positions,
+        action_class=args.action_class,
         dataset=provenance,
     )
     accelerator.print(
@@ -491,7 +500,7 @@ def check_resumable(checkpoint: Path, config: WorldModelConfig) -> None:
         )
     if saved.model.preset != config.model.preset:
         raise UsageError(f"{checkpoint} is a {saved.model.preset!r} model, this run uses --preset {config.model.preset}")
-    for name in ("residual", "action_positions"):
+    for name in ("residual", "action_positions", "action_class"):
         if getattr(saved, name) != getattr(config, name):
             flag = name if getattr(saved, name) else f"no-{name}"
             raise UsageError(f"{checkpoint} was trained with {name}={getattr(saved, name)}: pass --{flag} to resume it")

@@ -202,6 +202,11 @@ class WorldModelConfig:
     # tell the action that produced the target (the newest) from older ones. Off for the paper
     # (which does not describe one); on for tiny (docs/tiny_learning.md).
     action_positions: bool = False
+    # The newest action (the one that produced the target) also goes through the UNet's class
+    # embedding, which is added to the timestep embedding and so reaches every ResNet block: the class
+    # label becomes ``noise_bucket * num_actions + action`` (noise_buckets * num_actions labels). Off
+    # for the paper (actions only through cross-attention); on for tiny (docs/tiny_learning.md).
+    action_class: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)  # provenance: name, fingerprint, metadata
     format_version: int = 1
 
@@ -218,6 +223,11 @@ class WorldModelConfig:
     @property
     def num_actions(self) -> int:
         return len(self.action_names)
+
+    @property
+    def num_class_embeds(self) -> int:
+        """Class labels of the UNet: the noise buckets, times the actions under ``action_class``."""
+        return self.noise_buckets * (self.num_actions if self.action_class else 1)
 
     @property
     def unet_in_channels(self) -> int:

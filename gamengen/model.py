@@ -190,11 +190,15 @@ class WorldModel(torch.nn.Module):
     cross-attention tokens (in place of the text); the context noise bucket is the UNet's class
     label, whose embedding is added to the timestep embedding. With ``context_length`` given
     (``config.action_positions``), a learned embedding of each action's slot is added to its token.
+    With ``action_class`` (``config.action_class``) the class label is ``bucket * num_actions + newest
+    action``, so the action that produced the target reaches every ResNet block.
     """
 
-    def __init__(self, unet, num_actions: int, context_length: int | None = None) -> None:
+    def __init__(self, unet, num_actions: int, context_length: int | None = None, action_class: bool = False) -> None:
         super().__init__()
         self.unet = unet
+        self.num_actions = num_actions
+        self.action_class = action_class
         self.action_embedding = torch.nn.Embedding(num_actions, unet.config.cross_attention_dim)
         self.action_position = None
         if context_length is not None:
@@ -213,7 +217,8 @@ class WorldModel(torch.nn.Module):
         tokens = self.action_embedding(context_actions)
         if self.action_position is not None:
             tokens = tokens + self.action_position[-tokens.shape[1] :].to(tokens.dtype)
-        return self.unet(unet_input, timesteps, encoder_hidden_states=tokens, class_labels=noise_buckets).sample
+        labels = noise_buckets * self.num_actions + context_actions[:, -1] if self.action_class else noise_buckets
+        return self.unet(unet_input, timesteps, encoder_hidden_states=tokens, class_labels=labels).sample
 
 
 def _unet_class():
@@ -226,7 +231,7 @@ def build_unet(config: WorldModelConfig):
     """An untrained UNet of the preset's size (tiny), with the widened input and the bucket embedding."""
     if not config.unet:
         raise ModelLoadError(f"the {config.model.preset!r} preset has no from-scratch UNet config: it starts from a pretrained UNet (widen_pretrained_unet)")
-    arguments = {**config.unet, "in_channels": config.unet_in_channels, "num_class_embeds": config.noise_buckets}
+    arguments = {**config.unet, "in_channels": config.unet_in_channels, "num_class_embeds": config.num_class_embeds}
     arguments["out_channels"] = config.model.latent_channels
     return _unet_class()(**arguments)
 
@@ -242,7 +247,7 @@ def widen_pretrained_unet(pretrained, config: WorldModelConfig):
     channels = config.model.latent_channels
     if pretrained.config.in_channels != channels:
         raise ModelLoadError(f"the pretrained UNet takes {pretrained.config.in_channels} input channels, the latents have {channels}")
-    arguments = {**dict(pretrained.config), "in_channels": config.unet_in_channels, "num_class_embeds": config.noise_buckets}
+    arguments = {**dict(pretrained.config), "in_channels": config.unet_in_channels, "num_class_embeds": config.num_class_embeds}
     arguments = {k: v for k, v in arguments.items() if not k.startswith("_")}
     unet = _unet_class().from_config(arguments)
     state = pretrained.state_dict()
@@ -260,7 +265,12 @@ def widen_pretrained_unet(pretrained, config: WorldModelConfig):
 def build_world_model(config: WorldModelConfig, pretrained_unet=None) -> WorldModel:
     """A new world model: from scratch (tiny) or from a pretrained text-to-image UNet (sd14)."""
     unet = widen_pretrained_unet(pretrained_unet, config) if pretrained_unet is not None else build_unet(config)
-    return WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None)
+    return make_world_model(unet, config)
+
+
+def make_world_model(unet, config: WorldModelConfig) -> WorldModel:
+    """The world model around a UNet, with the action conditioning the config asks for."""
+    return WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None, config.action_class)
 
 
 def load_pretrained_unet(pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None):
@@ -440,8 +450,10 @@ def load_world_model(
     problems = []
     if unet.config.in_channels != config.unet_in_channels:
         problems.append(f"unet takes {unet.config.in_channels} input channels, the config needs {config.unet_in_channels} (context {config.context_length})")
-    if unet.config.num_class_embeds != config.noise_buckets:
-        problems.append(f"unet has {unet.config.num_class_embeds} noise buckets, the config {config.noise_buckets}")
+    if unet.config.num_class_embeds != config.num_class_embeds:
+        problems.append(
+            f"unet has {unet.config.num_class_embeds} class labels, the config {config.num_class_embeds} (noise buckets x actions when action_class)"
+        )
     embeddings = load_file(str(root / ACTION_EMBEDDING_FILE))
     embedding, position = embeddings["weight"], embeddings.get("position")
     if tuple(embedding.shape) != (config.num_actions, unet.config.cross_attention_dim):
@@ -456,7 +468,7 @@ def load_world_model(
         problems.append(str(error))
     if problems:
         raise ModelLoadError(f"{root} does not match its {CONFIG_FILE}: " + "; ".join(problems))
-    model = WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None)
+    model = make_world_model(unet, config)
     with torch.no_grad():
         model.action_embedding.weight.copy_(embedding)
         if model.action_position is not None:

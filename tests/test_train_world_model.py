@@ -62,7 +62,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained, setu
     assert "held-out next-frame PSNR" in result.stdout
     bundle = load_world_model(out)
     assert bundle.config.context_length == 4 and bundle.config.action_names[0] == "NOOP"
-    assert bundle.config.residual and bundle.config.action_positions  # the tiny preset's defaults (docs/tiny_learning.md)
+    assert bundle.config.residual and bundle.config.action_positions and bundle.config.action_class  # the tiny preset's defaults (docs/tiny_learning.md)
     assert bundle.config.dataset["latents_dir"] == str(setup["lat"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert list((out / "samples").glob("validation-*.png"))

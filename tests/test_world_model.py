@@ -244,3 +244,27 @@ def test_action_positions_tell_the_newest_action_from_older_ones(config, tmp_pat
     (tmp_path / "old" / "gamengen_config.json").write_text(json.dumps({**saved, "action_positions": True}))
     with pytest.raises(ModelLoadError, match="action position embedding is none"):
         load_world_model(tmp_path / "old")
+
+
+def test_action_class_feeds_the_newest_action_with_the_noise_bucket_as_the_class_label(config, tmp_path):
+    """With action_class (tiny default) the UNet's class label is bucket * num_actions + newest action:
+    changing only the newest action changes the class embedding input; the checkpoint round-trips."""
+    config.action_class = True
+    assert config.num_class_embeds == config.noise_buckets * len(ACTIONS)
+    torch.manual_seed(0)
+    model = build_world_model(config).eval()
+    assert model.unet.class_embedding.num_embeddings == config.num_class_embeds
+    batch = window_batch(config)
+    labels = []
+    handle = model.unet.class_embedding.register_forward_pre_hook(lambda _m, args: labels.append(args[0].clone()))
+    with torch.no_grad():
+        model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+    handle.remove()
+    assert torch.equal(labels[0], batch["buckets"] * len(ACTIONS) + batch["actions"][:, -1])
+    save_world_model(tmp_path / "wm", model, build_vae(config.model), config)
+    loaded = load_world_model(tmp_path / "wm")
+    assert loaded.config.action_class and loaded.model.action_class
+    with torch.no_grad():
+        expected = model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+        got = loaded.model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+    torch.testing.assert_close(got, expected)
