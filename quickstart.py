@@ -84,12 +84,12 @@ BUDGETS = {
 # Throughput measured on the 2-core development machine (README, quickstart section), for the time
 # estimates printed before each stage: units per second and a fixed start-up cost in seconds.
 RATES = {
-    "ppo": (25.0, 20.0),  # agent steps/s while learning, 2 games
-    "generate": (150.0, 15.0),  # recorded frames/s, 2 workers
-    "vae": (4.0, 15.0),  # optimisation steps/s at batch 16
-    "latents": (400.0, 10.0),  # frames/s
-    "world": (1.0, 15.0),  # optimisation steps/s at batch 32
-    "evaluate": (12.0, 15.0),  # generated frames/s
+    "ppo": (55.0, 20.0),  # agent steps/s while learning, 2 games
+    "generate": (250.0, 15.0),  # recorded frames/s, 2 workers
+    "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
+    "latents": (280.0, 10.0),  # frames/s
+    "world": (1.7, 15.0),  # optimisation steps/s at batch 32
+    "evaluate": (10.0, 15.0),  # generated frames/s
     "rollouts": (10.0, 15.0),  # generated frames/s
 }
 
@@ -156,7 +156,7 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
         "ppo": [
             ["ViZDoomPPO/train_ppo_parallel.py", "--total_timesteps", str(budget.ppo_steps), "--n_envs", "2", "--n_steps", str(n_steps)]
             + ["--batch_size", "64", "--n_epochs", "4", "--log_dir", str(agent), "--run_name", "quickstart", "--record_dir", str(data)]
-            + ["--checkpoint_freq", str(max(budget.ppo_steps // 2, 256)), "--seed", seed, "--no_progress"]
+            + ["--checkpoint_freq", str(max(budget.ppo_steps // 2, 256)), "--seed", seed]
             + game_options(budget, args.preset)
         ],
         "generate": [
