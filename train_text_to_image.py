@@ -87,7 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--noise_buckets", type=int, default=10, help="context noise-augmentation levels (paper: 10)")
     model.add_argument("--max_noise_level", type=float, default=0.7, help="largest context noise std (paper: 0.7); 0 disables noise augmentation")
     model.add_argument("--context_dropout", type=float, default=0.1, help="probability of dropping ALL context frames (paper: 0.1; CFG needs it)")
-    model.add_argument("--guidance_scale", type=float, default=1.5, help="CFG scale on the context stored in the checkpoint (paper: 1.5)")
+    model.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="CFG scale on the context stored in the checkpoint (default: sd14 1.5 as the paper; tiny 1.0, which measured 0.2-0.4 dB better; docs/tiny_learning.md)",
+    )
     model.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)")
     model.add_argument(
         "--action_positions",
@@ -152,6 +157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.train_batch_size = args.train_batch_size or (8 if sd14 else 32)
     args.optimizer = args.optimizer or ("adafactor" if sd14 else "adamw")
     args.learning_rate = args.learning_rate or (2e-5 if sd14 else 5e-4)
+    if args.guidance_scale is None:
+        args.guidance_scale = 1.5 if sd14 else 1.0
     if args.residual is None:
         args.residual = not sd14
     if args.action_positions is None:
