@@ -209,13 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for worker in workers:
             worker.start()
+        last_check = time.perf_counter()
         while len(finished) < len(workers) and failed is None:
-            try:
-                kind, worker_id, payload = messages.get(timeout=1.0)
-            except queue.Empty:
+            # A worker that died without a word (killed, out of memory) stops the run, even while the
+            # others keep the queue busy: checked at least once a second, not only when the queue is idle.
+            if time.perf_counter() - last_check >= 1.0:
+                last_check = time.perf_counter()
                 dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
                 if dead:
                     failed = f"worker {dead[0].name} exited with code {dead[0].exitcode}"
+                    continue
+            try:
+                kind, worker_id, payload = messages.get(timeout=1.0)
+            except queue.Empty:
+                last_check = 0.0
                 continue
             if kind == "steps":
                 frames += payload

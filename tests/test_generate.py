@@ -104,7 +104,8 @@ def game_processes_tagged(tag: str) -> list[psutil.Process]:
 
 
 def start_long_generation(out_dir, tag):
-    command = [sys.executable, str(AGENT_DIR / "load_model_generate_dataset.py"), "--random_policy", "--episodes", "40", "--num_workers", "2"]
+    """A run far longer than any test waits (it is always interrupted or killed): 2,000 episodes."""
+    command = [sys.executable, str(AGENT_DIR / "load_model_generate_dataset.py"), "--random_policy", "--episodes", "2000", "--num_workers", "2"]
     command += ["--max_steps_per_episode", "40", "--rows_per_shard", "40", "--out_dir", str(out_dir), "--frame_size", "160x120"]
     log = open(out_dir.parent / f"{tag}.log", "w+")  # a file, not a pipe: a pipe nobody reads blocks the script
     return subprocess.Popen(command, env=script_env(GAMENGEN_TEST_TAG=tag), stdout=log, stderr=log, text=True)
