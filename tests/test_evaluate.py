@@ -102,6 +102,8 @@ def test_evaluation_writes_metrics_report_and_plots_that_parse(evaluation):
     (model,) = metrics["models"]
     assert len(metrics["windows"]) == 8 and len(model["drift"]["psnr"]) == 6 and len(metrics["baselines"]["copy_last"]["drift"]["psnr"]) == 6
     assert 0 < model["teacher_forced"]["psnr"] < 100 and -1 <= model["teacher_forced"]["ssim"] <= 1
+    above = [m > c for m, c in zip(model["drift"]["psnr"], metrics["baselines"]["copy_last"]["drift"]["psnr"], strict=True)]
+    assert model["drift_frames_above_copy_last"] == sum(above) and model["drift_steps_above_copy_last"] == (above + [False]).index(False)
     assert model["timing"]["fps"] > 0 and model["timing"]["unet_ms"] > 0 and model["timing"]["decode_ms"] > 0
     assert model["engine"]["num_inference_steps"] == 4 and model["engine"]["guidance_scale"] == 1.5  # the sampling is recorded
     assert metrics["lpips"]["computed"] or metrics["lpips"]["reason"]
