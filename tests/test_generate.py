@@ -108,7 +108,9 @@ def start_long_generation(out_dir, tag):
     command = [sys.executable, str(AGENT_DIR / "load_model_generate_dataset.py"), "--random_policy", "--episodes", "2000", "--num_workers", "2"]
     command += ["--max_steps_per_episode", "40", "--rows_per_shard", "40", "--out_dir", str(out_dir), "--frame_size", "160x120"]
     log = open(out_dir.parent / f"{tag}.log", "w+")  # a file, not a pipe: a pipe nobody reads blocks the script
-    return subprocess.Popen(command, env=script_env(GAMENGEN_TEST_TAG=tag), stdout=log, stderr=log, text=True)
+    # SIGINT as in a terminal, even when the tests themselves run in the background (where it is ignored, and inherited)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(command, env=script_env(GAMENGEN_TEST_TAG=tag), stdout=log, stderr=log, text=True, preexec_fn=default_sigint)
 
 
 def wait_for(condition, timeout=60.0):
