@@ -444,7 +444,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"trained {steps_this_run} steps (step {start_step} -> {global_step}, {summary['samples_per_second']:.1f} samples/s); loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
             )
-        print(f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}): {validation_psnr:.2f} dB")
+        print(
+            f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, up to {args.num_validation_samples} windows, "
+            f"against the VAE-decoded target latents): {validation_psnr:.2f} dB; evaluate.py measures against the real frames, with baselines"
+        )
         print(f"saved the world model to {output_dir} (load it with gamengen.model.load_world_model)")
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder
