@@ -60,7 +60,7 @@ from gamengen.engine import (
     find_episode,
 )
 from gamengen.metrics import load_lpips, psnr, ssim
-from gamengen.model import CONFIG_FILE, ModelLoadError, decode_latents, encode_frames, frames_to_tensor, resolve_checkpoint, tensor_to_frames
+from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames
 
 # DESIGN.md section 6: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps, TPU-v5).
 PAPER = {
@@ -145,18 +145,6 @@ def derangement(count: int, seed: int) -> np.ndarray:
         j = int(rng.integers(0, i))
         order[i], order[j] = order[j], order[i]
     return order
-
-
-def read_config(name_or_path: str, revision: str | None) -> WorldModelConfig:
-    """A checkpoint's config without loading its weights."""
-    root = resolve_checkpoint(name_or_path, revision)
-    path = root / CONFIG_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"{root} is not a world-model checkpoint: missing {CONFIG_FILE} (written by train_text_to_image.py)")
-    try:
-        return WorldModelConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{path} is not a valid world-model config: {error}") from error
 
 
 def choose_episodes(args: argparse.Namespace, dataset: EpisodeDataset, config: WorldModelConfig) -> tuple[list[int], str]:
@@ -475,7 +463,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise EngineError(f"--output_dir {output_dir} already holds an evaluation ({', '.join(earlier)}): choose another --output_dir, or pass --overwrite")
     began = time.perf_counter()
     folders = [args.model_folder, *args.compare]
-    configs = [read_config(folder, args.revision) for folder in folders]
+    configs = [read_world_model_config(folder, args.revision) for folder in folders]
     dataset = open_dataset(args.dataset_name, columns=columns_from_args(args))
     for folder, config in zip(folders, configs, strict=True):
         try:

@@ -415,6 +415,18 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         raise ModelLoadError(f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local folder") from error
 
 
+def read_world_model_config(name_or_path: str | os.PathLike, revision: str | None = None) -> WorldModelConfig:
+    """A checkpoint's ``gamengen_config.json`` (folder or Hub id), without loading any weights."""
+    root = resolve_checkpoint(name_or_path, revision)
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{root} is not a world-model checkpoint: missing {CONFIG_FILE} (written by train_text_to_image.py)")
+    try:
+        return WorldModelConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{path} is not a valid world-model config: {error}") from error
+
+
 def load_world_model(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -440,10 +452,7 @@ def load_world_model(
     missing = [part for part in parts if not (root / part).is_file()]
     if missing:
         raise ModelLoadError(f"{root} is not a complete world-model checkpoint: missing {', '.join(missing)} (written by train_text_to_image.py)")
-    try:
-        config = WorldModelConfig.from_dict(json.loads((root / CONFIG_FILE).read_text()))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{root / CONFIG_FILE} is not a valid world-model config: {error}") from error
+    config = read_world_model_config(root)
     if num_actions is not None and num_actions != config.num_actions:
         raise ModelLoadError(f"the checkpoint was trained with {config.num_actions} actions, the data has {num_actions}")
     unet = _unet_class().from_pretrained(root, subfolder=UNET_SUBFOLDER)
