@@ -51,7 +51,7 @@ class Budget:
     episodes: int = 40  # episodes recorded from the trained agent
     vae_steps: int = 600
     vae_batch_size: int = 16
-    wm_steps: int = 600
+    wm_steps: int = 1000
     wm_batch_size: int = 32
     context_length: int = 4
     eval_windows: int = 128
@@ -78,7 +78,7 @@ BUDGETS = {
         script="TURN_LEFT*4,FORWARD*4",
     ),
     "20min": Budget(),
-    "60min": Budget(ppo_steps=8192, episodes=96, vae_steps=1200, wm_steps=3000),
+    "60min": Budget(ppo_steps=8192, episodes=96, vae_steps=1200, wm_steps=4000, eval_windows=256),
 }
 
 # Throughput measured on the 2-core development machine (README, quickstart section), for the time
