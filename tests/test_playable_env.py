@@ -355,3 +355,44 @@ def test_malformed_messages_are_refused_and_the_next_player_still_plays(server, 
         page.keyboard.up("d")
     finally:
         page.close()
+
+
+def test_deeply_nested_json_gets_an_error_reply_and_an_immediate_reconnect_plays(server):
+    """A '[' * 1000 message (under the size limit) made the JSON decoder recurse and dropped the connection;
+    a reconnect right after a clean close was told "busy" while the old session was still being saved."""
+    import aiohttp
+
+    ws_url = server["url"].replace("http://", "ws://") + "ws"
+
+    async def first_message(ws) -> dict:
+        """The next JSON message (the frames' PNGs in between are skipped)."""
+        while (message := await ws.receive(timeout=60)).type != aiohttp.WSMsgType.TEXT:
+            assert message.type == aiohttp.WSMsgType.BINARY, f"the connection ended: {message}"
+        return json.loads(message.data)
+
+    async def play() -> tuple[str, bool, list[str]]:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(100):  # an earlier test's player may still be leaving
+                async with client.ws_connect(ws_url) as ws:
+                    if (await first_message(ws))["type"] == "busy":
+                        await asyncio.sleep(0.2)
+                        continue
+                    await ws.send_str("[" * 1000)
+                    while (reply := await first_message(ws))["type"] != "error":
+                        pass
+                    await ws.send_str(json.dumps({"type": "keys", "held": ["KeyD"]}))
+                    while not ((frame := await first_message(ws)).get("type") == "frame" and frame["action"] == "TURN_RIGHT"):
+                        pass
+                    still_open = not ws.closed
+                break
+            greetings = []
+            for _ in range(6):  # connect, close cleanly, connect again at once
+                async with client.ws_connect(ws_url) as ws:
+                    greetings.append((await first_message(ws))["type"])
+            return reply["message"], still_open, greetings
+
+    with ThreadPoolExecutor(1) as thread:
+        message, still_open, greetings = thread.submit(lambda: asyncio.run(play())).result()
+    assert "nests too deeply" in message and still_open
+    assert greetings == ["hello"] * 6
+    assert server["process"].poll() is None

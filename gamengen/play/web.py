@@ -57,6 +57,8 @@ def parse_message(text: Any) -> dict[str, Any]:
         message = json.loads(text)
     except json.JSONDecodeError as error:
         raise MessageError(f"message is not JSON ({error.msg} at character {error.pos})") from None
+    except RecursionError:  # e.g. "[" * 1000: the decoder recurses once per level
+        raise MessageError("message nests too deeply: send a flat JSON object") from None
     if not isinstance(message, dict):
         raise MessageError('a message is a JSON object like {"type": "keys", "held": ["KeyW"]}')
     kind = message.get("type")
@@ -88,6 +90,7 @@ class GameServer:
         self.settings = settings or {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.player: web.WebSocketResponse | None = None
+        self.player_left = asyncio.Event()
         self.frames_served = 0
         self.connections = 0
         self.send_lock = asyncio.Lock()
@@ -137,11 +140,18 @@ class GameServer:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30)
         await ws.prepare(request)
         self.connections += 1
+        if self.player is not None and self.player.closed:
+            # The previous player has just closed (a page reload): its slot is freed within a moment.
+            try:
+                await asyncio.wait_for(self.player_left.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                pass
         if self.player is not None:
             await ws.send_str(json.dumps({"type": "busy", "message": "another player is using the engine (one game per server): try again when they leave"}))
             await ws.close()
             return ws
         self.player = ws
+        self.player_left.clear()
         self.send_lock = asyncio.Lock()
         state = {"held": [], "wake": asyncio.Event()}
         try:
@@ -159,13 +169,12 @@ class GameServer:
                 except (asyncio.CancelledError, ConnectionError):
                     pass
         finally:
-            # The engine thread may still be finishing a frame: queue the clean-up behind it.
-            try:
-                saved = await self.run(self.session.save_recording)
-                if saved:
-                    print(f"recording saved at disconnect: {saved['gif']}", flush=True)
-            finally:
-                self.player = None
+            # The slot is free at once. The engine thread may still be finishing a frame: the recording's
+            # save is queued behind it, and the next player's reset behind the save (one engine thread).
+            saving = asyncio.ensure_future(self.run(self.session.save_recording))
+            saving.add_done_callback(_report_saved_recording)
+            self.player = None
+            self.player_left.set()
         return ws
 
     async def _read_messages(self, ws: web.WebSocketResponse, state: dict[str, Any]) -> None:
@@ -216,6 +225,15 @@ class GameServer:
             await self.send_frame(ws)
             rest = period - (time.perf_counter() - began)
             await asyncio.sleep(max(rest, 0.0))  # also lets the reader handle messages between frames
+
+
+def _report_saved_recording(saving: asyncio.Future) -> None:
+    if saving.cancelled():
+        return
+    if saving.exception() is not None:
+        print(f"the recording could not be saved at disconnect: {saving.exception()}", flush=True)
+    elif saving.result():
+        print(f"recording saved at disconnect: {saving.result()['gif']}", flush=True)
 
 
 async def serve(server: GameServer, host: str, port: int, ready=None) -> None:
