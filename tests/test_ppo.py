@@ -4,10 +4,12 @@ and whose model drives the dataset generator."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_script
+from conftest import run_script, script_env
 
 from common.envs import DoomConfig, observation_space
 from common.utils import METADATA_KEY, list_shards
@@ -41,6 +43,16 @@ def test_smoke_run_writes_loadable_models(trained):
     assert config.episode_timeout == 120 and config.frame_width == 160
     assert list((root / "logs" / "tensorboard").glob("smoke*/events.out.tfevents.*"))
     assert "trained 256 steps" in result.stdout
+
+
+def test_a_saved_agent_loads_with_plain_ppo_load_from_outside_the_agent_folder(trained, tmp_path):
+    """Its policy used to name the package `common`, which only imports with ViZDoomPPO/ on sys.path."""
+    root, _, _ = trained
+    model = root / "logs" / "models" / "smoke" / "best_model.zip"
+    code = f"from stable_baselines3 import PPO; print(PPO.load({str(model)!r}, device='cpu').action_space.n)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=script_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "15"
 
 
 def test_every_training_episode_is_recorded(trained):

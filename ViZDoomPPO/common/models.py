@@ -8,12 +8,20 @@ SB3 hands the extractor the observation already preprocessed: the ``frame`` imag
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import cloudpickle
 import gymnasium as gym
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
+
+# A saved agent's zip names its feature extractor in its policy settings. Pickled by reference that name
+# is `common.models.DoomFeatureExtractor`, importable only with ViZDoomPPO/ on sys.path, so `PPO.load`
+# failed elsewhere with "No module named 'common'". Pickled by value, the class's code travels inside the
+# zip, and `PPO.load(path)` works from any folder of this environment.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class DoomFeatureExtractor(BaseFeaturesExtractor):
