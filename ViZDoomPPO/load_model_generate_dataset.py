@@ -158,6 +158,19 @@ def dataset_card(repo_id: str, metadata: dict) -> str:
     )
 
 
+def stop_workers(workers: list, terminate: bool) -> None:
+    """Wait for the workers; with ``terminate``, first ask them to stop (SIGTERM: each writes its complete
+    episodes, then exits). A worker that does not end within 30 s is killed."""
+    for worker in workers:
+        if terminate and worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = None
@@ -242,15 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         failed = "interrupted"
     finally:
         bar.close()
-        for worker in workers:
-            if failed is not None and worker.is_alive():
-                worker.terminate()  # SIGTERM: the worker writes its complete episodes, then exits
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
+        try:
+            stop_workers(workers, terminate=failed is not None)
+        except KeyboardInterrupt:  # a second Ctrl-C while the workers write their last episodes
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            failed = "interrupted twice: the workers were killed, their episodes in progress are lost"
+            for worker in workers:
+                if worker.is_alive():
+                    worker.kill()
                 worker.join()
-        kill_games_of_run(run_id)  # also the game of a worker that died (it is no longer our descendant)
+        finally:
+            kill_games_of_run(run_id)  # also the game of a worker that died (it is no longer our descendant)
     elapsed = time.perf_counter() - started
     if failed is not None:
         print(f"error: {failed}\nshards written so far are complete and kept in {out_dir}", file=sys.stderr)

@@ -140,6 +140,24 @@ def test_interrupted_generation_keeps_complete_shards_and_leaves_no_game_running
         assert list(rows.step_id) == list(range(len(rows)))
 
 
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback_and_leaves_no_game_running(tmp_path):
+    tag = uuid.uuid4().hex
+    process = start_long_generation(tmp_path, tag)
+    try:
+        assert wait_for(lambda: len(list_shards(tmp_path)) >= 1), "no shard written in time"
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # the first Ctrl-C is being handled: the workers are writing their last episodes
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = (tmp_path.parent / f"{tag}.log").read_text()
+    assert process.returncode == 1 and "Traceback" not in log and "interrupted twice" in log
+    assert wait_for(lambda: not game_processes_tagged(tag), timeout=10), "a vizdoom game outlived the script"
+    read_dataset(tmp_path)  # the shards on disk are complete and readable
+
+
 def test_a_crashed_worker_stops_the_run_and_its_game(tmp_path):
     tag = uuid.uuid4().hex
     process = start_long_generation(tmp_path, tag)
