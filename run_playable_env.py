@@ -34,6 +34,8 @@ from gamengen.engine import EngineError, add_engine_arguments, dataset_from_args
 from gamengen.model import ModelLoadError
 from gamengen.play import DOOM_TICS_PER_SECOND, PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings, read_actions_file
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -155,8 +157,16 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
     def ready(url: str) -> None:
         print(f"serving the game at {url} (Ctrl-C stops)", flush=True)
         port = url.rstrip("/").rsplit(":", 1)[1]
-        if args.host in ("127.0.0.1", "localhost", "::1"):
+        if args.host in LOOPBACK_HOSTS:
             print(f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}/ there", flush=True)
+        else:
+            print(
+                f"warning: --host {args.host} exposes this server, which has no authentication, to every machine that can "
+                "reach this one: anyone may play it and write recordings into --output_dir. Prefer the default 127.0.0.1 "
+                "with SSH port forwarding.",
+                file=sys.stderr,
+                flush=True,
+            )
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: the session closes, a recording is saved
     try:

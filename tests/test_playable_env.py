@@ -396,3 +396,22 @@ def test_deeply_nested_json_gets_an_error_reply_and_an_immediate_reconnect_plays
     assert "nests too deeply" in message and still_open
     assert greetings == ["hello"] * 6
     assert server["process"].poll() is None
+
+
+def test_listening_beyond_this_machine_warns_that_the_server_is_unauthenticated(tiny_checkpoint, tmp_path):
+    command = [sys.executable, str(REPO / "run_playable_env.py"), "--model_folder", str(tiny_checkpoint), "--host", "0.0.0.0"]
+    command += ["--port", "0", "--output_dir", str(tmp_path)]
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while "serving the game at" not in log.read_text() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    text = log.read_text()
+    assert "serving the game at" in text, text
+    assert "warning: --host 0.0.0.0 exposes this server, which has no authentication" in text

@@ -246,7 +246,12 @@ def resolve_wad(name: str, relative_to: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise ScenarioError(f"wad {name!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    tried = list(dict.fromkeys(str(c.resolve()) for c in candidates))  # an absolute name is tried once, not thrice
+    shipped = sorted(p.name for p in VIZDOOM_DIR.glob("*.wad"))
+    raise ScenarioError(
+        f"wad {name!r} not found (tried {', '.join(tried)}): give the path of an existing .wad file"
+        + (f", or the name of one that ships with vizdoom ({', '.join(shipped)})" if shipped else "")
+    )
 
 
 def wad_info(path: Path) -> tuple[str, list[str]]:
