@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from gamengen.config import ModelConfig, WorldModelConfig
+
+T = TypeVar("T")
 
 VAE_SUBFOLDER = "vae"
 # Padding value in [-1, 1] pixel space: black.
@@ -52,6 +55,23 @@ def _is_local(name_or_path: str | os.PathLike) -> bool:
     return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
 
 
+def read_weights(folder: Path, load: Callable[[], T]) -> T:
+    """Run ``load`` (reading the weights in ``folder``, a file or a folder); a damaged file gets a clear
+    ModelLoadError naming it instead of the loader's deep traceback."""
+    try:
+        return load()
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else [folder]
+        named = ", ".join(str(f) for f in files) or str(folder)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(
+            f"could not read the weights in {named} ({reason[:300]}): the file is damaged or incomplete (an interrupted "
+            "copy, download or save?). Copy or download it again, or save the model again from a training checkpoint."
+        ) from error
+
+
 def load_vae(
     pretrained_model_name_or_path: str | os.PathLike,
     subfolder: str = VAE_SUBFOLDER,
@@ -72,7 +92,7 @@ def load_vae(
                 f"{root} has no {subfolder}/ folder with a config.json. A model folder holds {subfolder}/ as written by "
                 f"AutoencoderKL.save_pretrained (e.g. the --output_dir of finetune_autoencoder.py, or a diffusers Stable Diffusion folder).{hint}"
             )
-        return AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype)
+        return read_weights(root / subfolder, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype))
     try:
         return AutoencoderKL.from_pretrained(
             str(pretrained_model_name_or_path), subfolder=subfolder, revision=revision, torch_dtype=torch_dtype, cache_dir=cache_dir
@@ -455,7 +475,7 @@ def load_world_model(
     config = read_world_model_config(root)
     if num_actions is not None and num_actions != config.num_actions:
         raise ModelLoadError(f"the checkpoint was trained with {config.num_actions} actions, the data has {num_actions}")
-    unet = _unet_class().from_pretrained(root, subfolder=UNET_SUBFOLDER)
+    unet = read_weights(root / UNET_SUBFOLDER, lambda: _unet_class().from_pretrained(root, subfolder=UNET_SUBFOLDER))
     problems = []
     if unet.config.in_channels != config.unet_in_channels:
         problems.append(f"unet takes {unet.config.in_channels} input channels, the config needs {config.unet_in_channels} (context {config.context_length})")
@@ -463,14 +483,14 @@ def load_world_model(
         problems.append(
             f"unet has {unet.config.num_class_embeds} class labels, the config {config.num_class_embeds} (noise buckets x actions when action_class)"
         )
-    embeddings = load_file(str(root / ACTION_EMBEDDING_FILE))
+    embeddings = read_weights(root / ACTION_EMBEDDING_FILE, lambda: load_file(str(root / ACTION_EMBEDDING_FILE)))
     embedding, position = embeddings["weight"], embeddings.get("position")
     if tuple(embedding.shape) != (config.num_actions, unet.config.cross_attention_dim):
         problems.append(f"action embedding is {tuple(embedding.shape)}, expected ({config.num_actions}, {unet.config.cross_attention_dim})")
     if config.action_positions and (position is None or tuple(position.shape) != (config.context_length, unet.config.cross_attention_dim)):
         found = "none" if position is None else tuple(position.shape)
         problems.append(f"action position embedding is {found}, expected ({config.context_length}, {unet.config.cross_attention_dim})")
-    vae = AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype)
+    vae = read_weights(root / VAE_SUBFOLDER, lambda: AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype))
     try:
         check_vae(vae, config.model)
     except ModelLoadError as error:

@@ -131,3 +131,14 @@ def test_a_checkpoint_with_a_missing_part_is_refused_with_a_message(dataset, che
     assert result.returncode == 1
     assert "error:" in result.stderr and "not a complete world-model checkpoint: missing vae/config.json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("part", ["unet", "vae", "action_embedding.safetensors"])
+def test_a_truncated_weights_file_is_named_with_what_to_do(dataset, checkpoint, tmp_path, part):
+    broken = tmp_path / "wm"
+    shutil.copytree(checkpoint, broken)
+    weights = broken / part if part.endswith(".safetensors") else next((broken / part).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    result = run_script("run_autoregressive.py", "--model_folder", broken, "--dataset_name", dataset, "--output_dir", tmp_path, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"could not read the weights in {weights}" in result.stderr and "damaged or incomplete" in result.stderr
