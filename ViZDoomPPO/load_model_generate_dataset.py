@@ -46,16 +46,31 @@ from common.models import AgentLoadError, find_env_config, load_agent
 from common.utils import DatasetError, GifWriter, ShardWriter, check_output_dir, new_run_id
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    policy = parser.add_mutually_exclusive_group(required=True)
-    policy.add_argument("--model_path", help="PPO model .zip from train_ppo_parallel.py (e.g. ViZDoomPPO/logs/models/<run>/best_model.zip)")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--model_path",
+        help="PPO model .zip from train_ppo_parallel.py (default: the newest <log_dir>/models/<run>/best_model.zip)",
+    )
+    parser.add_argument(
+        "--log_dir",
+        default=str(Path(__file__).resolve().parent / "logs"),
+        help="train_ppo_parallel.py's --log_dir, searched for the newest agent when no --model_path is given",
+    )
     policy.add_argument("--random_policy", action="store_true", help="uniformly random actions instead of an agent")
     parser.add_argument("--episodes", type=int, default=8, help="number of episodes to record, over all workers")
     parser.add_argument("--max_steps_per_episode", type=int, default=1000, help="agent steps after which an episode is cut (done=False)")
     parser.add_argument("--num_workers", type=int, default=2, help="worker processes, each with its own game")
     parser.add_argument("--output", choices=["parquet", "gif"], default="parquet", help="parquet dataset shards, or one captioned QA gif per episode")
-    parser.add_argument("--out_dir", required=True, help="output folder (created; existing shards are kept)")
+    parser.add_argument(
+        "--out_dir",
+        help="output folder (created; existing shards are kept; default: outputs/dataset, or outputs/gifs with --output gif, "
+        "in the repository)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed; worker w plays with a seed derived from (seed, w)")
     parser.add_argument("--deterministic", action="store_true", help="take the policy's most likely action instead of sampling")
     parser.add_argument("--frame_codec", choices=["png", "jpeg"], default="png", help="frame encoding (png: lossless)")
@@ -73,7 +88,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("episodes", "num_workers", "max_steps_per_episode"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.out_dir is None:
+        args.out_dir = str(REPO / "outputs" / ("gifs" if args.output == "gif" else "dataset"))
+    if not args.model_path and not args.random_policy:
+        models_dir = Path(args.log_dir) / "models"
+        newest = newest_trained_agent(models_dir)
+        if newest is None:
+            parser.error(
+                f"no trained agent found under {models_dir}: train one (python ViZDoomPPO/train_ppo_parallel.py), "
+                "pass --model_path PATH.zip, or record a random agent with --random_policy"
+            )
+        args.model_path = str(newest)
+        print(f"using the newest trained agent: {newest} (pass --model_path or --random_policy to choose)", flush=True)
     return args
+
+
+def newest_trained_agent(models_dir: Path) -> Path | None:
+    """The most recently written ``<run>/best_model.zip`` under ``models_dir`` (train_ppo_parallel.py's layout)."""
+    agents = sorted(models_dir.glob("*/best_model.zip"), key=lambda path: path.stat().st_mtime)
+    return agents[-1] if agents else None
 
 
 def worker_seed(seed: int, worker_id: int) -> int:

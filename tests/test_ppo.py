@@ -93,6 +93,19 @@ def test_trained_agent_generates_a_dataset_with_its_own_game_settings(trained, t
     assert table.groupby("episode_id").size().max() <= 31 and table.done.sum() == 2
 
 
+def test_without_a_policy_option_the_newest_trained_agent_records(trained, tmp_path):
+    """The seed repository's command names no policy: it used the trained agent."""
+    root, _, _ = trained
+    result = run_script("ViZDoomPPO/load_model_generate_dataset.py", "--log_dir", root / "logs", "--episodes", "1", "--out_dir", tmp_path)
+    assert f"using the newest trained agent: {root / 'logs' / 'models' / 'smoke' / 'best_model.zip'}" in result.stdout
+    meta = json.loads(pq.read_schema(list_shards(tmp_path)[0]).metadata[METADATA_KEY])
+    assert meta["policy"].endswith("best_model.zip")
+
+    nothing = run_script("ViZDoomPPO/load_model_generate_dataset.py", "--log_dir", tmp_path / "no_logs", check=False)
+    assert nothing.returncode == 2 and "no trained agent found" in nothing.stderr
+    assert "--model_path" in nothing.stderr and "--random_policy" in nothing.stderr
+
+
 def test_observation_mismatch_is_refused(trained, tmp_path):
     root, _, _ = trained
     model = root / "logs" / "models" / "smoke" / "best_model.zip"
