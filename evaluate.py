@@ -45,20 +45,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gamengen.cli import add_engine_arguments, engine_from_args
 from gamengen.config import WorldModelConfig
+from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
 from gamengen.data import DatasetError, EpisodeDataset, columns_from_args, open_dataset
-from gamengen.engine import (
-    EngineError,
-    GameEngine,
-    add_engine_arguments,
-    captioned_row,
-    check_dataset,
-    display_scale,
-    engine_from_args,
-    episode_context,
-    episode_frames,
-    find_episode,
-)
+from gamengen.engine import EngineError, GameEngine
+from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import load_lpips, psnr, ssim
 from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames
 
@@ -467,7 +459,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dataset = open_dataset(args.dataset_name, columns=columns_from_args(args))
     for folder, config in zip(folders, configs, strict=True):
         try:
-            check_dataset(dataset, config)
+            check_dataset_fits_model(dataset, config)
         except DatasetError as error:
             raise DatasetError(f"{folder}: {error}") from None
         if list(config.action_names) != list(configs[0].action_names):

@@ -27,26 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from gamengen.actions import parse_action_script, read_actions_file
+from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
+from gamengen.context import episode_context, episode_frames, find_episode
 from gamengen.data import DatasetError
-from gamengen.engine import (
-    EngineError,
-    GameEngine,
-    add_engine_arguments,
-    captioned_row,
-    dataset_from_args,
-    display_scale,
-    engine_from_args,
-    episode_context,
-    episode_frames,
-    find_episode,
-    parse_action_script,
-)
+from gamengen.engine import EngineError, GameEngine
+from gamengen.media import captioned_row, display_scale, realtime_fps, write_gif, write_video
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor
-from gamengen.play import read_actions_file, write_gif, write_video
 
 DEFAULT_NUM_FRAMES = 32
-DOOM_TICS_PER_SECOND = 35
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,7 +122,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     dataset = dataset_from_args(args, engine.config)
     plans = plan_rollouts(args, engine, dataset)
     frame_skip = (dataset.metadata or {}).get("frame_skip")
-    fps = args.gif_fps or (DOOM_TICS_PER_SECOND / frame_skip if frame_skip else 9.0)
+    fps = args.gif_fps or (realtime_fps(frame_skip) if frame_skip else 9.0)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = engine.describe()

@@ -21,18 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
+from gamengen.context import episode_context, episode_frames, find_episode
 from gamengen.data import DatasetError
-from gamengen.engine import (
-    EngineError,
-    add_engine_arguments,
-    captioned_row,
-    dataset_from_args,
-    display_scale,
-    engine_from_args,
-    episode_context,
-    episode_frames,
-    find_episode,
-)
+from gamengen.engine import EngineError
+from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor
 

@@ -29,10 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gamengen.actions import parse_action_script, read_actions_file
+from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.data import DatasetError
-from gamengen.engine import EngineError, add_engine_arguments, dataset_from_args, engine_from_args, parse_action_script
+from gamengen.engine import EngineError
+from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
-from gamengen.play import DOOM_TICS_PER_SECOND, PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings, read_actions_file
+from gamengen.play import PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -94,7 +97,7 @@ def make_session(args: argparse.Namespace) -> PlaySession:
     frame_skip = settings.get("frame_skip") or 4
     replay = {"model_folder": args.model_folder, **({"dataset_name": args.dataset_name} if args.dataset_name else {})}
     return PlaySession(
-        engine, start, seed=args.seed, real_game=real_game, record_dir=args.output_dir, replay=replay, gif_fps=args.gif_fps or DOOM_TICS_PER_SECOND / frame_skip
+        engine, start, seed=args.seed, real_game=real_game, record_dir=args.output_dir, replay=replay, gif_fps=args.gif_fps or realtime_fps(frame_skip)
     )
 
 

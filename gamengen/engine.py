@@ -1,4 +1,4 @@
-"""The neural game engine (DESIGN.md section 5): the one implementation of generation.
+"""The neural game engine (docs/engine.md): the one implementation of generation.
 
 Training validation, ``run_inference.py``, ``run_autoregressive.py``, evaluation and live play all
 generate frames through ``GameEngine``:
@@ -7,7 +7,7 @@ generate frames through ``GameEngine``:
     engine.reset(frames, actions)          # frames f_{t-k} .. f_{t-1} (uint8, oldest first), actions a_{t-k} .. a_{t-2}
     frame = engine.step("FORWARD")         # a_{t-1}: the action pressed at the newest frame -> f_t (uint8 HxWx3)
 
-**Window semantics** (the same as training, DESIGN.md section 3). The model predicts frame ``t`` from
+**Window semantics** (the same as training, docs/engine.md). The model predicts frame ``t`` from
 the latents of frames ``t-N .. t-1`` and the actions ``t-N .. t-1``; action ``t-1`` (pressed while
 frame ``t-1`` was on screen) produced frame ``t``. The engine keeps a ring buffer of N latents and N
 action slots; the last action slot belongs to the newest frame and is filled by ``step(action)``,
@@ -37,6 +37,9 @@ the same base as in training; both CFG branches share it).
 
 Batches: ``reset`` with a leading batch axis (``(B, k, ...)``) runs B rollouts side by side;
 ``step`` then takes B actions and returns ``(B, H, W, 3)``.
+
+Around the engine: ``gamengen.actions`` (action ids and scripts), ``gamengen.context`` (recorded
+episodes as context), ``gamengen.cli`` (the scripts' engine options), ``gamengen.media`` (gifs, videos).
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gamengen.config import WorldModelConfig
-from gamengen.data import DatasetError, EpisodeDataset, add_column_arguments, check_action_ids, check_frame_size, columns_from_args, pad_context
+from gamengen.actions import EngineError, action_id
+from gamengen.data import pad_context
 from gamengen.model import (
     WorldModelBundle,
     corrupt_context,
@@ -68,10 +71,6 @@ from gamengen.model import (
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class EngineError(ValueError):
-    """A request the engine cannot serve as given (the message says what to change)."""
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -104,107 +103,6 @@ class _DDIMStep:
     alpha: float  # alpha_cumprod at this timestep
     alpha_prev: float  # alpha_cumprod of the step it lands on
     timestep_tensor: torch.Tensor  # (1,) on the engine's device, made once
-
-
-# ----------------------------------------------------------------------------------------------
-# Actions
-
-
-def action_id(action: int | str | np.integer, action_names: Sequence[str]) -> int:
-    """An action given by id or by name (exact, or case-insensitive when unambiguous) -> its id."""
-    if isinstance(action, (int, np.integer)) and not isinstance(action, bool):
-        if not 0 <= int(action) < len(action_names):
-            raise EngineError(f"action id {int(action)} is out of range: the model has {len(action_names)} actions (ids 0..{len(action_names) - 1})")
-        return int(action)
-    if isinstance(action, str):
-        if action in action_names:
-            return list(action_names).index(action)
-        folded = [i for i, name in enumerate(action_names) if name.lower() == action.strip().lower()]
-        if len(folded) == 1:
-            return folded[0]
-        raise EngineError(f"unknown action {action!r}: the model's actions are {', '.join(action_names)}")
-    raise EngineError(f"an action is an id or a name, got {action!r} ({type(action).__name__})")
-
-
-def parse_action_script(script: str, action_names: Sequence[str]) -> list[int]:
-    """``"FORWARD*16,TURN_LEFT*8,ATTACK"`` -> action ids: comma-separated names (or ids), each
-    optionally repeated with ``*count``."""
-    ids: list[int] = []
-    for item in script.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, _, count_text = item.partition("*")
-        try:
-            count = int(count_text) if count_text else 1
-        except ValueError:
-            raise EngineError(f"bad repeat count in {item!r}: write NAME*COUNT, e.g. FORWARD*16") from None
-        if count < 1:
-            raise EngineError(f"repeat count in {item!r} must be >= 1")
-        name = name.strip()
-        ids += [action_id(int(name) if name.isdigit() else name, action_names)] * count
-    if not ids:
-        raise EngineError(f"the action script {script!r} names no action (example: FORWARD*16,TURN_LEFT*8,ATTACK)")
-    return ids
-
-
-# ----------------------------------------------------------------------------------------------
-# Datasets as context sources
-
-
-def check_dataset(dataset: EpisodeDataset, config: WorldModelConfig) -> None:
-    """Refuse a dataset the checkpoint cannot continue: another frame size, or another action list
-    (by name when the dataset has names, else by the range of its action ids)."""
-    try:
-        check_frame_size(dataset, config.model)
-    except DatasetError as error:
-        raise DatasetError(f"{error} (the checkpoint was trained on {config.model.frame_width}x{config.model.frame_height} frames)") from None
-    names = dataset.action_names
-    if names is not None and list(names) != list(config.action_names):
-        raise DatasetError(
-            f"the dataset's actions ({', '.join(names)}) are not the checkpoint's ({', '.join(config.action_names)}): "
-            "use a dataset recorded with the action set the model was trained on"
-        )
-    check_action_ids(dataset.episode_ids, [dataset.actions(i) for i in range(len(dataset.episodes))], config.num_actions, config.action_names)
-
-
-def find_episode(dataset: EpisodeDataset, episode: int | str) -> int:
-    """An episode given by index into ``dataset.episodes`` or by id -> its index."""
-    ids = dataset.episode_ids
-    if isinstance(episode, str) and not episode.lstrip("-").isdigit():
-        if episode not in ids:
-            raise DatasetError(f"episode {episode!r} is not in the dataset ({len(ids)} episodes, e.g. {', '.join(ids[:3])})")
-        return ids.index(episode)
-    index = int(episode)
-    if not 0 <= index < len(ids):
-        raise DatasetError(f"episode index {index} is out of range: the dataset has {len(ids)} episodes (0..{len(ids) - 1})")
-    return index
-
-
-def episode_frames(dataset: EpisodeDataset, episode: int, start: int, stop: int) -> np.ndarray:
-    """Frames ``start .. stop - 1`` of an episode as uint8 ``(stop - start, H, W, 3)``."""
-    first = dataset.row_index(episode, 0)
-    return np.stack([dataset.frame(first + step) for step in range(start, stop)])
-
-
-def episode_context(dataset: EpisodeDataset, episode: int, target_step: int, context_length: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """What the engine needs to predict frame ``target_step`` of a recorded episode:
-    ``(frames, actions, next_action)`` for ``engine.reset(frames, actions)`` then ``engine.step(next_action)``.
-
-    frames ``t-k .. t-1`` with ``k = min(N, t)``, the actions ``t-k .. t-2`` and action ``t-1``.
-    """
-    length = dataset.episodes[episode].length
-    if not 1 <= target_step < length:
-        raise DatasetError(
-            f"episode {dataset.episode_ids[episode]!r} has {length} steps: the target step must be in 1..{length - 1} (step 0 has no frame before it)"
-        )
-    first = max(0, target_step - context_length)
-    actions = dataset.actions(episode)
-    return episode_frames(dataset, episode, first, target_step), np.asarray(actions[first : target_step - 1]), int(actions[target_step - 1])
-
-
-# ----------------------------------------------------------------------------------------------
-# The engine
 
 
 class GameEngine:
@@ -568,95 +466,3 @@ class GameEngine:
             "compiled": self._denoiser is not self.model,
             "timesteps": [step.timestep for step in self._schedule],
         }
-
-
-# ----------------------------------------------------------------------------------------------
-# What the inference scripts share: engine options on the command line, captioned images
-
-
-def add_engine_arguments(parser: Any) -> None:
-    """The checkpoint and sampling options of every script that generates frames."""
-    group = parser.add_argument_group("model and sampling")
-    group.add_argument("--model_folder", required=True, help="world-model checkpoint: a folder written by train_text_to_image.py, or a Hub model id")
-    group.add_argument("--revision", default=None, help="revision of a Hub model")
-    group.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
-    group.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and activations (a CPU runs fp32 or bf16; fp16 is for GPUs)")
-    group.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first frame; on this 2-core CPU ~25%% faster frames)")
-    group.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
-    group.add_argument("--guidance_scale", type=float, default=None, help="CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1 = no CFG")
-    group.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps per frame (default: the checkpoint's, 4 as the paper)")
-    group.add_argument(
-        "--noise_bucket", type=int, default=None, help="noise-augmentation bucket of the context at inference (default: the checkpoint's, 0 = clean context)"
-    )
-    group.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise: the same seed gives the same frames")
-    group.add_argument(
-        "--num_threads",
-        type=int,
-        default=1,
-        help="torch CPU threads. 1 by default: with anything else running on the cores, more threads spin-wait and can make frames 50x slower",
-    )
-    group.add_argument(
-        "--no_pad_context", action="store_true", help="refuse a context shorter than the model's instead of padding it (first frame repeated, NOOP actions)"
-    )
-    data = parser.add_argument_group("dataset columns (other layouts)")
-    add_column_arguments(data)
-
-
-def engine_from_args(args: Any) -> GameEngine:
-    """A ``GameEngine`` from the options of ``add_engine_arguments``."""
-    if args.num_threads is not None and args.num_threads >= 1:
-        torch.set_num_threads(args.num_threads)
-    return GameEngine.from_pretrained(
-        args.model_folder,
-        device=args.device,
-        dtype=args.dtype,
-        revision=args.revision,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps,
-        noise_bucket=args.noise_bucket,
-        seed=args.seed,
-        compile=args.compile,
-        compile_mode=args.compile_mode,
-        pad_short_context=not args.no_pad_context,
-    )
-
-
-def dataset_from_args(args: Any, config: WorldModelConfig) -> EpisodeDataset:
-    """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
-    from gamengen.data import open_dataset
-
-    columns = columns_from_args(args)
-    dataset = open_dataset(args.dataset_name, columns=columns)
-    check_dataset(dataset, config)
-    return dataset
-
-
-def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of an ``(H, W, 3)`` frame (pixels stay visible as blocks)."""
-    return frame if scale == 1 else frame.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
-def display_scale(frame_width: int) -> int:
-    """The integer upscaling that shows a frame at least ~256 pixels wide (1 for the paper's 320)."""
-    return max(1, round(256 / frame_width))
-
-
-def captioned_row(frames: Sequence[np.ndarray], titles: Sequence[str], caption: str = "", scale: int = 1) -> np.ndarray:
-    """Frames side by side (upscaled), a title above each and a caption line below: uint8 ``(H', W', 3)``
-    with even height and width (what video encoders need)."""
-    from PIL import Image, ImageDraw
-
-    tiles = [upscale(np.asarray(frame), scale) for frame in frames]
-    height, gap, bar = tiles[0].shape[0], 4, 14
-    width = sum(tile.shape[1] for tile in tiles) + gap * (len(tiles) - 1)
-    rows = bar + height + (bar if caption else 0)
-    canvas = Image.new("RGB", (width + width % 2, rows + rows % 2), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for tile, title in zip(tiles, titles, strict=True):
-        canvas.paste(Image.fromarray(tile), (x, bar))
-        draw.text((x + 2, 1), title, fill=(255, 255, 255))
-        x += tile.shape[1] + gap
-    if caption:
-        draw.text((2, bar + height + 1), caption, fill=(255, 255, 0))
-    return np.asarray(canvas)

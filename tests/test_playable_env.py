@@ -22,9 +22,10 @@ from PIL import Image
 
 import run_autoregressive
 import run_playable_env
+from gamengen.actions import action_script
 from gamengen.data import open_dataset
 from gamengen.engine import EngineError, GameEngine
-from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, action_script, doom_env_module, game_settings
+from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, doom_env_module, game_settings
 
 CHROMIUM = os.environ.get("GAMENGEN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,0 +1,108 @@
+"""The command line every script that generates frames shares: the checkpoint and sampling options,
+the dataset columns, and the engine and dataset they open.
+
+``run_inference.py``, ``run_autoregressive.py``, ``run_playable_env.py`` and ``evaluate.py`` call
+``add_engine_arguments(parser)`` and then ``engine_from_args(args)`` (and ``dataset_from_args``), so
+an option means the same in all of them (the sampling options are described in docs/engine.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from gamengen.config import WorldModelConfig
+from gamengen.context import check_dataset_fits_model
+from gamengen.data import EpisodeDataset, add_column_arguments, columns_from_args
+from gamengen.engine import DTYPES, GameEngine
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint and sampling options of every script that generates frames."""
+    group = parser.add_argument_group("model and sampling")
+    group.add_argument(
+        "--model_folder",
+        required=True,
+        help="world-model checkpoint: a folder written by train_text_to_image.py, or a Hub model id",
+    )
+    group.add_argument("--revision", default=None, help="revision of a Hub model")
+    group.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    group.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="fp32",
+        help="weights and activations (a CPU runs fp32 or bf16; fp16 is for GPUs)",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (slow first frame; on this 2-core CPU ~25%% faster frames)",
+    )
+    group.add_argument(
+        "--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune"
+    )
+    group.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1 = no CFG",
+    )
+    group.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="DDIM steps per frame (default: the checkpoint's, 4 as the paper)",
+    )
+    group.add_argument(
+        "--noise_bucket",
+        type=int,
+        default=None,
+        help="noise-augmentation bucket of the context at inference (default: the checkpoint's, 0 = clean context)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampler's noise: the same seed gives the same frames"
+    )
+    group.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads. 1 by default: with anything else running on the cores, "
+        "more threads spin-wait and can make frames 50x slower",
+    )
+    group.add_argument(
+        "--no_pad_context",
+        action="store_true",
+        help="refuse a context shorter than the model's instead of padding it (first frame repeated, NOOP actions)",
+    )
+    data = parser.add_argument_group("dataset columns (other layouts)")
+    add_column_arguments(data)
+
+
+def engine_from_args(args: argparse.Namespace) -> GameEngine:
+    """A ``GameEngine`` from the options of ``add_engine_arguments``."""
+    if args.num_threads is not None and args.num_threads >= 1:
+        torch.set_num_threads(args.num_threads)
+    return GameEngine.from_pretrained(
+        args.model_folder,
+        device=args.device,
+        dtype=args.dtype,
+        revision=args.revision,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+        noise_bucket=args.noise_bucket,
+        seed=args.seed,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        pad_short_context=not args.no_pad_context,
+    )
+
+
+def dataset_from_args(args: argparse.Namespace, config: WorldModelConfig) -> EpisodeDataset:
+    """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
+    from gamengen.data import open_dataset
+
+    columns = columns_from_args(args)
+    dataset = open_dataset(args.dataset_name, columns=columns)
+    check_dataset_fits_model(dataset, config)
+    return dataset
