@@ -78,7 +78,8 @@ def commands_in(document: Path) -> list[Command]:
             if not scripts:
                 continue
             script_at = scripts[0]
-            options = tuple(word.split("=", 1)[0] for word in words[script_at + 1 :] if OPTION.fullmatch(word.split("=", 1)[0]))
+            given = [word.split("=", 1)[0] for word in words[script_at + 1 :]]
+            options = tuple(word for word in given if OPTION.fullmatch(word))
             found.append(Command(relative(document), start + first, text.strip(), words[script_at], options))
     return found
 
@@ -93,14 +94,20 @@ def accepted_options() -> dict[str, set[str]]:
     scripts = sorted({command.script for command in COMMANDS})
     running = {
         script: subprocess.Popen(
-            [sys.executable, script, "--help"], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, script, "--help"],
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for script in scripts
     }
     options = {}
     for script, process in running.items():
         stdout, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, f"`python {script} --help` failed (exit {process.returncode}):\n{stderr[-2000:]}"
+        failed = f"`python {script} --help` failed (exit {process.returncode}):\n{stderr[-2000:]}"
+        assert process.returncode == 0, failed
         options[script] = set(OPTION.findall(stdout))
     return options
 
@@ -166,7 +173,8 @@ def test_links_between_the_documents_resolve():
                 if not linked.exists():
                     broken.append(f"{relative(document)} line {number}: {target} (no such file)")
                 elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
-                    broken.append(f"{relative(document)} line {number}: {target} (no heading #{anchor} in {relative(linked)})")
+                    where = f"{relative(document)} line {number}: {target}"
+                    broken.append(f"{where} (no heading #{anchor} in {relative(linked)})")
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
@@ -188,7 +196,7 @@ def python_sources() -> list[Path]:
     ]
 
 
-@pytest.mark.xfail(strict=False, reason="the code still cites docs/tiny_learning.md until its references are updated after the docs merge")
+@pytest.mark.xfail(strict=False, reason="the code still cites docs/tiny_learning.md until the docs merge updates it")
 def test_docs_paths_named_in_the_code_exist():
     missing = [
         f"{relative(source)} names {path}"
@@ -199,7 +207,7 @@ def test_docs_paths_named_in_the_code_exist():
     assert not missing, "code names docs/ pages that do not exist:\n" + "\n".join(missing)
 
 
-@pytest.mark.xfail(strict=False, reason="the code still cites DESIGN.md sections until its references are updated after the docs merge")
+@pytest.mark.xfail(strict=False, reason="the code still cites DESIGN.md sections until the docs merge updates it")
 def test_the_code_cites_no_design_document_outside_the_repository():
     citing = [
         f"{relative(source)} line {number}: {line.strip()}"
@@ -207,4 +215,5 @@ def test_the_code_cites_no_design_document_outside_the_repository():
         for number, line in enumerate(source.read_text(errors="replace").splitlines(), start=1)
         if "DESIGN.md" in line
     ]
-    assert not citing, "DESIGN.md is not in the repository (its content is in docs/); cite docs/ instead:\n" + "\n".join(citing)
+    message = "DESIGN.md is not in the repository (its content is in docs/); cite docs/ instead:\n"
+    assert not citing, message + "\n".join(citing)
