@@ -90,10 +90,10 @@ def test_action_table_is_complete_and_documented():
         assert needed in ACTION_NAMES
     vectors = {tuple(action_buttons(i)) for i in range(len(ACTIONS))}
     assert len(vectors) == len(ACTIONS) == len(set(ACTION_NAMES))  # no two actions press the same buttons
-    readme = (REPO / "README.md").read_text()
+    manual = (REPO / "docs" / "agent.md").read_text()
     for index, (name, buttons) in enumerate(ACTIONS):
-        row = re.search(rf"^\|\s*{index}\s*\|\s*`{name}`\s*\|([^|]*)\|", readme, re.MULTILINE)
-        assert row, f"README action table lacks row {index} {name}"
+        row = re.search(rf"^\|\s*{index}\s*\|\s*`{name}`\s*\|([^|]*)\|", manual, re.MULTILINE)
+        assert row, f"docs/agent.md action table lacks row {index} {name}"
         assert all(button in row.group(1) for button in buttons)
 
 
