@@ -45,7 +45,6 @@ from common.envs import (
 from common.models import AgentLoadError, find_env_config, load_agent
 from common.utils import DatasetError, GifWriter, ShardWriter, check_output_dir, new_run_id
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
