@@ -40,7 +40,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the UNet (slow first frame; on this 2-core CPU ~25%% faster frames)",
     )
     group.add_argument(
-        "--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune"
+        "--compile_mode",
+        default=None,
+        help="torch.compile mode (implies --compile): reduce-overhead replays CUDA graphs on a GPU, max-autotune",
+    )
+    group.add_argument(
+        "--no_tf32",
+        action="store_true",
+        help="on a GPU, keep fp32 matrix products in full fp32 (TF32 is on by default: fp32 weights run faster)",
+    )
+    group.add_argument(
+        "--encode_batch_size",
+        type=int,
+        default=16,
+        help="most context frames sent through the VAE encoder at once (bounds memory at the paper's size)",
     )
     group.add_argument(
         "--guidance_scale",
@@ -83,6 +96,10 @@ def engine_from_args(args: argparse.Namespace) -> GameEngine:
     """A ``GameEngine`` from the options of ``add_engine_arguments``."""
     if args.num_threads is not None and args.num_threads >= 1:
         torch.set_num_threads(args.num_threads)
+    if torch.cuda.is_available() and not args.no_tf32:
+        # TF32 matrix products for fp32 weights: ~10 mantissa bits, well below a frame's 8-bit output.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return GameEngine.from_pretrained(
         args.model_folder,
         device=args.device,
@@ -92,9 +109,10 @@ def engine_from_args(args: argparse.Namespace) -> GameEngine:
         num_inference_steps=args.num_inference_steps,
         noise_bucket=args.noise_bucket,
         seed=args.seed,
-        compile=args.compile,
+        compile=args.compile or args.compile_mode is not None,
         compile_mode=args.compile_mode,
         pad_short_context=not args.no_pad_context,
+        encode_batch_size=args.encode_batch_size,
     )
 
 

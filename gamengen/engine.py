@@ -122,6 +122,9 @@ class GameEngine:
         pad_short_context: pad a context shorter than the model's as training does (True) or refuse it.
         sync_timing: on CUDA, synchronise before reading each stage's clock, so that the per-stage
             timings are real (costs a little overlap).
+        encode_batch_size: most frames ``reset`` sends through the VAE encoder at once. A batch of B
+            contexts of 64 frames at 320x256 is B*64 frames: unbounded, 16 contexts took ~80-100 GB of
+            activations, more than a GPU has.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class GameEngine:
         compile_backend: str = "inductor",
         pad_short_context: bool = True,
         sync_timing: bool = True,
+        encode_batch_size: int = 16,
     ) -> None:
         self.model = bundle.model
         self.vae = bundle.vae
@@ -148,6 +152,9 @@ class GameEngine:
         if not 0 <= self.noise_bucket < self.config.noise_buckets:
             raise EngineError(f"noise bucket {self.noise_bucket} is out of range: the model has buckets 0..{self.config.noise_buckets - 1} (0 = clean context)")
         self.pad_short_context = pad_short_context
+        if encode_batch_size < 1:
+            raise EngineError(f"encode_batch_size must be at least 1, got {encode_batch_size}")
+        self.encode_batch_size = int(encode_batch_size)
         self.sync_timing = sync_timing and self.device.type == "cuda"
         self.num_inference_steps = int(self.config.num_inference_steps if num_inference_steps is None else num_inference_steps)
         self._schedule = self._make_schedule(self.num_inference_steps)
@@ -278,12 +285,15 @@ class GameEngine:
         self.frame_index = 0
 
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames ``(B, k, H, W, 3)`` -> scaled latents ``(B, k, C, h, w)`` float32, in one VAE batch."""
+        """uint8 frames ``(B, k, H, W, 3)`` -> scaled latents ``(B, k, C, h, w)`` float32, in VAE batches
+        of at most ``encode_batch_size`` frames."""
         batch, count = frames.shape[:2]
+        chunks = []
         with torch.inference_mode():
-            pixels = frames_to_tensor(frames.flatten(0, 1)).to(self.device, self.vae.dtype)
-            latents = encode_frames(self.vae, pixels, self.config.model).float()
-        return latents.unflatten(0, (batch, count))
+            for chunk in frames.flatten(0, 1).split(self.encode_batch_size):
+                pixels = frames_to_tensor(chunk).to(self.device, self.vae.dtype)
+                chunks.append(encode_frames(self.vae, pixels, self.config.model).float())
+        return torch.cat(chunks).unflatten(0, (batch, count))
 
     def _action_tensor(self, actions: Any, batch: int, count: int, batched: bool) -> torch.Tensor:
         expected = count - 1

@@ -230,6 +230,25 @@ def test_a_batch_of_rollouts_runs_side_by_side(engine):
         engine.step(1)
 
 
+def test_reset_sends_at_most_encode_batch_size_frames_through_the_vae_encoder_at_once(bundle):
+    """B contexts of N frames were one encoder batch of B*N frames: at sd14 size more memory than a GPU has."""
+    frames = np.stack([random_frames(N, seed=b) for b in range(3)])  # 3 x 4 = 12 frames
+    actions = [[1, 2, 3]] * 3
+    reference = GameEngine(bundle, seed=0, encode_batch_size=64)
+    reference.reset(frames, actions)
+    sizes = []
+    handle = bundle.vae.encoder.register_forward_pre_hook(lambda _module, args: sizes.append(args[0].shape[0]))
+    try:
+        bounded = GameEngine(bundle, seed=0, encode_batch_size=5)
+        bounded.reset(frames, actions)
+    finally:
+        handle.remove()
+    assert sizes == [5, 5, 2]
+    assert torch.allclose(bounded.context_latents, reference.context_latents, atol=1e-5)
+    with pytest.raises(EngineError, match="encode_batch_size must be at least 1"):
+        GameEngine(bundle, encode_batch_size=0)
+
+
 def test_timings_break_a_frame_down_into_unet_and_decode(engine):
     engine.reset(random_frames(N), [1, 2, 3])
     engine.rollout([1, 1, 1])
