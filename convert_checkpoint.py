@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--action_names",
         default=None,
-        help="comma-separated names of the action ids 0..n-1 (default: the seed's 18 actions, TURN_LEFT first)",
+        help="comma-separated names of the action ids 0..n-1; unset: the seed's 18 actions, TURN_LEFT first",
     )
     return parser.parse_args(argv)
 
