@@ -435,10 +435,19 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         raise ModelLoadError(f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local folder") from error
 
 
+def _peer():
+    """gamengen.peer, imported when first needed (it imports this module)."""
+    from gamengen import peer
+
+    return peer
+
+
 def read_world_model_config(name_or_path: str | os.PathLike, revision: str | None = None) -> WorldModelConfig:
     """A checkpoint's ``gamengen_config.json`` (folder or Hub id), without loading any weights."""
     root = resolve_checkpoint(name_or_path, revision)
     path = root / CONFIG_FILE
+    if not path.is_file() and _peer().is_peer_checkpoint(root):
+        return _peer().read_peer_config(root)
     if not path.is_file():
         raise ModelLoadError(f"{root} is not a world-model checkpoint: missing {CONFIG_FILE} (written by train_text_to_image.py)")
     try:
@@ -462,6 +471,8 @@ def load_world_model(
     from safetensors.torch import load_file
 
     root = resolve_checkpoint(name_or_path, revision)
+    if _peer().is_peer_checkpoint(root):  # the seed repository's layout, converted on load
+        return _peer().load_peer_checkpoint(root, device=device, dtype=dtype, num_actions=num_actions)
     parts = [
         CONFIG_FILE,
         f"{UNET_SUBFOLDER}/config.json",
