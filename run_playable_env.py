@@ -36,6 +36,7 @@ from gamengen.engine import EngineError
 from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
 from gamengen.play import PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings
+from gamengen.play.keymap import KeyMapError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -57,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ui.add_argument("--side_by_side", action="store_true", help="play the real ViZDoom game with the same actions beside the model (PSNR per frame)")
     ui.add_argument("--host", default="127.0.0.1", help="web: the address to listen on (127.0.0.1: this machine only; use SSH port forwarding from elsewhere)")
     ui.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
+    ui.add_argument(
+        "--idle_action",
+        default=None,
+        help="the action (name or id) played while no key is held (default: the model's no-op, else action 0)",
+    )
     ui.add_argument("--record", action="store_true", help="record from the first frame (C toggles recording while playing)")
     ui.add_argument("--max_frames", type=int, default=None, help="pygame: stop after this many frames (benchmarks, tests)")
     scripted = parser.add_argument_group("headless")
@@ -97,7 +103,8 @@ def make_session(args: argparse.Namespace) -> PlaySession:
     frame_skip = settings.get("frame_skip") or 4
     replay = {"model_folder": args.model_folder, **({"dataset_name": args.dataset_name} if args.dataset_name else {})}
     return PlaySession(
-        engine, start, seed=args.seed, real_game=real_game, record_dir=args.output_dir, replay=replay, gif_fps=args.gif_fps or realtime_fps(frame_skip)
+        engine, start, seed=args.seed, real_game=real_game, record_dir=args.output_dir, replay=replay, gif_fps=args.gif_fps or realtime_fps(frame_skip),
+        idle_action=args.idle_action,
     )
 
 
@@ -200,5 +207,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (DatasetError, ModelLoadError, EngineError, PortError) as error:
+    except (DatasetError, ModelLoadError, EngineError, PortError, KeyMapError) as error:
         sys.exit(f"error: {error}")

@@ -26,6 +26,7 @@ from gamengen.actions import action_script
 from gamengen.data import open_dataset
 from gamengen.engine import EngineError, GameEngine
 from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, doom_env_module, game_settings
+from gamengen.play.keymap import KeyMapError
 
 CHROMIUM = os.environ.get("GAMENGEN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -70,7 +71,24 @@ def test_held_keys_pick_the_action_whose_controls_they_hold():
     assert other.noop == 0 and other.action_for(["KeyW"]) == 1
     assert other.action_for(["Digit1"]) == 2 and other.action_for(["KeyW", "Digit2"]) == 3 and other.action_keys(3) == "2"
     assert action_controls("FORWARD_TURN_LEFT") == {"FORWARD", "TURN_LEFT"} and action_controls("NOOP") == frozenset()
+    assert keys.help_lines()[0] == "no key: NOOP"
     assert action_script([1, 1, 1, 3, 0, 0], GAME_ACTIONS) == "FORWARD*3,TURN_LEFT,NOOP*2"
+
+
+def test_a_model_with_many_generic_actions_gets_a_key_for_each_and_says_what_no_key_plays():
+    """A peer checkpoint's 18 actions (ACTION_0..17 when their names are unknown) had keys only for 10 of
+    them, and no key played ACTION_0 silently although it is no no-op."""
+    names = [f"ACTION_{i}" for i in range(18)]
+    keys = KeyMap(names)
+    reachable = {keys.action_for([key]) for key in keys.bound_keys}
+    assert reachable >= set(range(1, 18)) and all("no key left" not in keys.action_keys(i) for i in range(1, 18))
+    assert len({keys.action_keys(i) for i in range(1, 18)}) == 17  # every action its own key
+    assert not set(keys.digit_actions) & {"KeyW", "KeyA", "KeyS", "KeyD", "KeyP", "KeyR", "KeyN", "KeyC"}
+    assert keys.action_for([]) == 0 and "ACTION_0 (the model has no no-op action)" in keys.help_lines()[0]
+    chosen = KeyMap(names, idle_action="ACTION_5")
+    assert chosen.action_for([]) == 5 and chosen.help_lines()[0].startswith("no key: ACTION_5")
+    with pytest.raises(KeyMapError, match="not one of the model's actions"):
+        KeyMap(names, idle_action="JUMP")
 
 
 # -- headless ----------------------------------------------------------------------------------------

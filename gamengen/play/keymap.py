@@ -46,6 +46,13 @@ COMMAND_HELP = {
     "record": "start / stop recording",
 }
 DIGIT_KEYS = tuple(f"Digit{d}" for d in "1234567890")
+# Keys for the actions no control combination reaches, in this order: the digits, then letters no control or
+# command uses (a peer checkpoint has 18 actions named ACTION_0..17).
+ACTION_KEYS = DIGIT_KEYS + tuple(f"Key{letter}" for letter in "QTYUIOFGHJKLVBM")
+
+
+class KeyMapError(ValueError):
+    """A key-map choice that does not fit the checkpoint's actions (the message says what to pass)."""
 
 
 def action_controls(name: str) -> frozenset[str] | None:
@@ -71,20 +78,50 @@ def action_controls(name: str) -> frozenset[str] | None:
 class KeyMap:
     """Held keys -> the checkpoint's action, derived from its action names (see the module docstring)."""
 
-    def __init__(self, action_names: Sequence[str], control_keys: dict[str, Sequence[str]] | None = None) -> None:
+    def __init__(
+        self,
+        action_names: Sequence[str],
+        control_keys: dict[str, Sequence[str]] | None = None,
+        idle_action: str | int | None = None,
+    ) -> None:
         self.action_names = list(action_names)
         self.control_keys = {control: tuple(keys) for control, keys in (control_keys or DEFAULT_CONTROL_KEYS).items()}
         self.key_controls = {key: control for control, keys in self.control_keys.items() for key in keys}
         self.controls = [action_controls(name) for name in self.action_names]
         empty = [i for i, controls in enumerate(self.controls) if controls == frozenset()]
-        self.noop = empty[0] if empty else 0
-        # Actions no control combination reaches get a digit key of their own.
+        # What plays while no key is held: the no-op, or the action the user names. A model without a no-op
+        # (e.g. a peer checkpoint whose action 0 turns left) idles on action 0, and says so (idle_note).
+        self.has_noop = bool(empty)
+        self.noop = self._action_index(idle_action) if idle_action is not None else (empty[0] if empty else 0)
+        # Actions no control combination reaches get a key of their own (digits, then free letters).
         unreachable = [
             i for i, controls in enumerate(self.controls) if controls is None or (not controls and i != self.noop)
         ]
-        self.digit_actions = dict(zip(DIGIT_KEYS, unreachable, strict=False))
+        used = {*self.key_controls, *COMMAND_KEYS}
+        free_keys = [key for key in ACTION_KEYS if key not in used or key in DIGIT_KEYS]
+        self.digit_actions = dict(zip(free_keys, unreachable, strict=False))
+        self.unbound = unreachable[len(free_keys) :]
         for key in self.digit_actions:
             self.key_controls.pop(key, None)
+
+    def _action_index(self, action: str | int) -> int:
+        if isinstance(action, int) or str(action).isdigit():
+            index = int(action)
+            if not 0 <= index < len(self.action_names):
+                raise KeyMapError(f"idle action {index} is out of range: the model has actions 0..{len(self.action_names) - 1}")
+            return index
+        if action not in self.action_names:
+            raise KeyMapError(f"idle action {action!r} is not one of the model's actions: {', '.join(self.action_names)}")
+        return self.action_names.index(action)
+
+    @property
+    def idle_note(self) -> str:
+        """What plays while no key is held, said plainly when it is not a no-op."""
+        name = self.action_names[self.noop]
+        if self.controls[self.noop] == frozenset():
+            return f"no key: {name}"
+        why = "" if self.has_noop else " (the model has no no-op action)"
+        return f"no key: {name}{why}; choose another with --idle_action"
 
     @property
     def bound_keys(self) -> list[str]:
@@ -112,7 +149,9 @@ class KeyMap:
         """The keys of an action, as shown on screen (``W/Up + A/Left``)."""
         for key, action in self.digit_actions.items():
             if action == index:
-                return key.removeprefix("Digit")
+                return short_key(key)
+        if index in self.unbound:
+            return "(no key left: more actions than keys)"
         controls = self.controls[index]
         if not controls:
             return "(no key)"
@@ -126,7 +165,7 @@ class KeyMap:
         return [{"id": i, "name": name, "keys": self.action_keys(i)} for i, name in enumerate(self.action_names)]
 
     def help_lines(self) -> list[str]:
-        lines = [f"{row['name']}: {row['keys']}" for row in self.describe()]
+        lines = [self.idle_note] + [f"{row['name']}: {row['keys']}" for row in self.describe()]
         lines += [f"{short_key(key)}: {COMMAND_HELP[command]}" for key, command in COMMAND_KEYS.items()]
         return lines
 

@@ -82,6 +82,7 @@ class PlaySession:
         record_dir: str | Path = "outputs/play",
         replay: dict[str, Any] | None = None,
         gif_fps: float = realtime_fps(4),
+        idle_action: str | int | None = None,
     ) -> None:
         self.engine = engine
         self.start = start
@@ -90,7 +91,7 @@ class PlaySession:
         self.record_dir = Path(record_dir)
         self.replay = replay or {}  # model/dataset paths for the replay command in the action log
         self.gif_fps = gif_fps
-        self.keymap = KeyMap(engine.action_names)
+        self.keymap = KeyMap(engine.action_names, idle_action=idle_action)
         self.scale = display_scale(engine.frame_size[0])
         self.paused = False
         self.recording: Recording | None = None

@@ -114,6 +114,7 @@ class GameServer:
         return {
             "type": "hello",
             "actions": keymap.describe(),
+            "idle": keymap.idle_note,
             "commands": {key: command for key, command in COMMAND_KEYS.items()},
             "bound_keys": keymap.bound_keys,
             "frame_width": width,
