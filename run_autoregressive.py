@@ -19,7 +19,6 @@ Examples (the tiny checkpoint of the README's quickstart):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_ar
 from gamengen.context import episode_context, episode_frames, find_episode
 from gamengen.data import DatasetError
 from gamengen.engine import EngineError, GameEngine
+from gamengen.files import write_json_atomic
 from gamengen.media import captioned_row, display_scale, realtime_fps, write_gif, write_video
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor
@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--gif_fps", type=float, default=None, help="playback speed (default: the game's, 35 tics/s / the dataset's frame skip)")
     output.add_argument("--scale", type=int, default=None, help="integer upscaling of the frames (default: ~256 pixels wide)")
     output.add_argument("--no_mp4", action="store_true", help="write only gifs")
+    output.add_argument("--overwrite", action="store_true", help="replace the rollouts of an earlier run in --output_dir")
     output.add_argument("--save_arrays", action="store_true", help="also save each rollout's frames and actions as <name>.npz")
     args = parser.parse_args(argv)
     if args.actions_file:
@@ -117,7 +118,18 @@ def plan_rollouts(args: argparse.Namespace, engine: GameEngine, dataset) -> list
     return plans
 
 
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to write over an earlier run's rollouts (their gifs and rollouts.json) unless asked to."""
+    if (output_dir / "rollouts.json").exists() and not overwrite:
+        gifs = len(list(output_dir.glob("*.gif")))
+        raise EngineError(
+            f"--output_dir {output_dir} already holds rollouts (rollouts.json, {gifs} gifs): choose another "
+            "--output_dir, or pass --overwrite to replace them"
+        )
+
+
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    check_output_dir(Path(args.output_dir), args.overwrite)
     engine = engine_from_args(args)
     dataset = dataset_from_args(args, engine.config)
     plans = plan_rollouts(args, engine, dataset)
@@ -185,7 +197,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     if mp4_missing:
         print("no mp4 written: install imageio-ffmpeg (pip install imageio-ffmpeg) for mp4 files next to the gifs")
     summary = {"model_folder": str(args.model_folder), "dataset_name": str(args.dataset_name), "seed": args.seed, "engine": settings, "rollouts": results}
-    (output_dir / "rollouts.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json_atomic(output_dir / "rollouts.json", summary)
     return results
 
 

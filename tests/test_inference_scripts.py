@@ -142,3 +142,14 @@ def test_a_truncated_weights_file_is_named_with_what_to_do(dataset, checkpoint, 
     result = run_script("run_autoregressive.py", "--model_folder", broken, "--dataset_name", dataset, "--output_dir", tmp_path, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"could not read the weights in {weights}" in result.stderr and "damaged or incomplete" in result.stderr
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_unless_overwrite(dataset, checkpoint, tmp_path, in_process):
+    options = ("--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--num_frames", 2, "--no_mp4")
+    in_process(run_autoregressive, *options)
+    first = (tmp_path / "rollouts.json").read_bytes()
+    with pytest.raises(EngineError, match="already holds rollouts.*pass --overwrite"):
+        in_process(run_autoregressive, *options, "--seed", 1)
+    assert (tmp_path / "rollouts.json").read_bytes() == first  # the earlier run is untouched
+    in_process(run_autoregressive, *options, "--seed", 1, "--overwrite")
+    assert json.loads((tmp_path / "rollouts.json").read_text())["seed"] == 1
