@@ -46,7 +46,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gamengen.config import WorldModelConfig
-from gamengen.data import DatasetError, EpisodeDataset, columns_from_args, open_dataset
 from gamengen.engine import (
     EngineError,
     GameEngine,
@@ -59,6 +58,7 @@ from gamengen.engine import (
     episode_frames,
     find_episode,
 )
+from gamengen.episodes import DatasetError, EpisodeDataset, columns_from_args, open_dataset
 from gamengen.metrics import load_lpips, psnr, ssim
 from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames
 

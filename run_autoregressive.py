@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from gamengen.data import DatasetError
 from gamengen.engine import (
     EngineError,
     GameEngine,
@@ -41,6 +40,7 @@ from gamengen.engine import (
     find_episode,
     parse_action_script,
 )
+from gamengen.episodes import DatasetError
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor
 from gamengen.play import read_actions_file, write_gif, write_video

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gamengen.data import DatasetError
 from gamengen.engine import (
     EngineError,
     add_engine_arguments,
@@ -33,6 +32,7 @@ from gamengen.engine import (
     episode_frames,
     find_episode,
 )
+from gamengen.episodes import DatasetError
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor
 

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gamengen.data import DatasetError
 from gamengen.engine import EngineError, add_engine_arguments, dataset_from_args, engine_from_args, parse_action_script
+from gamengen.episodes import DatasetError
 from gamengen.model import ModelLoadError
 from gamengen.play import DOOM_TICS_PER_SECOND, PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings, read_actions_file
 

@@ -14,7 +14,7 @@ action slots; the last action slot belongs to the newest frame and is filled by 
 which then generates the next frame and pushes its latent (never re-encoded by the VAE: the VAE
 encoder runs only in ``reset`` when it is given frames). So ``reset`` takes k context frames and the
 k-1 actions taken at all of them but the newest. A context shorter than N is padded exactly as in
-training (``gamengen.data.pad_context``: the first frame repeated, action id 0 = NOOP), or refused
+training (``gamengen.windows.pad_context``: the first frame repeated, action id 0 = NOOP), or refused
 with ``pad_short_context=False``; a longer one keeps its last N frames.
 
 **Sampling.** ``num_inference_steps`` DDIM steps (default 4, the paper's; eta 0) with the
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from gamengen.config import WorldModelConfig
-from gamengen.data import DatasetError, EpisodeDataset, add_column_arguments, check_action_ids, check_frame_size, columns_from_args, pad_context
+from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args
 from gamengen.model import (
     WorldModelBundle,
     corrupt_context,
@@ -66,6 +66,7 @@ from gamengen.model import (
     tensor_to_frames,
     unpad_frames,
 )
+from gamengen.windows import check_action_ids, check_frame_size, pad_context
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -623,7 +624,7 @@ def engine_from_args(args: Any) -> GameEngine:
 
 def dataset_from_args(args: Any, config: WorldModelConfig) -> EpisodeDataset:
     """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
-    from gamengen.data import open_dataset
+    from gamengen.episodes import open_dataset
 
     columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns)

@@ -22,8 +22,8 @@ from PIL import Image
 
 import run_autoregressive
 import run_playable_env
-from gamengen.data import open_dataset
 from gamengen.engine import EngineError, GameEngine
+from gamengen.episodes import open_dataset
 from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, action_script, doom_env_module, game_settings
 
 CHROMIUM = os.environ.get("GAMENGEN_CHROMIUM", "/usr/bin/chromium")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gamengen.data import DatasetError, EpisodeDataset
 from gamengen.engine import EngineError, GameEngine, action_id, captioned_row, display_scale, episode_context, find_episode, upscale
+from gamengen.episodes import DatasetError, EpisodeDataset
 from gamengen.metrics import psnr
 from gamengen.model import frames_to_tensor
 
