@@ -39,7 +39,12 @@ import torch.nn.functional as F  # noqa: E402
 import encode_latents  # noqa: E402
 from gamengen.config import DEFAULT_CONTEXT_LENGTH, get_config, get_world_model_config  # noqa: E402
 from gamengen.episodes import open_dataset  # noqa: E402
-from gamengen.latent_cache import LatentCache, build_latent_manifest, write_latent_manifest, write_latent_shard  # noqa: E402
+from gamengen.latent_cache import (  # noqa: E402
+    LatentCache,
+    build_latent_manifest,
+    write_latent_manifest,
+    write_latent_shard,
+)
 from gamengen.model import build_vae, build_world_model, encode_frames, load_vae, save_vae  # noqa: E402
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows  # noqa: E402
 

@@ -51,7 +51,8 @@ class LocalShuffleSampler(torch.utils.data.Sampler[int]):
         rng.shuffle(chunks)
         for first in range(0, len(chunks), self.chunks_per_buffer):
             starts = chunks[first : first + self.chunks_per_buffer]
-            buffer = np.concatenate([np.arange(start, min(start + self.chunk_size, self.num_items)) for start in starts])
+            ends = np.minimum(starts + self.chunk_size, self.num_items)
+            buffer = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)])
             rng.shuffle(buffer)
             yield from buffer.tolist()
 

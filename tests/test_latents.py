@@ -174,7 +174,8 @@ def test_a_changed_shard_is_refused_alike_by_the_reader_and_by_a_rerun_and_the_n
     with pytest.raises(DatasetError) as by_rerun:
         encode(dataset, setup["vae"], cache)
     assert str(by_rerun.value) == str(by_reader.value)
-    stale = Path(re.search(r"delete their latent files \(e\.g\. (.+?)\) and run encode_latents.py again", str(by_reader.value))[1])
+    named = re.search(r"delete their latent files \(e\.g\. (.+?)\) and run encode_latents.py", str(by_reader.value))
+    stale = Path(named[1])
     stale.unlink()
     assert encode(dataset, setup["vae"], cache)["shards_encoded"] == 1
     assert len(open_latent_cache(cache, dataset=open_dataset(dataset))) == sum(LENGTHS) - 1
