@@ -5,7 +5,7 @@ frame; the encoder is frozen, so each frame's latent never changes. Encoding the
 every sample on the fly costs far more than the rest of the data pipeline (benchmarks/
 bench_latent_cache.py); this script encodes each frame once (the posterior mean times the VAE's
 scaling factor, ``gamengen.model.encode_frames``) and ``train_text_to_image.py --latents_dir``
-then reads the windows from the cache (``gamengen.data.LatentWindowDataset``).
+then reads the windows from the cache (``gamengen.windows.LatentWindowDataset``).
 
 Output (``--output_dir``): ``manifest.json`` (the VAE and a fingerprint of its encoder, the preset,
 frame size, latent shape and scaling factor, the dataset's shards, sizes and episodes, which is
@@ -33,40 +33,32 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import numpy as np
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.data import (
-    LATENT_CACHE_FORMAT,
-    LATENT_CACHE_VERSION,
+from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
+from gamengen.files import TMP_MARKER
+from gamengen.latent_cache import (
     MANIFEST_FILE,
-    DatasetError,
-    EpisodeDataset,
-    FrameDataset,
-    add_column_arguments,
-    check_action_ids,
-    check_frame_size,
-    columns_from_args,
-    dataset_fingerprint,
-    dataset_shards,
+    build_latent_manifest,
+    check_cache_matches,
     encoder_fingerprint,
-    open_dataset,
     read_latent_manifest,
-    write_json_atomic,
+    write_latent_manifest,
     write_latent_shard,
 )
 from gamengen.model import ModelLoadError, check_vae, encode_frames, load_vae
+from gamengen.samplers import FrameDataset
 from gamengen.training import UsageError
+from gamengen.windows import check_action_ids, check_frame_size
 
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Manifest entries a rerun must agree on: latents made under other settings cannot share a folder.
 MUST_MATCH = ("preset", "frame_width", "frame_height", "padded_width", "padded_height", "latent_shape", "latent_dtype", "columns")
 
@@ -85,7 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and latent shape (gamengen/config.py)")
     parser.add_argument("--batch_size", type=int, default=32, help="frames per VAE forward pass")
     parser.add_argument(
-        "--mixed_precision", choices=sorted(DTYPES), default="no", help="dtype of the VAE's weights while encoding (latents are stored as fp16)"
+        "--mixed_precision",
+        choices=sorted(MIXED_PRECISION_DTYPES),
+        default="no",
+        help="dtype of the VAE's weights while encoding (latents are stored as fp16)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="processes decoding PNG frames (0: in the main process)")
@@ -100,41 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_manifest(args: argparse.Namespace, config: ModelConfig, dataset: EpisodeDataset, vae_path: str, encoder_sha256: str, scaling_factor: float) -> dict:
-    return {
-        "format": LATENT_CACHE_FORMAT,
-        "format_version": LATENT_CACHE_VERSION,
-        "preset": config.preset,
-        "frame_width": config.frame_width,
-        "frame_height": config.frame_height,
-        "padded_width": config.padded_width,
-        "padded_height": config.padded_height,
-        "latent_shape": list(config.latent_shape),
-        "latent_dtype": "float16",
-        "latents": "VAE posterior mean x scaling_factor (gamengen.model.encode_frames), frames padded as the preset says",
-        "vae": {
-            "name_or_path": vae_path,
-            "subfolder": args.vae_subfolder,
-            "revision": args.revision,
-            "encoder_sha256": encoder_sha256,
-            "scaling_factor": scaling_factor,
-        },
-        "columns": asdict(dataset.columns),
-        "action_names": dataset.action_names,
-        "num_actions": args.num_actions if args.num_actions is not None else (len(dataset.action_names) if dataset.action_names else None),
-        "dataset": {
-            "name": str(args.dataset_name),
-            "fingerprint": dataset_fingerprint(dataset),
-            "num_episodes": len(dataset.episodes),
-            "num_frames": len(dataset),
-            "metadata": dataset.metadata,
-        },
-        "shards": dataset_shards(dataset),
-        "encoded_with": {"mixed_precision": args.mixed_precision, "torch": torch.__version__, "diffusers": diffusers.__version__},
-    }
-
-
-def check_existing(output_dir: Path, existing: dict[str, Any], manifest: dict[str, Any]) -> None:
+def check_existing(
+    output_dir: Path, existing: dict[str, Any], manifest: dict[str, Any], dataset: EpisodeDataset
+) -> None:
     """A rerun may finish the shards of the same dataset (or of new shards added to it) with the same
     VAE and preset; anything else would mix incompatible latents in one folder."""
     differences = [f"{key}: {existing.get(key)!r} there, {manifest[key]!r} now" for key in MUST_MATCH if existing.get(key) != manifest[key]]
@@ -147,25 +110,8 @@ def check_existing(output_dir: Path, existing: dict[str, Any], manifest: dict[st
             f"To finish or extend it, run with the VAE and --preset it was made with ({existing['vae'].get('name_or_path')}, --preset {existing.get('preset')}); "
             "for this VAE or preset, pick a new --output_dir"
         )
-    current = {shard["source"]: shard for shard in manifest["shards"]}
-    encoded = [shard for shard in existing["shards"] if (output_dir / shard["file"]).is_file()]
-    if encoded and not any(shard["source"] in current for shard in encoded):
-        raise UsageError(
-            f"{output_dir} holds the latents of another dataset ({existing['dataset'].get('name')!r}; none of its shards is in {manifest['dataset']['name']!r}): "
-            "pick a new --output_dir"
-        )
-    for shard in encoded:
-        now = current.get(shard["source"])
-        if now is None:
-            raise UsageError(
-                f"{output_dir} holds latents of {shard['source']}, which the dataset no longer has: it was made from another version of the dataset; "
-                "pick a new --output_dir (or delete that folder)"
-            )
-        if (now["size"], now["episodes"]) != (shard["size"], shard["episodes"]):
-            raise UsageError(
-                f"{shard['source']} changed since its latents were written ({shard['size']} -> {now['size']} bytes or other episodes): "
-                f"delete {output_dir / shard['file']} to encode it again, or pick a new --output_dir"
-            )
+    # The shards already encoded must be the dataset's (the reader's check); new shards are encoded next.
+    check_cache_matches(output_dir, existing, dataset, allow_new_shards=True)
 
 
 def is_encoded(output_dir: Path, shard: dict[str, Any], encoder_sha256: str) -> bool:
@@ -182,7 +128,7 @@ def is_encoded(output_dir: Path, shard: dict[str, Any], encoder_sha256: str) -> 
 
 def remove_stale_temporaries(output_dir: Path) -> None:
     """Half-written files of interrupted runs (hidden ``.<name>.tmp-<pid>``, never read), unless their writer still runs."""
-    for path in output_dir.rglob(".*.tmp-*"):
+    for path in output_dir.rglob(f".*{TMP_MARKER}*"):
         pid = path.name.rsplit("-", 1)[-1]
         if path.is_file() and not (pid.isdigit() and int(pid) != os.getpid() and process_exists(int(pid))):
             path.unlink()
@@ -235,19 +181,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     encoder_sha256 = encoder_fingerprint(vae)  # of the stored weights, before any cast
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     vae.to(device).eval().requires_grad_(False)
-    if DTYPES[args.mixed_precision] != torch.float32:
-        vae.to(dtype=DTYPES[args.mixed_precision])
+    if MIXED_PRECISION_DTYPES[args.mixed_precision] != torch.float32:
+        vae.to(dtype=MIXED_PRECISION_DTYPES[args.mixed_precision])
 
-    manifest = build_manifest(args, config, dataset, str(vae_path), encoder_sha256, float(vae.config.scaling_factor))
+    manifest = build_latent_manifest(
+        config=config,
+        dataset=dataset,
+        dataset_name=args.dataset_name,
+        vae_name_or_path=str(vae_path),
+        vae_subfolder=args.vae_subfolder,
+        vae_revision=args.revision,
+        encoder_sha256=encoder_sha256,
+        scaling_factor=float(vae.config.scaling_factor),
+        num_actions=args.num_actions,
+        mixed_precision=args.mixed_precision,
+    )
     existing = read_latent_manifest(output_dir)
     if existing is not None:
-        check_existing(output_dir, existing, manifest)
+        check_existing(output_dir, existing, manifest, dataset)
     elif output_dir.is_dir() and any(output_dir.iterdir()):
         raise UsageError(f"--output_dir {output_dir} is not empty and holds no latent cache ({MANIFEST_FILE}): pick a new or empty folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output_dir)
     # The manifest (and index) first: until every shard file it lists exists, readers call the cache unfinished.
-    write_json_atomic(output_dir / MANIFEST_FILE, manifest)
+    write_latent_manifest(output_dir, manifest)
 
     shards = manifest["shards"]
     pending = [i for i, shard in enumerate(shards) if not is_encoded(output_dir, shard, encoder_sha256)]

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 from gamengen.cli import add_engine_arguments, engine_from_args
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
-from gamengen.data import DatasetError, EpisodeDataset, columns_from_args, open_dataset
 from gamengen.engine import EngineError, GameEngine
+from gamengen.episodes import DatasetError, EpisodeDataset, columns_from_args, open_dataset
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import load_lpips, psnr, ssim
 from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames

@@ -47,9 +47,10 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.data import DatasetError, EpisodeDataset, FrameDataset, LocalShuffleSampler, add_column_arguments, columns_from_args, open_dataset
+from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
+from gamengen.samplers import FrameDataset, LocalShuffleSampler
 from gamengen.training import UsageError, add_run_arguments, check_output_dir, checkpoint_step, find_checkpoint, make_accelerator, save_checkpoint, write_json
 
 SUMMARY_FILE = "vae_training.json"

@@ -210,7 +210,7 @@ def stage_outputs(run: Path) -> dict[str, list[Path]]:
 
 def heldout_episode(run: Path) -> str:
     """The longest of the world model's held-out episodes (never trained on): the rollouts start there."""
-    from gamengen.data import open_dataset
+    from gamengen.episodes import open_dataset
 
     config = json.loads((run / "world_model" / "gamengen_config.json").read_text())
     heldout = config.get("dataset", {}).get("heldout_episodes") or []

@@ -38,17 +38,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gamengen.config import DEFAULT_CONTEXT_LENGTH, PRESETS, WorldModelConfig, get_config, get_world_model_config
-from gamengen.data import (
-    DatasetError,
-    LatentWindowDataset,
-    PixelWindowDataset,
-    add_column_arguments,
-    columns_from_args,
-    encode_pixel_windows,
-    open_dataset,
-    open_latent_cache,
-    split_episode_ids,
-)
+from gamengen.episodes import DatasetError, add_column_arguments, columns_from_args, open_dataset, split_episode_ids
+from gamengen.latent_cache import open_latent_cache
 from gamengen.metrics import psnr
 from gamengen.model import (
     ModelLoadError,
@@ -64,6 +55,7 @@ from gamengen.model import (
     save_world_model,
 )
 from gamengen.training import UsageError, add_run_arguments, check_output_dir, checkpoint_step, find_checkpoint, make_accelerator, save_checkpoint, write_json
+from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
 SUMMARY_FILE = "training_summary.json"
 

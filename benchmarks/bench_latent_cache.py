@@ -1,6 +1,6 @@
 """Benchmark: world-model training samples/s with the latent cache vs encoding the frames on the fly.
 
-Both paths produce the same batch (gamengen.data: context latents (B, N, C, h, w), target latent,
+Both paths produce the same batch (gamengen.windows: context latents (B, N, C, h, w), target latent,
 N actions, context mask), ready for the UNet:
 
   * on the fly: PixelWindowDataset (decode the N+1 PNG frames of every sample) + the VAE encoder
@@ -38,17 +38,15 @@ import torch.nn.functional as F  # noqa: E402
 
 import encode_latents  # noqa: E402
 from gamengen.config import DEFAULT_CONTEXT_LENGTH, get_config, get_world_model_config  # noqa: E402
-from gamengen.data import (  # noqa: E402
-    MANIFEST_FILE,
+from gamengen.episodes import open_dataset  # noqa: E402
+from gamengen.latent_cache import (  # noqa: E402
     LatentCache,
-    LatentWindowDataset,
-    PixelWindowDataset,
-    encode_pixel_windows,
-    open_dataset,
-    write_json_atomic,
+    build_latent_manifest,
+    write_latent_manifest,
     write_latent_shard,
 )
 from gamengen.model import build_vae, build_world_model, encode_frames, load_vae, save_vae  # noqa: E402
+from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows  # noqa: E402
 
 
 def record_dataset(out: Path, episodes: int, steps: int, frame_size: str = "64x48") -> Path:
@@ -74,11 +72,21 @@ def sd14_encoder_frames_per_second(num_frames: int) -> float:
 def sd14_shaped_cache(dataset_dir: Path, out: Path) -> LatentCache:
     """A cache in encode_latents.py's format with random sd14-shaped latents (4x32x40) for a 320x240
     dataset: reading costs the same as for real latents, and encoding them for real takes hours on a CPU."""
-    args = encode_latents.parse_args(["--preset", "sd14", "--dataset_name", str(dataset_dir), "--output_dir", str(out)])
     dataset = open_dataset(dataset_dir)
-    manifest = encode_latents.build_manifest(args, get_config("sd14"), dataset, "random-sd14-shaped-latents", "synthetic", 0.18215)
+    manifest = build_latent_manifest(
+        config=get_config("sd14"),
+        dataset=dataset,
+        dataset_name=str(dataset_dir),
+        vae_name_or_path="random-sd14-shaped-latents",
+        vae_subfolder="vae",
+        vae_revision=None,
+        encoder_sha256="synthetic",
+        scaling_factor=0.18215,
+        num_actions=None,
+        mixed_precision="no",
+    )
     out.mkdir(parents=True)
-    write_json_atomic(out / MANIFEST_FILE, manifest)
+    write_latent_manifest(out, manifest)
     for shard_index, shard in enumerate(manifest["shards"]):
         latents = torch.randn(shard["num_rows"], *get_config("sd14").latent_shape)
         write_latent_shard(out, shard, latents, encode_latents.shard_actions(dataset, shard_index), "synthetic")

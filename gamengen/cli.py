@@ -14,8 +14,8 @@ import torch
 
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model
-from gamengen.data import EpisodeDataset, add_column_arguments, columns_from_args
 from gamengen.engine import DTYPES, GameEngine
+from gamengen.episodes import EpisodeDataset, add_column_arguments, columns_from_args
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +118,7 @@ def engine_from_args(args: argparse.Namespace) -> GameEngine:
 
 def dataset_from_args(args: argparse.Namespace, config: WorldModelConfig) -> EpisodeDataset:
     """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
-    from gamengen.data import open_dataset
+    from gamengen.episodes import open_dataset
 
     columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns)

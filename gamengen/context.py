@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from gamengen.config import WorldModelConfig
-from gamengen.data import DatasetError, EpisodeDataset, check_action_ids, check_frame_size
+from gamengen.episodes import DatasetError, EpisodeDataset
+from gamengen.windows import check_action_ids, check_frame_size
 
 
 def check_dataset_fits_model(dataset: EpisodeDataset, config: WorldModelConfig) -> None:

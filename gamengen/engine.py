@@ -14,7 +14,7 @@ action slots; the last action slot belongs to the newest frame and is filled by 
 which then generates the next frame and pushes its latent (never re-encoded by the VAE: the VAE
 encoder runs only in ``reset`` when it is given frames). So ``reset`` takes k context frames and the
 k-1 actions taken at all of them but the newest. A context shorter than N is padded exactly as in
-training (``gamengen.data.pad_context``: the first frame repeated, action id 0 = NOOP), or refused
+training (``gamengen.windows.pad_context``: the first frame repeated, action id 0 = NOOP), or refused
 with ``pad_short_context=False``; a longer one keeps its last N frames.
 
 **Sampling.** ``num_inference_steps`` DDIM steps (default 4, the paper's; eta 0) with the
@@ -57,7 +57,6 @@ import numpy as np
 import torch
 
 from gamengen.actions import EngineError, action_id
-from gamengen.data import pad_context
 from gamengen.model import (
     WorldModelBundle,
     corrupt_context,
@@ -69,6 +68,7 @@ from gamengen.model import (
     tensor_to_frames,
     unpad_frames,
 )
+from gamengen.windows import pad_context
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

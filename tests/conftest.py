@@ -89,7 +89,7 @@ def save_tiny_checkpoint(folder: Path, action_names: list[str], seed: int = 0, *
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """A random-init tiny checkpoint for the actions of ``tiny_dataset``."""
-    from gamengen.data import open_dataset
+    from gamengen.episodes import open_dataset
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_wm") / "wm", open_dataset(tiny_dataset).action_names)
 

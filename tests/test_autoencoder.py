@@ -13,7 +13,7 @@ from conftest import run_script
 from diffusers import AutoencoderKL
 
 from gamengen.config import get_config
-from gamengen.data import open_dataset
+from gamengen.episodes import open_dataset
 from gamengen.model import (
     ModelLoadError,
     build_vae,

@@ -1,4 +1,5 @@
-"""gamengen/data.py: reading the agent side's parquet episodes (written here by its own ShardWriter)."""
+"""gamengen/episodes.py and gamengen/samplers.py: reading the agent side's parquet episodes (written here by its
+own ShardWriter)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from common.utils import CONTRACT_KEYS as RECORDER_CONTRACT_KEYS
 from common.utils import ShardWriter
-from gamengen.data import ColumnNames, DatasetError, FrameDataset, LocalShuffleSampler, open_dataset, split_episode_ids
+from gamengen.episodes import CONTRACT_KEYS, ColumnNames, DatasetError, open_dataset, split_episode_ids
+from gamengen.samplers import FrameDataset, LocalShuffleSampler
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT"]
 
@@ -197,3 +200,9 @@ def test_missing_folders_and_unreachable_hub_ids_give_clear_errors(tmp_path):
         open_dataset(tmp_path)
     with pytest.raises(DatasetError, match="could not fetch the Hub dataset 'nobody/no-such-dataset'"):
         open_dataset("nobody/no-such-dataset")  # HF_HUB_OFFLINE=1: fails without touching the network
+
+
+def test_the_reader_and_the_recorder_agree_on_the_dataset_contract_keys():
+    """The recorder refuses to append to a dataset whose contract keys differ, the reader refuses shards that
+    differ in them: the two halves keep their own copy of the list, which must stay the same."""
+    assert CONTRACT_KEYS == RECORDER_CONTRACT_KEYS

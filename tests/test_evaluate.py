@@ -14,8 +14,8 @@ from PIL import Image
 import evaluate
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
-from gamengen.data import DatasetError, open_dataset
 from gamengen.engine import EngineError, GameEngine
+from gamengen.episodes import DatasetError, open_dataset
 from gamengen.metrics import load_lpips, psnr, ssim
 from gamengen.model import build_vae, build_world_model, frames_to_tensor, save_world_model
 

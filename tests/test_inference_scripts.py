@@ -12,8 +12,8 @@ from PIL import Image
 
 import run_autoregressive
 import run_inference
-from gamengen.data import DatasetError, open_dataset
 from gamengen.engine import EngineError
+from gamengen.episodes import DatasetError, open_dataset
 
 STEPS = TINY_STEPS  # per recorded episode
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -18,20 +19,11 @@ from test_windows import action_at, write_coded_dataset
 
 import encode_latents
 from gamengen.config import get_config
-from gamengen.data import (
-    ColumnNames,
-    DatasetError,
-    LatentCache,
-    LatentWindowDataset,
-    PixelWindowDataset,
-    encode_pixel_windows,
-    encoder_fingerprint,
-    open_dataset,
-    open_latent_cache,
-    split_episode_ids,
-)
+from gamengen.episodes import ColumnNames, DatasetError, open_dataset, split_episode_ids
+from gamengen.latent_cache import LatentCache, encoder_fingerprint, open_latent_cache
 from gamengen.model import build_vae, load_vae, save_vae
 from gamengen.training import UsageError
+from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
 CONTEXT = 4
 LENGTHS = [9, 3, 12, 6]
@@ -166,8 +158,27 @@ def test_a_cache_is_refused_with_another_vae_preset_or_dataset(setup, tmp_path):
     write_coded_dataset(another, [4], worker=7)
     with pytest.raises(DatasetError, match="made from another dataset"):
         open_latent_cache(setup["cache"], dataset=open_dataset(another))
-    with pytest.raises(UsageError, match="holds the latents of another dataset"):
+    with pytest.raises(DatasetError, match="made from another dataset .* encode this dataset into a new folder"):
         encode(another, setup["vae"], setup["cache"])
+
+
+def test_a_changed_shard_is_refused_alike_by_the_reader_and_by_a_rerun_and_the_named_fix_works(setup, tmp_path):
+    dataset, cache = tmp_path / "ds", tmp_path / "cache"
+    shutil.copytree(setup["dataset"], dataset)
+    shutil.copytree(setup["cache"], cache)
+    changed = open_dataset(dataset).files[-1]
+    table = pq.read_table(changed)
+    pq.write_table(table.slice(0, table.num_rows - 1), changed)  # its last episode lost its last step
+    with pytest.raises(DatasetError, match="made from other versions of 1 of the dataset's shards") as by_reader:
+        open_latent_cache(cache, dataset=open_dataset(dataset))
+    with pytest.raises(DatasetError) as by_rerun:
+        encode(dataset, setup["vae"], cache)
+    assert str(by_rerun.value) == str(by_reader.value)
+    named = re.search(r"delete their latent files \(e\.g\. (.+?)\) and run encode_latents.py", str(by_reader.value))
+    stale = Path(named[1])
+    stale.unlink()
+    assert encode(dataset, setup["vae"], cache)["shards_encoded"] == 1
+    assert len(open_latent_cache(cache, dataset=open_dataset(dataset))) == sum(LENGTHS) - 1
 
 
 def test_cli_errors_name_the_fix(setup, tmp_path):

@@ -23,8 +23,8 @@ from PIL import Image
 import run_autoregressive
 import run_playable_env
 from gamengen.actions import action_script
-from gamengen.data import open_dataset
 from gamengen.engine import EngineError, GameEngine
+from gamengen.episodes import open_dataset
 from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, doom_env_module, game_settings
 from gamengen.play.keymap import KeyMapError
 

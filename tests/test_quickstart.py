@@ -12,7 +12,8 @@ from conftest import run_script
 from PIL import Image
 
 import quickstart
-from gamengen.data import open_dataset, open_latent_cache
+from gamengen.episodes import open_dataset
+from gamengen.latent_cache import open_latent_cache
 from gamengen.model import load_vae, load_world_model
 
 SMOKE = quickstart.BUDGETS["smoke"]

@@ -1,4 +1,4 @@
-"""Context windows (DESIGN.md section 3): which frames and actions a sample holds, padding, validation.
+"""Context windows (gamengen/windows.py, docs/data.md): which frames and actions a sample holds, padding, validation.
 
 Most datasets here are written by the agent side's own ShardWriter with synthetic frames whose
 pixels encode (episode, step), so a test can read back exactly which frame landed in which slot.
@@ -16,14 +16,8 @@ import torch
 
 from common.utils import ShardWriter
 from gamengen.config import get_config
-from gamengen.data import (
-    PAD_ACTION,
-    ColumnNames,
-    DatasetError,
-    PixelWindowDataset,
-    open_dataset,
-    pad_context,
-)
+from gamengen.episodes import ColumnNames, DatasetError, open_dataset
+from gamengen.windows import PAD_ACTION, PixelWindowDataset, pad_context
 
 ACTION_NAMES = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK", "USE"]
 WIDTH, HEIGHT = 64, 48  # the tiny preset's frame size

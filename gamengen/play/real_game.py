@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from gamengen.data import EpisodeDataset
 from gamengen.engine import EngineError
+from gamengen.episodes import EpisodeDataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from gamengen.actions import action_id, action_script
 from gamengen.context import episode_context, find_episode
-from gamengen.data import EpisodeDataset
 from gamengen.engine import GameEngine
+from gamengen.episodes import EpisodeDataset
 from gamengen.media import captioned_row, display_scale, realtime_fps, upscale, write_gif, write_video
 from gamengen.metrics import psnr
 from gamengen.model import frames_to_tensor
