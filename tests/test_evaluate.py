@@ -142,10 +142,10 @@ def test_shuffled_actions_change_only_the_actions(tiny_dataset, tmp_path, one_th
     args = evaluate.parse_args(["--model_folder", "x", "--dataset_name", str(tiny_dataset), "--batch_size", "4"])
     windows = evaluate.choose_windows(dataset, [0, 1], engine.context_length, 8, dataset.action_names)
     same = evaluate.teacher_forced(engine, dataset, windows, np.arange(len(windows)), args, None, "same")
-    assert same["per_window"]["model"]["psnr"] == same["per_window"]["shuffled_actions"]["psnr"]
+    assert same.model.psnr == same.shuffled_actions.psnr
     order = evaluate.derangement(len(windows), 0)
     shuffled = evaluate.teacher_forced(engine, dataset, windows, order, args, None, "shuffled")
-    assert shuffled["per_window"]["model"]["psnr"] == same["per_window"]["model"]["psnr"]  # the true actions give the same frames again
+    assert shuffled.model.psnr == same.model.psnr  # the true actions give the same frames again
 
     def actions(window):
         return dataset.actions(window.episode)[window.step - 4 : window.step]
@@ -153,7 +153,7 @@ def test_shuffled_actions_change_only_the_actions(tiny_dataset, tmp_path, one_th
     changed = [i for i, window in enumerate(windows) if not np.array_equal(actions(window), actions(windows[order[i]]))]
     assert changed, "the random episodes should give windows with different action sequences"
     for i in changed:
-        assert not np.array_equal(shuffled["predictions"]["model"][i], shuffled["predictions"]["shuffled"][i])
+        assert not np.array_equal(shuffled.predictions[i], shuffled.shuffled_predictions[i])
 
 
 def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
@@ -163,7 +163,7 @@ def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset,
         evaluate,
         *("--model_folder", tiny_checkpoint, "--compare", other, tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST),
     )
-    names = [m["name"] for m in results["models"]]
+    names = [m.name for m in results.models]
     assert names == ["wm", "other", "wm (2)"]  # labels stay distinct
     report = (out / "report.md").read_text()
     for name in names:
@@ -181,8 +181,8 @@ def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_pa
     config = get_world_model_config("tiny", dataset.action_names, dataset={"name": str(tiny_dataset), "heldout_episodes": [heldout]})
     folder = save_world_model(tmp_path / "wm", build_world_model(config), build_vae(config.model), config)
     results = in_process(evaluate, "--model_folder", folder, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "eval", *FAST)
-    assert results["episodes"] == [heldout] and "held out" in results["episode_source"]
-    assert {w["episode_id"] for w in results["windows"]} == {heldout}
+    assert results.episodes == [heldout] and "held out" in results.episode_source
+    assert {w.episode_id for w in results.windows} == {heldout}
 
 
 # -- errors --------------------------------------------------------------------------------------
