@@ -18,6 +18,16 @@ the SAME windows:
 - VAE reconstruction: the target encoded and decoded by the checkpoint's autoencoder, the best any
   latent model with this VAE can do.
 
+Every pass is scored with PSNR and SSIM (the paper's), and with two measures blur cannot fool
+(``gamengen/metrics.py``): sharpness, the gradient energy of the generated 3D view over that of the
+real frames at the same steps (1 = as sharp as the game; a model hedging between futures draws a
+blur that PSNR rewards and sharpness exposes), and GMSD (gradient magnitude similarity deviation,
+lower is better), which penalises missing and misplaced edges. LPIPS is added when the ``lpips``
+package and its AlexNet weights are on the machine (on the evaluation's device); otherwise the
+report says why it was not computed. ``--lpips_random_backbone`` puts an untrained network's
+distance in its place to test the plumbing offline: reported as ``random_backbone_distance``, never
+as LPIPS.
+
 Outputs in ``--output_dir``: ``metrics.json`` (every number, the settings, the windows, the
 checkpoints' and the dataset's provenance), ``report.md`` (paper | models | baselines), ``drift.png``
 and ``examples.png`` (truth | prediction strips). ``--compare M2 M3 ...`` evaluates more checkpoints
@@ -51,6 +61,7 @@ from gamengen.engine import (
     add_engine_arguments,
     captioned_row,
     check_dataset,
+    default_device,
     display_scale,
     engine_from_args,
     episode_context,
@@ -58,7 +69,16 @@ from gamengen.engine import (
     find_episode,
 )
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
-from gamengen.metrics import LpipsMetric, load_lpips, psnr, ssim
+from gamengen.metrics import (
+    LpipsMetric,
+    gmsd,
+    gradient_energy,
+    load_lpips,
+    psnr,
+    random_backbone_distance,
+    ssim,
+    status_bar_rows,
+)
 from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames
 
 # DESIGN.md section 6: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps, TPU-v5).
@@ -94,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--timing_frames", type=int, default=16, help="frames of the batch-1 rollout that measures frames/s")
     what.add_argument("--num_examples", type=int, default=6, help="rows of examples.png")
     what.add_argument("--no_lpips", action="store_true", help="skip LPIPS even when the lpips package is installed")
+    what.add_argument(
+        "--lpips_random_backbone",
+        action="store_true",
+        help="for testing the plumbing offline: an UNTRAINED network's distance in LPIPS's place, "
+        "reported as random_backbone_distance (not LPIPS)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="outputs/eval", help="where metrics.json, report.md and the plots go")
     output.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --output_dir")
@@ -197,23 +223,42 @@ def _without_none(values: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class FrameScores:
-    """Scores of generated frames against the real frames of the same steps, one value per frame."""
+    """Scores of generated frames against the real frames of the same steps, one value per frame.
+    ``lpips`` is the real LPIPS; ``random_backbone_distance`` its untrained stand-in (tests only, NOT
+    LPIPS); at most one of them is filled."""
 
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
+    gmsd: list[float] = field(default_factory=list)
+    gradient_energy: list[float] = field(default_factory=list)  # of the generated frame's 3D view
+    real_gradient_energy: list[float] = field(default_factory=list)  # of the real frame's
     lpips: list[float] | None = None
+    random_backbone_distance: list[float] | None = None
 
     @classmethod
-    def measure(cls, prediction: torch.Tensor, truth: torch.Tensor, lpips_metric: LpipsMetric | None) -> FrameScores:
-        """Score ``(B, 3, H, W)`` frames in [-1, 1] against the truth."""
-        lpips = lpips_metric(prediction, truth).tolist() if lpips_metric is not None else None
-        return cls(psnr=psnr(prediction, truth).tolist(), ssim=ssim(prediction, truth).tolist(), lpips=lpips)
+    def measure(
+        cls, prediction: torch.Tensor, truth: torch.Tensor, perceptual: LpipsMetric | None, hud_rows: int | None
+    ) -> FrameScores:
+        """Score ``(B, 3, H, W)`` frames in [-1, 1] against the truth (``hud_rows``: the status-bar rows
+        left out of the gradient energy, None for DOOM's at this frame height)."""
+        scores = cls(
+            psnr=psnr(prediction, truth).tolist(),
+            ssim=ssim(prediction, truth).tolist(),
+            gmsd=gmsd(prediction, truth).tolist(),
+            gradient_energy=gradient_energy(prediction, hud_rows).tolist(),
+            real_gradient_energy=gradient_energy(truth, hud_rows).tolist(),
+        )
+        if perceptual is not None:
+            setattr(scores, perceptual.name, perceptual(prediction, truth).tolist())
+        return scores
 
     def __len__(self) -> int:
         return len(self.psnr)
 
     def subset(self, indices: list[int]) -> FrameScores:
-        return FrameScores(**{name: None if values is None else [values[i] for i in indices] for name, values in self._lists().items()})
+        lists = self._lists()
+        chosen = {name: None if values is None else [values[i] for i in indices] for name, values in lists.items()}
+        return FrameScores(**chosen)
 
     def extend(self, other: FrameScores) -> None:
         for name, values in other._lists().items():
@@ -221,10 +266,19 @@ class FrameScores:
                 setattr(self, name, (getattr(self, name) or []) + values)
 
     def mean(self) -> Scores:
-        return Scores(**{name: None if values is None else float(np.mean(values)) for name, values in self._lists().items()})
+        means = {name: None if values is None else float(np.mean(values)) for name, values in self._lists().items()}
+        generated, real = means.pop("gradient_energy"), means.pop("real_gradient_energy")
+        # the ratio of the means, not the mean of per-frame ratios: a nearly flat real frame must not dominate
+        return Scores(**means, sharpness=generated / max(real, 1e-6))
+
+    def sharpness(self) -> list[float]:
+        pairs = zip(self.gradient_energy, self.real_gradient_energy, strict=True)
+        return [generated / max(real, 1e-6) for generated, real in pairs]
 
     def to_dict(self) -> dict[str, list[float]]:
-        return _without_none(self._lists())
+        values = self._lists()
+        del values["gradient_energy"], values["real_gradient_energy"]  # reported as their ratio
+        return _without_none({**values, "sharpness": self.sharpness()})
 
     def _lists(self) -> dict[str, list[float] | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -232,12 +286,18 @@ class FrameScores:
 
 @dataclass
 class Scores:
-    """The mean scores of a set of frames: PSNR (dB, higher is better), SSIM (higher is better) and
-    LPIPS (lower is better; None when it was not computed)."""
+    """The mean scores of a set of frames: PSNR (dB, higher is better), SSIM (higher is better), GMSD
+    (lower is better), sharpness (1 = as sharp as the game's frames at the same steps, below = blur,
+    above = noise) and LPIPS (lower is better; None when it was not computed). ``random_backbone_distance``:
+    an untrained network's distance, filled only when the plumbing is tested (--lpips_random_backbone);
+    it is NOT LPIPS."""
 
     psnr: float
     ssim: float
+    gmsd: float
+    sharpness: float
     lpips: float | None = None
+    random_backbone_distance: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return _without_none(asdict(self))
@@ -297,7 +357,8 @@ class DriftCurve:
 
     def to_dict(self) -> dict[str, Any]:
         curves = {f.name: self.curve(f.name) for f in fields(Scores)}
-        curves = {name: values for name, values in curves.items() if values or name in ("psnr", "ssim")}
+        always = ("psnr", "ssim", "gmsd", "sharpness")  # the optional perceptual curve only when measured
+        curves = {name: values for name, values in curves.items() if values or name in always}
         return _without_none({"start_step": self.start_step, "episodes": self.episodes, "count": self.count, **curves})
 
 
@@ -358,7 +419,10 @@ class ModelResult:
             "teacher_forced": self.teacher_forced.to_dict(),
             "shuffled_actions": self.shuffled_actions.to_dict(),
             "vae_reconstruction": self.vae_reconstruction.to_dict(),
-            "per_window": {"model": self.forced.model.to_dict(), "shuffled_actions": self.forced.shuffled_actions.to_dict()},
+            "per_window": {
+                "model": self.forced.model.to_dict(),
+                "shuffled_actions": self.forced.shuffled_actions.to_dict(),
+            },
             "drift": self.drift.to_dict(),
             "drift_steps_above_copy_last": self.drift_steps_above_copy_last,
             "drift_frames_above_copy_last": self.drift_frames_above_copy_last,
@@ -374,11 +438,20 @@ class ModelResult:
 
 @dataclass
 class LpipsStatus:
+    """Whether LPIPS was computed, why not, and the stand-in measured in its place (if any)."""
+
     computed: bool
     reason: str  # why not, when it was not computed
+    stand_in: str | None = None  # "random_backbone_distance" under --lpips_random_backbone: NOT LPIPS
+
+    def describe(self) -> str:
+        if self.computed:
+            return "LPIPS computed"
+        stand_in = f"; {self.stand_in} measured instead (NOT LPIPS)" if self.stand_in else ""
+        return f"LPIPS not computed: {self.reason}{stand_in}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _without_none(asdict(self))
 
 
 @dataclass
@@ -404,7 +477,10 @@ class Evaluation:
             "dataset": self.dataset,
             "episodes": self.episodes,
             "episode_source": self.episode_source,
-            "windows": [{"episode_id": w.episode_id, "step": w.step, "action": w.action_name, "category": w.category} for w in self.windows],
+            "windows": [
+                {"episode_id": w.episode_id, "step": w.step, "action": w.action_name, "category": w.category}
+                for w in self.windows
+            ],
             "shuffled_from": self.shuffled_from,
             "lpips": self.lpips.to_dict(),
             "paper": self.paper,
@@ -412,6 +488,38 @@ class Evaluation:
             "models": [model.to_dict() for model in self.models],
             "seconds": self.seconds,
         }
+
+
+@dataclass
+class Scorer:
+    """How every pass is scored: the optional perceptual metric and the status-bar rows that the
+    gradient energy leaves out (None: DOOM's status bar at the frame height; 0: frames without it)."""
+
+    perceptual: LpipsMetric | None = None
+    hud_rows: int | None = None
+
+    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor) -> FrameScores:
+        return FrameScores.measure(prediction, truth, self.perceptual, self.hud_rows)
+
+
+def recorded_without_status_bar(dataset: EpisodeDataset) -> bool:
+    """True when the dataset's shards say the game was rendered without the status bar (render_hud off)."""
+    env_config = (dataset.metadata or {}).get("env_config") or {}
+    return env_config.get("render_hud") is False
+
+
+def perceptual_metric(args: argparse.Namespace) -> tuple[LpipsMetric | None, LpipsStatus]:
+    """LPIPS on the evaluation's device when it can run here; the untrained stand-in under
+    --lpips_random_backbone (never reported as LPIPS); nothing under --no_lpips."""
+    device = args.device or default_device()
+    if args.lpips_random_backbone:
+        reason = "replaced by an untrained network's distance (--lpips_random_backbone, for testing the plumbing)"
+        status = LpipsStatus(computed=False, reason=reason, stand_in="random_backbone_distance")
+        return random_backbone_distance(device), status
+    if args.no_lpips:
+        return None, LpipsStatus(computed=False, reason="skipped (--no_lpips)")
+    metric, reason = load_lpips(device)
+    return metric, LpipsStatus(computed=metric is not None, reason=reason)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,7 +532,7 @@ def teacher_forced(
     windows: list[Window],
     order: np.ndarray,
     args: argparse.Namespace,
-    lpips_metric: LpipsMetric | None,
+    scorer: Scorer,
     label: str,
 ) -> TeacherForced:
     """Predict every window with its true actions and with the actions of window ``order[i]``; also
@@ -460,9 +568,9 @@ def teacher_forced(
             reconstruction.append(frames_to_tensor(tensor_to_frames(decode_latents(engine.vae, latents, engine.config.model))))
     model_frames, shuffled_frames = np.stack(predictions["model"]), np.stack(predictions["shuffled"])
     return TeacherForced(
-        model=FrameScores.measure(frames_to_tensor(model_frames), truth, lpips_metric),
-        shuffled_actions=FrameScores.measure(frames_to_tensor(shuffled_frames), truth, lpips_metric),
-        vae_reconstruction=FrameScores.measure(torch.cat(reconstruction), truth, lpips_metric),
+        model=scorer(frames_to_tensor(model_frames), truth),
+        shuffled_actions=scorer(frames_to_tensor(shuffled_frames), truth),
+        vae_reconstruction=scorer(torch.cat(reconstruction), truth),
         predictions=model_frames,
         shuffled_predictions=shuffled_frames,
     )
@@ -474,7 +582,7 @@ def drift(
     episodes: list[int],
     start: int,
     args: argparse.Namespace,
-    lpips_metric: LpipsMetric | None,
+    scorer: Scorer,
     label: str,
 ) -> DriftCurve:
     """Roll every episode out for ``--horizon`` frames from step ``start`` with its recorded actions
@@ -495,12 +603,15 @@ def drift(
                 generated = engine.step(actions)
                 alive = [b for b, n in enumerate(lengths) if i < n]
                 truth = np.stack([episode_frames(dataset, chunk[b], start + i, start + i + 1)[0] for b in alive])
-                per_step[i].extend(FrameScores.measure(frames_to_tensor(generated[alive]), frames_to_tensor(truth), lpips_metric))
+                per_step[i].extend(scorer(frames_to_tensor(generated[alive]), frames_to_tensor(truth)))
                 bar.update(len(chunk))
-    return DriftCurve(start_step=start, episodes=len(usable), steps=[s.mean() for s in per_step], count=[len(s) for s in per_step])
+    means, counts = [s.mean() for s in per_step], [len(s) for s in per_step]
+    return DriftCurve(start_step=start, episodes=len(usable), steps=means, count=counts)
 
 
-def copy_last_drift(dataset: EpisodeDataset, episodes: list[int], start: int, horizon: int, lpips_metric: LpipsMetric | None) -> DriftCurve:
+def copy_last_drift(
+    dataset: EpisodeDataset, episodes: list[int], start: int, horizon: int, scorer: Scorer
+) -> DriftCurve:
     """The drift baseline: the last frame of the real start (step ``start - 1``) shown for every step."""
     usable = [e for e in episodes if dataset.episodes[e].length > start]
     length = min(horizon, max((dataset.episodes[e].length - start for e in usable), default=0))
@@ -508,7 +619,7 @@ def copy_last_drift(dataset: EpisodeDataset, episodes: list[int], start: int, ho
     for episode in usable:
         steps = min(length, dataset.episodes[episode].length - start)
         frames = frames_to_tensor(episode_frames(dataset, episode, start - 1, start + steps))
-        episode_scores = FrameScores.measure(frames[:1].expand(steps, -1, -1, -1), frames[1:], lpips_metric)
+        episode_scores = scorer(frames[:1].expand(steps, -1, -1, -1), frames[1:])
         for i in range(steps):
             per_step[i].extend(episode_scores.subset([i]))
     return DriftCurve(start_step=start, episodes=len(usable), steps=[s.mean() for s in per_step])
@@ -540,12 +651,12 @@ def evaluate_model(
     episodes: list[int],
     drift_start: int,
     copy_last: CopyLastBaseline,
-    lpips_metric: LpipsMetric | None,
+    scorer: Scorer,
 ) -> ModelResult:
     engine = engine_from_args(argparse.Namespace(**{**vars(args), "model_folder": folder}))
     started = time.perf_counter()
-    forced = teacher_forced(engine, dataset, windows, order, args, lpips_metric, label)
-    curve = drift(engine, dataset, episodes, drift_start, args, lpips_metric, label)
+    forced = teacher_forced(engine, dataset, windows, order, args, scorer, label)
+    curve = drift(engine, dataset, episodes, drift_start, args, scorer, label)
     timing = measure_speed(engine, dataset, windows[0], args.timing_frames, args.seed)
     first_run, in_all = steps_above(curve.curve("psnr"), copy_last.drift.curve("psnr"))
     config = engine.config
@@ -597,7 +708,8 @@ def report_markdown(evaluation: Evaluation) -> str:
         "# World-model evaluation",
         "",
         f"Dataset `{evaluation.dataset['name']}`: {len(evaluation.episodes)} episodes ({evaluation.episode_source}), "
-        f"{len(evaluation.windows)} teacher-forced windows, drift over {settings['horizon']} frames from step {copy_last.drift.start_step}.",
+        f"{len(evaluation.windows)} teacher-forced windows, "
+        f"drift over {settings['horizon']} frames from step {copy_last.drift.start_step}.",
         f"Sampling: {settings['num_inference_steps']} DDIM steps, CFG {settings['guidance_scale']}, context noise bucket {settings['noise_bucket']}, "
         f"seed {settings['seed']}, {settings['dtype']} on {settings['device']}.",
         "",
@@ -635,18 +747,77 @@ def report_markdown(evaluation: Evaluation) -> str:
         gaps = [f"all windows {tf.overall.psnr - shuffled.overall.psnr:+.2f} dB"]
         for category in ("turning", "moving"):
             if category in tf.by_category:
-                gaps.append(f"{category} {tf.category_value(category, 'psnr') - shuffled.category_value(category, 'psnr'):+.2f} dB")
+                gap = tf.category_value(category, "psnr") - shuffled.category_value(category, "psnr")
+                gaps.append(f"{category} {gap:+.2f} dB")
         timing = model.timing
         lines.append(
             f"- **{model.name}**: {tf.overall.psnr - copy.overall.psnr:+.2f} dB vs copy-last; "
             f"true minus shuffled actions (action sensitivity): {', '.join(gaps)}; "
             f"drift above copy-last on {model.drift_frames_above_copy_last} of {len(model.drift.steps)} frames "
             f"({model.drift_steps_above_copy_last} from the first one on); "
-            f"{fmt(timing.fps, 1)} frames/s (unet {fmt(timing.unet_ms, 1)} ms, decode {fmt(timing.decode_ms, 1)} ms per frame)."
+            f"{fmt(timing.fps, 1)} frames/s "
+            f"(unet {fmt(timing.unet_ms, 1)} ms, decode {fmt(timing.decode_ms, 1)} ms per frame)."
         )
     lpips_note = "computed" if evaluation.lpips.computed else f"not computed: {evaluation.lpips.reason}"
-    lines += ["", f"LPIPS: {lpips_note}.", "", "![drift](drift.png)", "", "![examples](examples.png)", ""]
+    lines += ["", f"LPIPS: {lpips_note}.", ""]
+    lines += blur_honest_section(evaluation, steps)
+    lines += ["", "![drift](drift.png)", "", "![examples](examples.png)", ""]
     return "\n".join(lines)
+
+
+def blur_honest_section(evaluation: Evaluation, steps: list[int]) -> list[str]:
+    """The measures that blur cannot fool, beside PSNR: a model that hedges between possible next
+    frames predicts their blurred average, which PSNR and SSIM reward."""
+    models, copy_last, settings = evaluation.models, evaluation.copy_last, evaluation.settings
+    stand_in = evaluation.lpips.stand_in
+    perceptual_header = "random-backbone distance (NOT LPIPS)" if stand_in else "LPIPS"
+    lines = [
+        "## Blur-honest measures",
+        "",
+        "PSNR and SSIM reward blur: a model unsure of the next frame that draws a blur of the possible ones loses "
+        "little PSNR. Sharpness (no reference): the gradient energy of the 3D view of the generated frames "
+        "over that of the real frames at the same steps; 1.00 = as sharp as the game, below = blurred, above = noisier "
+        f"(the bottom {settings['status_bar_rows']} status-bar rows left out). GMSD (gradient magnitude similarity "
+        "deviation, lower is better, 0 = the real frame's edges): penalises missing edges (blur) and misplaced ones.",
+    ]
+    if stand_in:
+        lines += [
+            "",
+            f"**{perceptual_header}**: an untrained network's distance, measured only to test the plumbing "
+            "(--lpips_random_backbone). It is not LPIPS and says nothing about perceptual quality.",
+        ]
+    header = ["", "sharpness", "GMSD", "PSNR", "SSIM", perceptual_header]
+    header += [f"drift sharpness @{s}" for s in steps] + [f"drift GMSD @{s}" for s in steps]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def row(name: str, summary: PassSummary, curve: DriftCurve | None) -> str:
+        overall = summary.overall
+        perceptual = overall.random_backbone_distance if stand_in else overall.lpips
+        cells = [name, fmt(overall.sharpness), fmt(overall.gmsd, 3), fmt(overall.psnr), fmt(overall.ssim, 3)]
+        cells.append(fmt(perceptual, 3))
+        for metric, digits in (("sharpness", 2), ("gmsd", 3)):
+            values = curve.curve(metric) if curve else []
+            cells += [fmt(at_step(values, s), digits) if values else "–" for s in steps]
+        return "| " + " | ".join(cells) + " |"
+
+    for model in models:
+        lines.append(row(f"**{model.name}**", model.teacher_forced, model.drift))
+    for model in models:
+        lines.append(row(f"{model.name}, shuffled actions", model.shuffled_actions, None))
+    lines.append(row("copy last context frame", copy_last.teacher_forced, copy_last.drift))
+    for model in models:
+        lines.append(row(f"{model.name}: VAE reconstruction", model.vae_reconstruction, None))
+    lines.append("")
+    for model in models:
+        tf, copy = model.teacher_forced.overall, copy_last.teacher_forced.overall
+        drift_sharpness = model.drift.curve("sharpness")
+        last = f"; at the last drift frame {drift_sharpness[-1]:.2f}" if drift_sharpness else ""
+        lines.append(
+            f"- **{model.name}**: sharpness {tf.sharpness:.2f} "
+            f"(VAE reconstruction {model.vae_reconstruction.overall.sharpness:.2f}{last}); "
+            f"GMSD {tf.gmsd:.3f} vs copy-last {copy.gmsd:.3f} ({'better' if tf.gmsd < copy.gmsd else 'not better'})."
+        )
+    return lines
 
 
 def plot_drift(evaluation: Evaluation, path: Path) -> None:
@@ -656,25 +827,42 @@ def plot_drift(evaluation: Evaluation, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     baseline = evaluation.copy_last.drift
-    metrics = [m for m in ("psnr", "ssim") if baseline.curve(m)]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
-    for axis, metric in zip(axes[0], metrics, strict=True):
+    labels = {
+        "psnr": "PSNR (dB), higher is better",
+        "ssim": "SSIM, higher is better",
+        "gmsd": "GMSD, lower is better",
+        "sharpness": "sharpness (1 = as sharp as the game)",
+        "lpips": "LPIPS, lower is better",
+        "random_backbone_distance": "random-backbone distance (NOT LPIPS)",
+    }
+    metrics = [m for m in labels if baseline.curve(m)]
+    columns = (len(metrics) + 1) // 2
+    figure, axes = plt.subplots(2, columns, figsize=(6 * columns, 8), squeeze=False)
+    for axis in axes.flat[len(metrics) :]:
+        axis.set_visible(False)
+    for axis, metric in zip(axes.flat, metrics, strict=False):
         for model in evaluation.models:
             curve = model.drift.curve(metric)
             axis.plot(range(1, len(curve) + 1), curve, label=model.name, linewidth=2)
-        axis.plot(range(1, len(baseline.curve(metric)) + 1), baseline.curve(metric), "--", color="gray", label="copy last real frame")
+        reference = baseline.curve(metric)
+        axis.plot(range(1, len(reference) + 1), reference, "--", color="gray", label="copy last real frame")
+        if metric == "sharpness":
+            axis.axhline(1.0, color="black", linewidth=0.8, linestyle=":", label="the game's sharpness")
         axis.set_xlabel("autoregressive frame")
-        axis.set_ylabel(f"{metric.upper()}{' (dB)' if metric == 'psnr' else ''}")
+        axis.set_ylabel(labels[metric])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(f"Drift over {evaluation.settings['horizon']} frames, {baseline.episodes} episodes, recorded actions")
+    horizon = evaluation.settings["horizon"]
+    figure.suptitle(f"Drift over {horizon} frames, {baseline.episodes} episodes, recorded actions")
     figure.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=100)
     plt.close(figure)
 
 
-def examples_image(dataset: EpisodeDataset, windows: list[Window], models: list[ModelResult], num_examples: int) -> np.ndarray:
+def examples_image(
+    dataset: EpisodeDataset, windows: list[Window], models: list[ModelResult], num_examples: int
+) -> np.ndarray:
     """Rows of: last context frame | truth | each model's prediction | the first model with shuffled actions."""
     picks = np.unique(np.linspace(0, len(windows) - 1, min(num_examples, len(windows))).round().astype(int))
     scale = display_scale(dataset.frame(0).shape[1]) if len(dataset) else 1
@@ -682,10 +870,15 @@ def examples_image(dataset: EpisodeDataset, windows: list[Window], models: list[
     for pick in picks:
         window = windows[pick]
         last, truth = episode_frames(dataset, window.episode, window.step - 1, window.step + 1)
-        tiles = [last, truth] + [m.forced.predictions[pick] for m in models] + [models[0].forced.shuffled_predictions[pick]]
+        tiles = [last, truth] + [m.forced.predictions[pick] for m in models]
+        tiles.append(models[0].forced.shuffled_predictions[pick])
         titles = ["last context", "truth"] + [m.name for m in models] + ["shuffled actions"]
-        scores_text = ", ".join(f"{m.name} {m.forced.model.psnr[pick]:.1f} dB" for m in models)
-        rows.append(captioned_row(tiles, titles, f"{window.episode_id} step {window.step}, {window.action_name}: {scores_text}", scale))
+        scores_text = ", ".join(
+            f"{m.name} {m.forced.model.psnr[pick]:.1f} dB, sharpness {m.forced.model.sharpness()[pick]:.2f}"
+            for m in models
+        )
+        caption = f"{window.episode_id} step {window.step}, {window.action_name}: {scores_text}"
+        rows.append(captioned_row(tiles, titles, caption, scale))
     width = max(r.shape[1] for r in rows)
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
 
@@ -730,42 +923,56 @@ def main(args: argparse.Namespace) -> Evaluation:
     windows = choose_windows(dataset, episodes, longest_context, args.max_windows, list(configs[0].action_names))
     order = derangement(len(windows), args.seed)
     drift_start = max(1, min(longest_context, min(dataset.episodes[e].length for e in episodes) - 1))
-    lpips_metric, lpips_reason = (None, "skipped (--no_lpips)") if args.no_lpips else load_lpips(args.device or "cpu")
+    perceptual, lpips_status = perceptual_metric(args)
+    scorer = Scorer(perceptual, hud_rows=0 if recorded_without_status_bar(dataset) else None)
     print(
         f"evaluating {len(folders)} model(s) on {len(episodes)} episodes ({episode_source}): {len(windows)} teacher-forced windows, "
-        f"drift over {args.horizon} frames from step {drift_start}; LPIPS {'on' if lpips_metric else 'off: ' + lpips_reason}"
+        f"drift over {args.horizon} frames from step {drift_start}; {lpips_status.describe()}"
     )
 
     copy_last_frames = frames_to_tensor(np.stack([episode_frames(dataset, w.episode, w.step - 1, w.step)[0] for w in windows]))
     truth_frames = frames_to_tensor(np.stack([episode_frames(dataset, w.episode, w.step, w.step + 1)[0] for w in windows]))
     copy_last = CopyLastBaseline(
-        teacher_forced=PassSummary.of(FrameScores.measure(copy_last_frames, truth_frames, lpips_metric), windows),
-        drift=copy_last_drift(dataset, episodes, drift_start, args.horizon, lpips_metric),
+        teacher_forced=PassSummary.of(scorer(copy_last_frames, truth_frames), windows),
+        drift=copy_last_drift(dataset, episodes, drift_start, args.horizon, scorer),
     )
 
     models: list[ModelResult] = []
     taken: set[str] = set()
     for number, folder in enumerate(folders):
         label = args.names[number] if args.names else model_label(folder, taken)
-        model = evaluate_model(folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, lpips_metric)
+        model = evaluate_model(folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer)
         models.append(model)
-        tf, curve, copy_psnr = model.teacher_forced.overall, model.drift.curve("psnr"), copy_last.teacher_forced.overall.psnr
+        tf, curve = model.teacher_forced.overall, model.drift.curve("psnr")
+        copy_psnr = copy_last.teacher_forced.overall.psnr
         print(
             f"{label}: teacher-forced PSNR {tf.psnr:.2f} dB, SSIM {tf.ssim:.3f} (copy-last {copy_psnr:.2f} dB; "
-            f"shuffled actions {model.shuffled_actions.overall.psnr:.2f} dB); drift PSNR {curve[0]:.2f} -> {curve[-1]:.2f} dB over "
+            f"shuffled actions {model.shuffled_actions.overall.psnr:.2f} dB); "
+            f"drift PSNR {curve[0]:.2f} -> {curve[-1]:.2f} dB over "
             f"{len(curve)} frames; {model.timing.fps or 0:.1f} frames/s"
             if curve
             else f"{label}: teacher-forced PSNR {tf.psnr:.2f} dB (copy-last {copy_psnr:.2f} dB)"
         )
 
     evaluation = Evaluation(
-        settings={**models[0].engine, "seed": args.seed, "horizon": args.horizon, "max_windows": args.max_windows, "batch_size": args.batch_size},
-        dataset={"name": str(args.dataset_name), "episodes_total": len(dataset.episode_ids), "metadata": dataset_provenance(dataset)},
+        settings={
+            **models[0].engine,
+            "seed": args.seed,
+            "horizon": args.horizon,
+            "max_windows": args.max_windows,
+            "batch_size": args.batch_size,
+            "status_bar_rows": status_bar_rows(dataset.frame_height) if scorer.hud_rows is None else scorer.hud_rows,
+        },
+        dataset={
+            "name": str(args.dataset_name),
+            "episodes_total": len(dataset.episode_ids),
+            "metadata": dataset_provenance(dataset),
+        },
         episodes=[dataset.episode_ids[e] for e in episodes],
         episode_source=episode_source,
         windows=windows,
         shuffled_from=order.tolist(),
-        lpips=LpipsStatus(computed=lpips_metric is not None, reason=lpips_reason),
+        lpips=lpips_status,
         copy_last=copy_last,
         models=models,
         seconds=time.perf_counter() - began,
