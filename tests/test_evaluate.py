@@ -85,6 +85,23 @@ def test_the_status_bar_rows_are_the_ones_that_stay_still_while_the_view_moves(t
     assert change_per_row[-rows:].max() < 0.02 < 0.1 < change_per_row[-rows - 4 : -rows].min()
 
 
+def test_at_320x240_the_status_bar_is_32_still_rows_all_left_out(random_dataset):
+    frames = real_frames(random_dataset)  # ViZDoom draws the bar unscaled at 320 wide
+    change_per_row = frames.std(0).mean(dim=(0, 2))
+    assert change_per_row[-32:].max() < 0.03 < 0.1 < change_per_row[-40:-32].min()
+    assert status_bar_rows(frames.shape[-2]) >= 32  # the rule leaves out a few view rows, never a bar row
+
+
+def test_a_brown_blur_fools_psnr_but_not_gmsd_or_sharpness(random_dataset):
+    """The quickstart model's failure: a blur of the likely frames scores about copy-last's PSNR."""
+    frames = real_frames(random_dataset)
+    previous, target = frames[:-1], frames[1:]
+    blur = frames.mean(0, keepdim=True).expand_as(target)  # the episode's average frame
+    assert abs(float(psnr(blur, target).mean() - psnr(previous, target).mean())) < 1.0  # PSNR can hardly tell
+    assert float(gmsd(blur, target).mean()) > float(gmsd(previous, target).mean()) + 0.02
+    assert float(sharpness(blur, target).mean()) < 0.2 < 0.8 < float(sharpness(previous, target).mean())
+
+
 def test_sharpness_is_one_for_real_frames_below_for_blur_above_for_noise(tiny_dataset):
     frames = real_frames(tiny_dataset)
     generator = torch.Generator().manual_seed(0)
