@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_script, save_tiny_checkpoint
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import evaluate
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
 from gamengen.engine import EngineError, GameEngine
 from gamengen.episodes import DatasetError, open_dataset
-from gamengen.metrics import load_lpips, psnr, ssim
+from gamengen.metrics import alexnet_weights_path, gmsd, load_lpips, psnr, sharpness, ssim, status_bar_rows
 from gamengen.model import build_vae, build_world_model, frames_to_tensor, save_world_model
 
 FAST = ("--max_windows", 8, "--horizon", 6, "--timing_frames", 2, "--num_examples", 3)
@@ -49,13 +49,80 @@ def test_ssim_of_two_flat_frames_is_the_luminance_term():
     assert float(ssim(a, b)) == pytest.approx(expected, rel=1e-4)
 
 
-def test_lpips_says_why_it_is_not_computed_when_it_cannot_be():
+def test_lpips_says_why_it_is_not_computed_when_it_cannot_be(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache: no AlexNet weights
+    weights = alexnet_weights_path()
+    assert weights.parent == tmp_path / "hub" / "checkpoints"
     metric, reason = load_lpips()
-    if metric is None:
-        assert "lpips" in reason.lower() and ("install" in reason or "could not be loaded" in reason)
-    else:  # installed with its weights: identical frames are at distance ~0
-        frames = torch.rand(1, 3, 64, 64) * 2 - 1
-        assert float(metric(frames, frames)[0]) < 1e-3
+    assert metric is None and f"the AlexNet weights are not at {weights}" in reason
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        assert "the lpips package is not installed" in reason
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"not a checkpoint")
+    metric, reason = load_lpips()
+    assert metric is None and "AlexNet weights are not at" not in reason  # the weights are there: what else is missing
+    assert "the lpips package is not installed" in reason or "LPIPS could not be loaded" in reason
+
+
+def real_frames(dataset_path: Path) -> torch.Tensor:
+    """Every frame of the first episode of a recorded dataset, in [-1, 1]."""
+    dataset = open_dataset(dataset_path)
+    return frames_to_tensor(episode_frames(dataset, 0, 0, dataset.episodes[0].length))
+
+
+def blurred(frames: torch.Tensor, radius: float) -> torch.Tensor:
+    pixels = ((frames.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
+    blur = ImageFilter.GaussianBlur(radius)
+    return frames_to_tensor(np.stack([np.asarray(Image.fromarray(p).filter(blur)) for p in pixels]))
+
+
+def test_the_status_bar_rows_are_the_ones_that_stay_still_while_the_view_moves(tiny_dataset):
+    frames = real_frames(tiny_dataset)  # 64x48: the status bar is the bottom 8 rows
+    rows = status_bar_rows(frames.shape[-2])
+    change_per_row = frames.std(0).mean(dim=(0, 2))  # how much each row changes over the episode
+    assert rows == 8 and status_bar_rows(240) == 39 and status_bar_rows(200) == 32
+    assert change_per_row[-rows:].max() < 0.02 < 0.1 < change_per_row[-rows - 4 : -rows].min()
+
+
+def test_at_320x240_the_status_bar_is_32_still_rows_all_left_out(random_dataset):
+    frames = real_frames(random_dataset)  # ViZDoom draws the bar unscaled at 320 wide
+    change_per_row = frames.std(0).mean(dim=(0, 2))
+    assert change_per_row[-32:].max() < 0.03 < 0.1 < change_per_row[-40:-32].min()
+    assert status_bar_rows(frames.shape[-2]) >= 32  # the rule leaves out a few view rows, never a bar row
+
+
+def test_a_brown_blur_fools_psnr_but_not_gmsd_or_sharpness(random_dataset):
+    """The quickstart model's failure: a blur of the likely frames scores about copy-last's PSNR."""
+    frames = real_frames(random_dataset)
+    previous, target = frames[:-1], frames[1:]
+    blur = frames.mean(0, keepdim=True).expand_as(target)  # the episode's average frame
+    assert abs(float(psnr(blur, target).mean() - psnr(previous, target).mean())) < 1.0  # PSNR can hardly tell
+    assert float(gmsd(blur, target).mean()) > float(gmsd(previous, target).mean()) + 0.02
+    assert float(sharpness(blur, target).mean()) < 0.2 < 0.8 < float(sharpness(previous, target).mean())
+
+
+def test_sharpness_is_one_for_real_frames_below_for_blur_above_for_noise(tiny_dataset):
+    frames = real_frames(tiny_dataset)
+    generator = torch.Generator().manual_seed(0)
+    noisy = (frames + 0.1 * torch.randn(frames.shape, generator=generator)).clamp(-1, 1)
+    assert torch.allclose(sharpness(frames, frames), torch.ones(len(frames)))
+    assert (sharpness(blurred(frames, 1.0), frames) < 0.8).all()
+    assert (sharpness(noisy, frames) > 1.05).all()
+    hud_only = frames.clone()
+    hud_only[..., -status_bar_rows(48) :, :] = 1.0  # a white status bar: not part of the view, not counted
+    assert torch.allclose(sharpness(hud_only, frames), torch.ones(len(frames)))
+
+
+def test_gmsd_ranks_a_blurred_copy_below_the_original(tiny_dataset):
+    frames = real_frames(tiny_dataset)
+    previous, target = frames[:-1], frames[1:]
+    assert torch.allclose(gmsd(frames, frames), torch.zeros(len(frames)))
+    slight, strong = gmsd(blurred(frames, 0.7), frames), gmsd(blurred(frames, 1.5), frames)
+    assert (slight > 0).all() and (strong > slight).all()
+    # the copy-last prediction, blurred, is worse than the sharp copy-last: blur is not rewarded
+    assert gmsd(blurred(previous, 1.5), target).mean() > gmsd(previous, target).mean()
 
 
 @pytest.fixture
@@ -108,7 +175,18 @@ def test_evaluation_writes_metrics_report_and_plots_that_parse(evaluation):
     assert model["timing"]["fps"] > 0 and model["timing"]["unet_ms"] > 0 and model["timing"]["decode_ms"] > 0
     assert model["engine"]["num_inference_steps"] == 4 and model["engine"]["guidance_scale"] == 1.5  # the sampling is recorded
     assert metrics["lpips"]["computed"] or metrics["lpips"]["reason"]
+    # the blur-honest measures, for every pass and every drift step
+    passes = [model["teacher_forced"], model["shuffled_actions"], model["vae_reconstruction"]]
+    passes.append(metrics["baselines"]["copy_last"]["teacher_forced"])
+    for summary in passes:
+        assert summary["sharpness"] > 0 and 0 <= summary["gmsd"] <= 1 and summary["by_category"]
+        assert all("sharpness" in c and "gmsd" in c for c in summary["by_category"].values())
+    assert len(model["drift"]["sharpness"]) == len(model["drift"]["gmsd"]) == 6
+    assert len(model["per_window"]["model"]["sharpness"]) == 8 and metrics["settings"]["status_bar_rows"] == 8
+    assert model["teacher_forced"]["sharpness"] > 1.5  # a random-init UNet draws noise: far noisier than the game
+    assert "random_backbone_distance" not in model["teacher_forced"]
     report = (out / "report.md").read_text()
+    assert "## Blur-honest measures" in report and "| sharpness | GMSD |" in report and "drift sharpness @6" in report
     assert "| paper (SD v1.4, 320x240, TPU-v5) | 29.43 |" in report and "copy last context frame" in report and "shuffled actions" in report
     assert "LPIPS:" in report
     with Image.open(out / "drift.png") as drift, Image.open(out / "examples.png") as examples:
@@ -142,11 +220,11 @@ def test_shuffled_actions_change_only_the_actions(tiny_dataset, tmp_path, one_th
     engine = GameEngine.from_pretrained(save_world_model(tmp_path / "wm", model, build_vae(config.model), config))
     args = evaluate.parse_args(["--model_folder", "x", "--dataset_name", str(tiny_dataset), "--batch_size", "4"])
     windows = evaluate.choose_windows(dataset, [0, 1], engine.context_length, 8, dataset.action_names)
-    same = evaluate.teacher_forced(engine, dataset, windows, np.arange(len(windows)), args, None, "same")
-    assert same["per_window"]["model"]["psnr"] == same["per_window"]["shuffled_actions"]["psnr"]
+    same = evaluate.teacher_forced(engine, dataset, windows, np.arange(len(windows)), args, evaluate.Scorer(), "same")
+    assert same.model.psnr == same.shuffled_actions.psnr
     order = evaluate.derangement(len(windows), 0)
-    shuffled = evaluate.teacher_forced(engine, dataset, windows, order, args, None, "shuffled")
-    assert shuffled["per_window"]["model"]["psnr"] == same["per_window"]["model"]["psnr"]  # the true actions give the same frames again
+    shuffled = evaluate.teacher_forced(engine, dataset, windows, order, args, evaluate.Scorer(), "shuffled")
+    assert shuffled.model.psnr == same.model.psnr  # the true actions give the same frames again
 
     def actions(window):
         return dataset.actions(window.episode)[window.step - 4 : window.step]
@@ -154,7 +232,7 @@ def test_shuffled_actions_change_only_the_actions(tiny_dataset, tmp_path, one_th
     changed = [i for i, window in enumerate(windows) if not np.array_equal(actions(window), actions(windows[order[i]]))]
     assert changed, "the random episodes should give windows with different action sequences"
     for i in changed:
-        assert not np.array_equal(shuffled["predictions"]["model"][i], shuffled["predictions"]["shuffled"][i])
+        assert not np.array_equal(shuffled.predictions[i], shuffled.shuffled_predictions[i])
 
 
 def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
@@ -163,8 +241,9 @@ def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset,
     results = in_process(
         evaluate,
         *("--model_folder", tiny_checkpoint, "--compare", other, tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST),
+        "--lpips_random_backbone",
     )
-    names = [m["name"] for m in results["models"]]
+    names = [m.name for m in results.models]
     assert names == ["wm", "other", "wm (2)"]  # labels stay distinct
     report = (out / "report.md").read_text()
     for name in names:
@@ -173,6 +252,13 @@ def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset,
     assert [m["name"] for m in saved["models"]] == names and len(saved["windows"]) == 8
     # the same checkpoint twice, on the same windows with the same seed: the same numbers
     assert saved["models"][0]["teacher_forced"]["psnr"] == saved["models"][2]["teacher_forced"]["psnr"]
+    # the untrained stand-in for LPIPS runs through every pass under its own name, never as LPIPS
+    assert saved["lpips"]["computed"] is False and saved["lpips"]["stand_in"] == "random_backbone_distance"
+    for model in saved["models"]:
+        assert "lpips" not in model["teacher_forced"] and model["teacher_forced"]["random_backbone_distance"] > 0
+        assert len(model["drift"]["random_backbone_distance"]) == 6 and "lpips" not in model["drift"]
+    assert "random-backbone distance (NOT LPIPS)" in report
+    assert "LPIPS: not computed: replaced by an untrained network" in report
 
 
 def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_path, in_process):
@@ -182,8 +268,8 @@ def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_pa
     config = get_world_model_config("tiny", dataset.action_names, dataset={"name": str(tiny_dataset), "heldout_episodes": [heldout]})
     folder = save_world_model(tmp_path / "wm", build_world_model(config), build_vae(config.model), config)
     results = in_process(evaluate, "--model_folder", folder, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "eval", *FAST)
-    assert results["episodes"] == [heldout] and "held out" in results["episode_source"]
-    assert {w["episode_id"] for w in results["windows"]} == {heldout}
+    assert results.episodes == [heldout] and "held out" in results.episode_source
+    assert {w.episode_id for w in results.windows} == {heldout}
 
 
 # -- errors --------------------------------------------------------------------------------------
