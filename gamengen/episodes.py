@@ -184,9 +184,18 @@ def check_metadata(files: Sequence[Path], require_metadata: bool) -> dict[str, A
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes -> HxWx3 uint8 RGB."""
+    """PNG/JPEG bytes -> HxWx3 uint8 RGB (a writable array: torch warns on read-only ones)."""
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
+
+
+def damaged_shard(path: Path, error: BaseException, what: str) -> DatasetError:
+    """The error for a parquet file whose bytes are damaged (the footer may still read fine)."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DatasetError(
+        f"{path} is damaged: reading {what} failed ({reason}). The file was cut short or overwritten (an "
+        "interrupted copy or download?): download or record it again, or move it out of the dataset folder."
+    )
 
 
 def _frame_bytes_array(column: pa.ChunkedArray | pa.Array, name: str, path: Path) -> pa.Array:
@@ -232,7 +241,10 @@ class _ShardReader:
         if frames is None:
             if self._file is None:
                 self._file = pq.ParquetFile(self.path)
-            table = self._file.read_row_group(group, columns=[self.frame_column])
+            try:
+                table = self._file.read_row_group(group, columns=[self.frame_column])
+            except (OSError, pa.ArrowException) as error:
+                raise damaged_shard(self.path, error, f"the frames of row group {group}") from None
             frames = _frame_bytes_array(table.column(0), self.frame_column, self.path)
             self._cache[group] = frames
             while len(self._cache) > self.cache_row_groups:
@@ -296,7 +308,10 @@ class EpisodeDataset:
                 f"{path} has no {', '.join(absent)} (its columns: {', '.join(names)}). "
                 "Name the right columns with --frame_column, --action_column, --episode_column, --step_column."
             )
-        table = pq.read_table(path, columns=[self.columns.episode, self.columns.step, self.columns.action])
+        try:
+            table = pq.read_table(path, columns=[self.columns.episode, self.columns.step, self.columns.action])
+        except (OSError, pa.ArrowException) as error:
+            raise damaged_shard(path, error, "the episode, step and action columns") from None
         for position, role in ((1, "step"), (2, "action")):
             if not pa.types.is_integer(table.column(position).type):
                 column_type = table.column(position).type
@@ -409,7 +424,12 @@ class EpisodeDataset:
         episode_index, step = self.locate(index)
         episode = self.episodes[episode_index]
         reader = self._readers[episode.shard]
-        frame = decode_image(reader.frame_bytes(episode.start + step))
+        try:
+            frame = decode_image(reader.frame_bytes(episode.start + step))
+        except (OSError, ValueError, SyntaxError) as error:  # what PIL raises on damaged image bytes
+            if isinstance(error, DatasetError):
+                raise
+            raise damaged_shard(reader.path, error, f"frame {step} of episode {episode.episode_id!r}") from None
         if frame.shape[:2] != (self.frame_height, self.frame_width):
             raise DatasetError(
                 f"{reader.path}: frame {step} of episode {episode.episode_id!r} is {frame.shape[1]}x{frame.shape[0]}, "

@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -209,3 +210,23 @@ def test_datasets_of_another_column_layout_are_cached_through_the_column_options
     assert windows.num_actions == 7 and windows[2]["actions"].tolist() == [action_at(0, 1), action_at(0, 2)]
     with pytest.raises(UsageError, match="other settings .*columns"):
         encode(peer, setup["vae"], tmp_path / "cache", "--frame_column", "frames_hq", *columns[2:], "--num_actions", "7")
+
+
+def test_a_shard_damaged_inside_is_named_with_the_fix_not_a_traceback(tiny_dataset, tmp_path):
+    """4 KB overwritten in the middle of a shard (its footer intact) ended in a bare 'OSError: Unexpected end
+    of stream' with no file name."""
+    damaged = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, damaged)
+    shard = max(damaged.rglob("*.parquet"), key=lambda path: path.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    middle = footer_start // 2
+    data[middle - 2048 : middle + 2048] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    shard.write_bytes(bytes(data))
+    vae = make_vae(tmp_path / "vae", seed=0)
+    result = run_script(
+        "encode_latents.py", "--preset", "tiny", "--dataset_name", damaged, "--pretrained_vae_model_name_or_path", vae,
+        "--output_dir", tmp_path / "cache", check=False,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{shard} is damaged" in result.stderr and "download or record it again" in result.stderr
