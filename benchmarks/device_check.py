@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import os
 import platform
 import re
@@ -454,11 +455,11 @@ def part_device(options: argparse.Namespace) -> Iterator[tuple[str | None, Any]]
         "cpu_cores": os.cpu_count(),
         "dry_run": options.dry_run,
     }
-    for package in ("diffusers", "transformers", "huggingface_hub"):
+    for package in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         try:
-            info[package] = __import__(package).__version__
-        except Exception as error:  # a missing package is recorded; the parts that need it record their own error
-            info[package] = f"not importable: {error_text(error)}"
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:  # recorded; the parts that need it record their own error
+            info[package] = "not installed"
     device = torch.device("cpu")
     if options.dry_run or not torch.cuda.is_available():
         info["name"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
@@ -518,7 +519,7 @@ class Part:
     section: str  # top-level key of the report
     key: str | None  # key inside the section (None: the part's result is the whole section)
     run: Callable[[argparse.Namespace], Iterator[tuple[str | None, Any]]]
-    timeout_s: float  # default time bound on a GPU machine; the defaults add up to 365 s
+    timeout_s: float  # default time bound on a GPU machine; the defaults add up to 350 s
 
     def expected_keys(self, options: argparse.Namespace) -> list[str | None]:
         if self.name.startswith("train_sd14"):
@@ -530,13 +531,13 @@ class Part:
 
 # Cheap, certain measurements first; the compiled ones (minutes of compilation each) last.
 PARTS = [
-    Part("device", "device", None, part_device, 20),
+    Part("device", "device", None, part_device, 30),
     Part("train_sd14_eager", "train_sd14", "eager", part_train_sd14(compiled=False), 45),
-    Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 35),
-    Part("train_tiny", "train_tiny", None, part_train_tiny, 25),
-    Part("engine_sd14_compile", "engine_sd14", "compile", part_engine(True, None), 75),
-    Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 75),
-    Part("train_sd14_compile", "train_sd14", "compile", part_train_sd14(compiled=True), 90),
+    Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 40),
+    Part("train_tiny", "train_tiny", None, part_train_tiny, 20),
+    Part("engine_sd14_compile", "engine_sd14", "compile", part_engine(True, None), 70),
+    Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 70),
+    Part("train_sd14_compile", "train_sd14", "compile", part_train_sd14(compiled=True), 75),
 ]
 PART_NAMES = [part.name for part in PARTS]
 
@@ -629,26 +630,27 @@ def store(results: dict[str, Any], part: Part, options: argparse.Namespace, valu
 
 
 def cuda_test_results(options: argparse.Namespace) -> dict[str, Any]:
-    """What ``pytest -m cuda`` reported (device_check.sh runs it and passes its log and status)."""
+    """What ``pytest -m cuda -v`` reported (device_check.sh runs it and passes its log and exit status)."""
     if options.pytest_log is None:
         return {"not_measured": "pytest -m cuda runs from benchmarks/device_check.sh, not from this script"}
     log = Path(options.pytest_log)
     text = log.read_text(errors="replace") if log.is_file() else ""
-    if options.pytest_status == 124:
-        return {"error": f"pytest -m cuda timed out after {options.pytest_timeout:g} s", "status": 124}
-    counts = {}
+    outcomes = dict(re.findall(r"^\S+::(\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", text, re.MULTILINE))
+    result: dict[str, Any] = {"tests": outcomes, "status": options.pytest_status}
+    if options.pytest_timeout is not None:
+        result["timeout_s"] = options.pytest_timeout
+    if options.pytest_status in (124, 137):  # timeout(1)'s statuses: the bound ran out
+        finished = len(outcomes)
+        result["error"] = f"pytest -m cuda timed out after {options.pytest_timeout:g} s ({finished} tests finished)"
+        return result
     for line in reversed(text.splitlines()):
         found = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)\b", line)
         if found:
-            counts = {word.rstrip("s") if word.startswith("error") else word: int(number) for number, word in found}
-            summary = line.strip(" =")
-            break
-    if not counts:
-        return {"error": f"pytest -m cuda exited with status {options.pytest_status} and no result line (see the log)"}
-    result: dict[str, Any] = {word: counts.get(word, 0) for word in ("passed", "failed", "skipped", "error")}
-    result.update(summary=summary, status=options.pytest_status)
-    if options.pytest_timeout is not None:
-        result["timeout_s"] = options.pytest_timeout
+            counts = {("error" if word.startswith("error") else word): int(number) for number, word in found}
+            result.update({word: counts.get(word, 0) for word in ("passed", "failed", "skipped", "error")})
+            result["summary"] = line.strip(" =")
+            return result
+    result["error"] = f"pytest -m cuda exited with status {options.pytest_status} and no result line (see the log)"
     return result
 
 
@@ -717,7 +719,7 @@ def number(value: Any, digits: int = 3) -> str:
 def outcome(measurement: Any) -> str | None:
     """"error: ..." or "not measured: ..." for a measurement that has no numbers, else None."""
     if isinstance(measurement, dict):
-        if "error" in measurement and len(measurement) <= 2:
+        if "error" in measurement:
             return f"error: {measurement['error']}"
         if "not_measured" in measurement:
             return f"not measured: {measurement['not_measured']}"
@@ -756,6 +758,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     name = device.get("name") if isinstance(device, dict) and "name" in device else None
     title = name or f"unknown device ({outcome(device) or 'the device part has not run'})"
     lines = [f"# Device check: {title}", ""]
+    stand_in = " (dry run: tiny models stand in)" if results.get("dry_run") else ""
     if results.get("dry_run"):
         lines += [
             "**Dry run on the CPU**: tiny-preset models stand in for sd14, 1-2 iterations per configuration,",
@@ -776,6 +779,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"Device: {outcome(device) or device}")
     tests = results.get("cuda_tests", {})
     lines += ["", f"**CUDA tests** (pytest -m cuda): {outcome(tests) or tests.get('summary')}", ""]
+    if tests.get("tests"):
+        lines += table(["test", "outcome"], [[name, result] for name, result in tests["tests"].items()]) + [""]
 
     train_columns = [
         ("samples_per_s", 3),
@@ -787,7 +792,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("mfu", 3),
     ]
     train_header = ["mode", "batch", "samples/s", "step ms", "fwd+bwd ms", "optimizer ms", "peak GiB", "TFLOP/s", "MFU"]
-    lines += ["## Training step: sd14 world model, bf16 autocast, Adafactor + clipping", ""]
+    lines += [f"## Training step: sd14 world model, bf16 autocast, Adafactor + clipping{stand_in}", ""]
     rows = []
     for mode, measurements in results.get("train_sd14", {}).items():
         for key, measurement in (measurements.items() if outcome(measurements) is None else [("", measurements)]):
@@ -808,7 +813,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     engine_header = ["mode", "frames/s", "UNet ms", "decode ms", "total ms", "p50 ms", "p99 ms", "peak GiB"]
     engine_header.append("warm-up s")
-    lines += ["", "## Engine: sd14 320x256, context 64, 4 DDIM steps, CFG 1.5, bf16", ""]
+    lines += ["", f"## Engine: sd14 320x256, context 64, 4 DDIM steps, CFG 1.5, bf16{stand_in}", ""]
     engine = results.get("engine_sd14", {})
     rows = [rows_of(measurement, [mode], engine_columns, len(engine_header)) for mode, measurement in engine.items()]
     lines += table(engine_header, rows)

@@ -7,10 +7,10 @@
 #    of git; --wheels or DEVICE_CHECK_WHEELS) into /tmp/device_check_site and puts it on PYTHONPATH.
 #    Without a wheel folder it checks that diffusers imports and stops with a message if not.
 # 2. Runs the CUDA tests, pytest -m cuda tests/test_cuda.py (they skip without a GPU), bounded by
-#    DEVICE_CHECK_TESTS_TIMEOUT seconds (default 60).
+#    DEVICE_CHECK_TESTS_TIMEOUT seconds (default 90).
 # 3. Runs benchmarks/device_check.py: every part in its own process under its own bound (the defaults add
-#    up to 365 s; --part_timeout NAME=SECONDS after -- changes one), so the whole script ends within about
-#    8 minutes (install 30 s at most, tests 60 s, parts 365 s, start-up). It writes DIR/device_check.json,
+#    up to 350 s; --part_timeout NAME=SECONDS after -- changes one), so the whole script ends in under 8
+#    minutes (at most: install 20 s, tests 90 s, parts 350 s, start-ups). It writes DIR/device_check.json,
 #    DIR/device_check.md and this script's log DIR/device_check.log (a dry run: device_check_dry_run.*).
 #    DIR: --output_dir, else $OUT when set, else benchmarks/results.
 #
@@ -27,15 +27,15 @@
 # Check each wheel's needs with: unzip -p .whl/NAME-*.whl '*/METADATA' | grep ^Requires-Dist
 # (skip the "extra ==" lines; diffusers 0.42.1 needs huggingface-hub>=1.32 and safetensors>=0.8, which the
 # GPU machine had: add their wheels too if its versions are older). Keep one version of each package.
-# The folder is about 6.5 MB; on the device tool, name .whl in carry.
+# The folder is about 6.5 MB: it travels with the repository to the GPU machine, outside git.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 WHEELS="${DEVICE_CHECK_WHEELS:-$REPO/.whl}"
 SITE="${DEVICE_CHECK_SITE:-/tmp/device_check_site}"
-TESTS_TIMEOUT="${DEVICE_CHECK_TESTS_TIMEOUT:-60}"
-INSTALL_TIMEOUT="${DEVICE_CHECK_INSTALL_TIMEOUT:-30}"
+TESTS_TIMEOUT="${DEVICE_CHECK_TESTS_TIMEOUT:-90}"
+INSTALL_TIMEOUT="${DEVICE_CHECK_INSTALL_TIMEOUT:-20}"
 OUTPUT_DIR="${OUT:-$REPO/benchmarks/results}"
 DRY_RUN=()
 while [ $# -gt 0 ]; do
@@ -66,22 +66,23 @@ wheels=("$WHEELS"/*.whl)
 if [ ${#wheels[@]} -gt 0 ]; then
     echo "== installing ${#wheels[@]} wheels from $WHEELS into $SITE"
     timeout "$INSTALL_TIMEOUT" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$SITE" "${wheels[@]}" || { echo "error: installing the wheels of $WHEELS failed (above)" >&2; exit 2; }
+        --target "$SITE" "${wheels[@]}" || { echo "error: installing $WHEELS failed (above)" >&2; exit 2; }
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 elif ! "$PYTHON" -c "import diffusers" 2>/dev/null; then
-    echo "error: diffusers is not importable and $WHEELS holds no wheels: prepare the wheel folder as the top of $0 says" >&2
+    echo "error: diffusers is not importable and $WHEELS holds no wheels: prepare them as the top of $0 says" >&2
     exit 2
 fi
-"$PYTHON" -c "import diffusers, importlib.metadata as m; print('== diffusers', diffusers.__version__, 'hub', m.version('huggingface_hub'))" \
+"$PYTHON" -c "import diffusers, huggingface_hub as hub; print('== diffusers', diffusers.__version__, hub.__version__)" \
     || { echo "error: diffusers does not import with these packages (above)" >&2; exit 2; }
 
 echo "== pytest -m cuda (bound ${TESTS_TIMEOUT} s)"
-timeout -k 5 "$TESTS_TIMEOUT" "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$WORK/pytest.log"
+timeout -k 5 "$TESTS_TIMEOUT" "$PYTHON" -m pytest -m cuda -v -p no:cacheprovider tests/test_cuda.py 2>&1 \
+    | tee "$WORK/pytest.log"
 tests_status=${PIPESTATUS[0]}
 
 echo "== benchmarks/device_check.py"
 "$PYTHON" benchmarks/device_check.py "${DRY_RUN[@]}" --output_dir "$OUTPUT_DIR" \
     --pytest_log "$WORK/pytest.log" --pytest_status "$tests_status" --pytest_timeout "$TESTS_TIMEOUT" "$@"
 status=$?
-echo "== device_check.sh finished with status $status; log $LOG"
+echo "== device_check.sh finished in ${SECONDS} s with status $status; log $LOG"
 exit $status
