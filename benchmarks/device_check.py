@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib.metadata
 import os
 import platform
@@ -106,11 +107,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     dry = args.dry_run
-    args.train_batch_sizes = args.train_batch_sizes or ([2, 4] if dry else [8, 16])
-    args.tiny_batch_sizes = args.tiny_batch_sizes or ([4] if dry else [32])
-    args.train_steps = args.train_steps or (1 if dry else 10)
-    args.engine_frames = args.engine_frames or (2 if dry else 100)
-    args.compile_backend = args.compile_backend or ("eager" if dry else "inductor")
+    defaults = {
+        "train_batch_sizes": [2, 4] if dry else [8, 16],
+        "tiny_batch_sizes": [4] if dry else [32],
+        "train_steps": 1 if dry else 10,
+        "engine_frames": 2 if dry else 100,
+        "compile_backend": "eager" if dry else "inductor",
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.isolate is None:
         args.isolate = not dry
     if min(args.train_batch_sizes + args.tiny_batch_sizes + [args.train_steps, args.engine_frames]) < 1:
@@ -240,18 +246,20 @@ def error_text(error: BaseException) -> str:
 
 
 def guarded(measure: Callable[..., dict[str, Any]], device, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """One measurement: its numbers, or its error recorded (CUDA memory released) so the next one runs."""
+    """One measurement: its numbers, or its error recorded so the next one runs; its GPU memory is freed either way."""
     try:
         return measure(*args, **kwargs)
     except NotMeasured as reason:
         return {"not_measured": str(reason)}
     except Exception as error:
         traceback.print_exc()
+        return {"error": error_text(error)}
+    finally:
         if device is not None and device.type == "cuda":
             import torch
 
+            gc.collect()  # the measurement's model and optimizer state go before the next one is built
             torch.cuda.empty_cache()
-        return {"error": error_text(error)}
 
 
 # ----------------------------------------------------------------------------------------------
