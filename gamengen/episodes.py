@@ -321,7 +321,7 @@ class EpisodeDataset:
                 )
         episode_ids = table.column(0).cast(pa.string()).to_numpy(zero_copy_only=False)
         steps = table.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
-        actions = table.column(2).to_numpy(zero_copy_only=False)
+        actions = np.array(table.column(2).to_numpy(zero_copy_only=False))  # a writable copy: torch warns on views
         if len(episode_ids) == 0:
             return []
         # Runs of equal episode ids: each must be a whole, ordered episode.

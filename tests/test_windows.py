@@ -6,6 +6,7 @@ pixels encode (episode, step), so a test can read back exactly which frame lande
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,18 @@ def test_windows_of_real_recorded_episodes(random_dataset):
     pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions, pa.int16())), bad / shard.name)
     with pytest.raises(DatasetError, match="step 3 has action id 15, but there are 15 actions"):
         PixelWindowDataset(open_dataset(bad), context_length=8)
+
+
+def test_the_pixel_path_reads_windows_without_warnings(tmp_path):
+    """With an int64 action column (as other layouts have) the actions were read-only views of the parquet
+    data, and torch warned 'The given NumPy array is not writable'."""
+    write_coded_dataset(tmp_path, [9, 3], rows_per_shard=64)
+    for shard in tmp_path.rglob("*.parquet"):
+        table = pq.read_table(shard)
+        column = table.schema.get_field_index("action")
+        pq.write_table(table.set_column(column, "action", table.column(column).cast(pa.int64())), shard)
+    windows = PixelWindowDataset(open_dataset(tmp_path), context_length=4, config=get_config("tiny"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = torch.utils.data.default_collate([windows[i] for i in range(4)])
+    assert batch["target"].shape[0] == 4
