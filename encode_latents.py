@@ -169,7 +169,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dataset = open_dataset(args.dataset_name, columns=columns_from_args(args), revision=args.revision, cache_dir=args.cache_dir, cache_row_groups=4)
     check_frame_size(dataset, config)
     if args.num_actions is not None or dataset.action_names:
-        check_action_ids(dataset.episode_ids, [dataset.actions(i) for i in range(len(dataset.episodes))], args.num_actions, dataset.action_names)
+        episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
+        fix = f"pass --num_actions N (N >= largest id + 1)"
+        check_action_ids(dataset.episode_ids, episode_actions, args.num_actions, dataset.action_names, too_few_fix=fix)
 
     vae_path = args.pretrained_vae_model_name_or_path or config.pretrained_model_name_or_path
     if not vae_path:

@@ -30,7 +30,8 @@ def check_dataset_fits_model(dataset: EpisodeDataset, config: WorldModelConfig) 
             "use a dataset recorded with the action set the model was trained on"
         )
     episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
-    check_action_ids(dataset.episode_ids, episode_actions, config.num_actions, config.action_names)
+    fixed = f"train a model with more actions: this checkpoint's {config.num_actions} are fixed"
+    check_action_ids(dataset.episode_ids, episode_actions, config.num_actions, config.action_names, too_few_fix=fixed)
 
 
 def find_episode(dataset: EpisodeDataset, episode: int | str) -> int:

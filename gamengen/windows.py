@@ -80,16 +80,19 @@ def check_action_ids(
     actions: Sequence[np.ndarray],
     num_actions: int | None = None,
     action_names: Sequence[str] | None = None,
+    too_few_fix: str | None = None,
 ) -> int:
     """The number of actions (``num_actions``, else ``len(action_names)``), after checking that every
-    action id of every episode is in ``0 .. num_actions - 1`` (the rows of the action embedding)."""
+    action id of every episode is in ``0 .. num_actions - 1`` (the rows of the action embedding).
+
+    ``too_few_fix`` is what the caller's user can do about an id beyond ``num_actions`` (the option of the
+    script that asks, or that the model's action count is fixed); by default, the library argument."""
     largest = max((int(a.max()) for a in actions if len(a)), default=0)
     if num_actions is None:
         if not action_names:
             raise DatasetError(
                 "the dataset has no action_names metadata, so the number of actions is unknown: "
-                "pass num_actions (--num_actions); "
-                f"its largest action id is {largest}, so it needs at least {largest + 1}"
+                f"{too_few_fix or 'pass num_actions'} (its largest action id is {largest}, so at least {largest + 1})"
             )
         num_actions = len(action_names)
     if num_actions < 1:
@@ -105,10 +108,10 @@ def check_action_ids(
                     "fix the dataset's action column"
                 )
             else:
+                more = too_few_fix or f"give the model more actions (num_actions >= {largest + 1})"
                 fix = (
-                    "record the dataset with the model's action set, or, if the ids are right, "
-                    "give the model more actions "
-                    f"(num_actions / --num_actions >= {largest + 1}; the dataset's largest id is {largest})"
+                    f"record the dataset with the model's action set, or, if the ids are right, {more} "
+                    f"(the dataset's largest id is {largest})"
                 )
             raise DatasetError(
                 f"episode {episode_id!r} step {step} has action id {value}, "

@@ -153,3 +153,21 @@ def test_a_second_run_into_the_same_output_dir_is_refused_unless_overwrite(datas
     assert (tmp_path / "rollouts.json").read_bytes() == first  # the earlier run is untouched
     in_process(run_autoregressive, *options, "--seed", 1, "--overwrite")
     assert json.loads((tmp_path / "rollouts.json").read_text())["seed"] == 1
+
+
+def test_an_action_id_beyond_the_model_names_a_fix_this_script_has(dataset, checkpoint, tmp_path):
+    """The error told users of scripts without a --num_actions option to pass --num_actions."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "ds"
+    shutil.copytree(dataset, bad)
+    shard = sorted(bad.rglob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    column = table.schema.get_field_index("action")
+    actions = table.column(column).to_pylist()
+    actions[3] = 99
+    pq.write_table(table.set_column(column, table.schema.field(column), pa.array(actions, pa.int16())), shard)
+    result = run_script("run_autoregressive.py", "--model_folder", checkpoint, "--dataset_name", bad, "--output_dir", tmp_path / "out", check=False)
+    assert result.returncode == 1 and "has action id 99" in result.stderr, result.stderr[-2000:]
+    assert "this checkpoint's" in result.stderr and "are fixed" in result.stderr and "--num_actions" not in result.stderr

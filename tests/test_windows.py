@@ -155,7 +155,7 @@ def test_batches_have_the_documented_layout(coded_dataset):
 def test_out_of_range_action_ids_are_refused_naming_the_id_and_the_count(tmp_path):
     ids = write_coded_dataset(tmp_path, [3, 4], actions=lambda e, s: 9 if (e, s) == (1, 2) else action_at(e, s))
     episodes = open_dataset(tmp_path)
-    message = rf"episode '{ids[1]}' step 2 has action id 9, but there are 7 actions \(ids 0..6: NOOP, FORWARD, .*--num_actions >= 10"
+    message = rf"episode '{ids[1]}' step 2 has action id 9, but there are 7 actions \(ids 0..6: NOOP, FORWARD, .*num_actions >= 10"
     with pytest.raises(DatasetError, match=message):
         PixelWindowDataset(episodes, context_length=2)
     assert PixelWindowDataset(episodes, context_length=2, num_actions=10).num_actions == 10  # a model with room for id 9
