@@ -170,7 +170,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_frame_size(dataset, config)
     if args.num_actions is not None or dataset.action_names:
         episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
-        fix = f"pass --num_actions N (N >= largest id + 1)"
+        fix = "pass --num_actions N (N >= largest id + 1)"
         check_action_ids(dataset.episode_ids, episode_actions, args.num_actions, dataset.action_names, too_few_fix=fix)
 
     vae_path = args.pretrained_vae_model_name_or_path or config.pretrained_model_name_or_path
