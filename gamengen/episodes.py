@@ -53,12 +53,26 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ColumnNames:
-    """Which columns hold what (defaults: this project's recorder)."""
+    """Which columns hold what (defaults: this project's recorder), and when each row's frame was taken.
+
+    ``frame_timing``: ``before_action`` (ours: a row's frame is the screen its action was taken at, so action
+    ``t`` produced frame ``t + 1``) or ``after_action`` (the seed repository's layout: a row's frame is the
+    screen captured after its action, so action ``t`` produced frame ``t``). Such datasets are read with the
+    actions moved one row earlier, which gives this project's timing: the last frame's action is unknown
+    (stored as 0) and never shown to the model, since a window for frame ``t`` uses actions up to ``t - 1``.
+    """
 
     frame: str = "frame"
     action: str = "action"
     episode: str = "episode_id"
     step: str = "step_id"
+    frame_timing: str = "before_action"
+
+
+FRAME_TIMINGS = ("before_action", "after_action")
+# The seed repository's layout (github.com/arnaudstiegler/gameNgen-repro): one parquet file per episode, JPEG
+# frames captured after each row's action, no schema metadata. Recognised by its columns.
+PEER_COLUMNS = ColumnNames(frame="frames", action="actions", episode="episode_id", step="step_ids", frame_timing="after_action")
 
 
 def add_column_arguments(group: Any) -> None:
@@ -74,15 +88,33 @@ def add_column_arguments(group: Any) -> None:
     group.add_argument(
         "--step_column", default=None, help="column of step indices within an episode (default 'step_id')"
     )
+    group.add_argument(
+        "--frame_timing",
+        choices=FRAME_TIMINGS,
+        default=None,
+        help="before_action (this project: a row's action produced the next row's frame) or after_action (a row's "
+        "frame was captured after its action, as in the seed repository's datasets, whose layout sets it itself)",
+    )
 
 
 def columns_from_args(args: Any) -> ColumnNames | None:
-    """The ``ColumnNames`` the options of ``add_column_arguments`` name (None: this project's layout)."""
+    """The ``ColumnNames`` the options of ``add_column_arguments`` name (None: this project's layout, or a
+    layout ``open_dataset`` recognises)."""
     names = (args.frame_column, args.action_column, args.episode_column, args.step_column)
     explicit = dict(zip(("frame", "action", "episode", "step"), names, strict=True))
+    explicit["frame_timing"] = getattr(args, "frame_timing", None)
     if all(value is None for value in explicit.values()):
         return None
     return ColumnNames(**{key: value for key, value in explicit.items() if value is not None})
+
+
+def recognise_layout(path: Path) -> ColumnNames | None:
+    """The seed repository's layout (by its columns, in a shard without this project's metadata), else None."""
+    schema = pq.read_schema(path)
+    peer = {PEER_COLUMNS.frame, PEER_COLUMNS.action, PEER_COLUMNS.episode, PEER_COLUMNS.step}
+    if (schema.metadata or {}).get(METADATA_KEY) is None and peer <= set(schema.names) and "frame" not in schema.names:
+        return PEER_COLUMNS
+    return None
 
 
 @dataclass(frozen=True)
@@ -279,6 +311,8 @@ class EpisodeDataset:
         self.files = files
         # Shard names are recorded relative to the root (latent caches match shards by them).
         self.root = Path(root) if root is not None else Path(os.path.commonpath([str(p.parent) for p in files]))
+        if columns.frame_timing not in FRAME_TIMINGS:
+            raise DatasetError(f"frame_timing {columns.frame_timing!r}: one of {', '.join(FRAME_TIMINGS)}")
         self.columns = columns
         self.metadata = check_metadata(files, require_metadata)
         self._readers = [_ShardReader(path, columns.frame, cache_row_groups) for path in files]
@@ -341,7 +375,10 @@ class EpisodeDataset:
                     f"{path}: the rows of episode {episode_id!r} are not steps 0..{end - start - 1} in order "
                     f"(column '{self.columns.step}')"
                 )
-            self._actions[episode_id] = np.asarray(actions[start:end], dtype=np.int64)
+            episode_actions = np.asarray(actions[start:end], dtype=np.int64)
+            if self.columns.frame_timing == "after_action":  # action t produced frame t: move it to row t - 1
+                episode_actions = np.concatenate([episode_actions[1:], np.zeros(1, dtype=np.int64)])
+            self._actions[episode_id] = episode_actions
             result.append(Episode(episode_id, shard, start, end - start))
         return result
 
@@ -475,4 +512,12 @@ def open_dataset(
     if not files:
         raise DatasetError(f"no *.parquet files under {directory}")
     require_metadata = columns is None
+    if columns is None and (recognised := recognise_layout(files[0])) is not None:
+        print(
+            f"note: {name_or_path} has the seed repository's layout (columns {recognised.frame}, {recognised.action}, "
+            f"{recognised.episode}, {recognised.step}; frames captured after their action): read as such "
+            "(--frame_timing after_action)",
+            flush=True,
+        )
+        columns, require_metadata = recognised, False
     return EpisodeDataset(files, columns or ColumnNames(), require_metadata, cache_row_groups, root=directory)
