@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gamengen.files import write_bytes_atomic, write_json_atomic
+
 REPO = Path(__file__).resolve().parent
 STAGES = ("ppo", "generate", "vae", "latents", "world", "evaluate", "rollouts")
 STATE_FILE = "quickstart.json"
@@ -107,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redo", nargs="+", choices=STAGES, default=[], help="run these stages (and the ones after them) again; old outputs are moved aside")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run the whole pipeline (new agent data included) with this many seeds, --seed, --seed+1, ..., each in "
+        "<output_dir>/seed-<s>/, and summarise the mean and spread of every headline number in <output_dir>/summary.md",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -121,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.budget = "smoke"
     if args.output_dir is None:
         args.output_dir = "runs/smoke" if args.budget == "smoke" else "runs/quickstart"
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
     return args
 
 
@@ -269,9 +280,7 @@ def load_state(run: Path) -> dict[str, Any]:
 
 
 def save_state(run: Path, state: dict[str, Any]) -> None:
-    tmp = run / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    os.replace(tmp, run / STATE_FILE)
+    write_json_atomic(run / STATE_FILE, state)
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -279,6 +288,8 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.seeds > 1:
+        return run_seeds(args)
     run = Path(args.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "logs").mkdir(exist_ok=True)
@@ -366,6 +377,80 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return state
 
 
+def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline once per seed (each run folder resumable on its own), then the spread of the results."""
+    run = Path(args.output_dir)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    states = {}
+    for number, seed in enumerate(seeds, 1):
+        print(f"\n[quickstart] seed {seed} ({number} of {len(seeds)}) -> {run / f'seed-{seed}'}", flush=True)
+        states[seed] = main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": 1, "output_dir": str(run / f"seed-{seed}")}))
+    path = write_seeds_summary(run, seeds, args)
+    print(f"\n[quickstart] {len(seeds)} seeds done: mean and spread of every headline number in {path}")
+    return {"seeds": states, "summary": str(path)}
+
+
+# Headline numbers of one evaluation: (label, how to read it from metrics.json, decimals).
+HEADLINES: list[tuple[str, Any, int]] = [
+    ("PSNR (dB)", lambda m: m["models"][0]["teacher_forced"]["psnr"], 2),
+    ("copy-last PSNR (dB)", lambda m: m["baselines"]["copy_last"]["teacher_forced"]["psnr"], 2),
+    ("PSNR minus copy-last", lambda m: m["models"][0]["teacher_forced"]["psnr"] - m["baselines"]["copy_last"]["teacher_forced"]["psnr"], 2),
+    ("true minus shuffled actions (dB)", lambda m: m["models"][0]["teacher_forced"]["psnr"] - m["models"][0]["shuffled_actions"]["psnr"], 2),
+    ("SSIM", lambda m: m["models"][0]["teacher_forced"]["ssim"], 3),
+    ("GMSD (lower is better)", lambda m: m["models"][0]["teacher_forced"]["gmsd"], 3),
+    ("copy-last GMSD", lambda m: m["baselines"]["copy_last"]["teacher_forced"]["gmsd"], 3),
+    ("sharpness (1 = the game's)", lambda m: m["models"][0]["teacher_forced"]["sharpness"], 2),
+    ("VAE reconstruction sharpness", lambda m: m["models"][0]["vae_reconstruction"]["sharpness"], 2),
+    ("drift: lowest sharpness over the rollout", lambda m: min(m["models"][0]["drift"]["sharpness"]), 2),
+    ("drift: PSNR of the last frame", lambda m: m["models"][0]["drift"]["psnr"][-1], 2),
+    ("drift: frames above copy-last", lambda m: m["models"][0]["drift_frames_above_copy_last"], 0),
+    ("IDM accuracy, generated / real", lambda m: m["models"][0]["action_following"]["relative_accuracy"], 2),
+    ("frames/s", lambda m: m["models"][0]["timing"]["fps"], 1),
+]
+
+
+def headline_numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers an evaluation has (those it did not measure are left out)."""
+    numbers = {}
+    for label, read, _ in HEADLINES:
+        try:
+            numbers[label] = float(read(metrics))
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+    return numbers
+
+
+def write_seeds_summary(run: Path, seeds: list[int], args: argparse.Namespace) -> Path:
+    import statistics
+
+    per_seed = {seed: headline_numbers(json.loads((run / f"seed-{seed}" / "eval" / "metrics.json").read_text())) for seed in seeds}
+    lines = [
+        f"# Quickstart over {len(seeds)} seeds ({args.budget} budget, preset {args.preset})",
+        "",
+        f"Each seed ran the whole pipeline in `seed-<s>/` (its own PPO data, autoencoder, world model, evaluation); "
+        f"seeds {', '.join(map(str, seeds))}. Mean ± standard deviation over the seeds, then each seed.",
+        "",
+        "| | mean ± std | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---|---|---|" + "---|" * len(seeds),
+    ]
+    for label, _, decimals in HEADLINES:
+        values = [per_seed[s][label] for s in seeds if label in per_seed[s]]
+        if not values:
+            continue
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        cells = " | ".join(f"{per_seed[s][label]:.{decimals}f}" if label in per_seed[s] else "–" for s in seeds)
+        lines.append(
+            f"| {label} | {statistics.mean(values):.{decimals}f} ± {spread:.{decimals}f} | {min(values):.{decimals}f} | "
+            f"{max(values):.{decimals}f} | {cells} |"
+        )
+    beats = [s for s in seeds if per_seed[s].get("PSNR minus copy-last", float("-inf")) > 0]
+    lines += ["", f"The model beats copy-last on {len(beats)} of {len(seeds)} seeds.", ""]
+    lines += [f"- seed {s}: [summary](seed-{s}/summary.md), ![drift](seed-{s}/eval/drift.png)" for s in seeds]
+    path = run / "summary.md"
+    write_bytes_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
 def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argparse.Namespace) -> Path:
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     model, copy_last = metrics["models"][0], metrics["baselines"]["copy_last"]
@@ -421,9 +506,7 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
         "",
     ]
     path = run / "summary.md"
-    tmp = run / ".summary.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "\n".join(lines))
     return path
 
 

@@ -77,3 +77,23 @@ def test_a_rerun_with_other_sizes_is_refused_instead_of_mixing_runs(smoke_run):
     result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--wm_steps", 9, check=False, timeout=120)
     assert result.returncode == 1 and "holds a 'world' stage run with other settings" in result.stderr and "--redo world" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_several_seeds_are_summarised_by_their_mean_and_spread(smoke_run, tmp_path):
+    """--seeds K runs the pipeline into seed-<s>/ folders; summary.md gives each headline number's mean ± std."""
+    run, _ = smoke_run
+    base = json.loads((run / "eval" / "metrics.json").read_text())
+    copy_last = base["baselines"]["copy_last"]["teacher_forced"]["psnr"]
+    for seed, margin in ((3, 1.0), (4, -0.5)):  # one seed above copy-last, one below
+        metrics = json.loads(json.dumps(base))
+        metrics["models"][0]["teacher_forced"]["psnr"] = copy_last + margin
+        (tmp_path / f"seed-{seed}" / "eval").mkdir(parents=True)
+        (tmp_path / f"seed-{seed}" / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    args = quickstart.parse_args(["--smoke", "--output_dir", str(tmp_path), "--seed", "3", "--seeds", "2"])
+    summary = quickstart.write_seeds_summary(tmp_path, [3, 4], args).read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| PSNR minus copy-last |"))
+    assert "| 0.25 ± 1.06 | -0.50 | 1.00 | 1.00 | -0.50 |" in row
+    assert "beats copy-last on 1 of 2 seeds" in summary and "| sharpness (1 = the game's) |" in summary
+    assert "seed-3/summary.md" in summary
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--seeds", "0"])
