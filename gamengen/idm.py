@@ -44,6 +44,7 @@ IDM_FORMAT = "gamengen-idm"
 IDM_FORMAT_VERSION = 1
 CONFIG_FILE = "idm_config.json"
 WEIGHTS_FILE = "model.safetensors"
+WORKING_WIDTH = 64  # wider frames are pooled down to about this width: the IDM needs motion, not detail
 POOLED_GRID = (3, 4)  # features keep a coarse layout: moving forward looks different at the edges than at the centre
 
 
@@ -87,23 +88,53 @@ def action_category(name: str) -> str:
 
 
 class IDMNet(nn.Module):
-    """(before, after, after - before) stacked on the channels -> strided convolutions -> a coarse grid -> two heads."""
+    """Frames -> (before, after, after - before, a matching cost volume) -> strided convolutions -> a coarse
+    grid (plus the cost volume pooled on that grid) -> two heads.
 
-    def __init__(self, num_actions: int, width: int = 32, hidden: int = 256) -> None:
+    Frames wider than ``WORKING_WIDTH`` are average-pooled to about that width first. The cost volume holds,
+    for each horizontal shift up to a fifth of the width (and each vertical one up to a tenth of it), how
+    badly the shifted grey 'before' frame matches the 'after' frame at each pixel: turning moves the whole
+    view sideways, moving forward spreads it outwards, so the network starts from displacements instead of
+    having to learn to find them in a few thousand examples."""
+
+    def __init__(self, num_actions: int, frame_width: int, width: int = 32, hidden: int = 256,
+                 dropout: float = 0.3) -> None:
         super().__init__()
-        channels = [9, width, 2 * width, 2 * width, 4 * width]
+        self.downsample = max(1, frame_width // WORKING_WIDTH)
+        reach = max(2, frame_width // self.downsample // 5)
+        self.shifts = [(0, dx) for dx in range(-reach, reach + 1)]
+        self.shifts += [(dy, 0) for dy in range(-reach // 2, reach // 2 + 1) if dy]
+        channels = [9 + len(self.shifts), width, 2 * width, 2 * width, 4 * width]
         layers: list[nn.Module] = []
         for inputs, outputs in zip(channels[:-1], channels[1:], strict=True):
             layers += [nn.Conv2d(inputs, outputs, 3, stride=2, padding=1), nn.GroupNorm(8, outputs), nn.SiLU()]
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(POOLED_GRID), nn.Flatten())
-        self.hidden = nn.Sequential(nn.Linear(channels[-1] * POOLED_GRID[0] * POOLED_GRID[1], hidden), nn.SiLU())
+        # The cost volume also goes straight to the classifier, averaged over a coarse grid: how the view moved
+        # in each part of the frame is most of what tells the actions apart.
+        pooled = (channels[-1] + len(self.shifts)) * POOLED_GRID[0] * POOLED_GRID[1]
+        self.hidden = nn.Sequential(nn.Dropout(dropout), nn.Linear(pooled, hidden), nn.SiLU(), nn.Dropout(dropout))
         self.action_head = nn.Linear(hidden, num_actions)
         self.category_head = nn.Linear(hidden, len(CATEGORIES))
+
+    def cost_volume(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """(B, shifts, H, W): -|grey before moved by (dy, dx) - grey after|, smoothed over 3x3 pixels."""
+        grey_before, grey_after = before.mean(1, keepdim=True), after.mean(1, keepdim=True)
+        reach = max(max(abs(dy), abs(dx)) for dy, dx in self.shifts)
+        padded = F.pad(grey_before, (reach, reach, reach, reach), mode="replicate")
+        height, width = after.shape[2:]
+        costs = [padded[:, :, reach - dy : reach - dy + height, reach - dx : reach - dx + width]
+                 for dy, dx in self.shifts]
+        return F.avg_pool2d(-(torch.cat(costs, dim=1) - grey_after).abs(), 3, stride=1, padding=1)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, H, W, 3) frames -> (action logits, category logits)."""
         before, after = (frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0 for frames in (before, after))
-        hidden = self.hidden(self.features(torch.cat([before, after, after - before], dim=1)))
+        if self.downsample > 1:
+            before, after = F.avg_pool2d(before, self.downsample), F.avg_pool2d(after, self.downsample)
+        costs = self.cost_volume(before, after)
+        pooled_costs = F.adaptive_avg_pool2d(costs, POOLED_GRID).flatten(1)
+        features = self.features(torch.cat([before, after, after - before, costs], dim=1))
+        hidden = self.hidden(torch.cat([features, pooled_costs], dim=1))
         return self.action_head(hidden), self.category_head(hidden)
 
 
@@ -267,15 +298,49 @@ def load_transitions(dataset: EpisodeDataset, max_frames: int | None = None, see
                        torch.from_numpy(np.concatenate(actions).astype(np.int64)))
 
 
+def mirrored_actions(action_names: Sequence[str]) -> np.ndarray:
+    """For each action, the action whose effect is its mirror image (LEFT and RIGHT swapped in its name:
+    NOOP and FORWARD are their own mirrors), or -1 where the action set has none."""
+    def swap(name: str) -> str:
+        return re.sub("LEFT|RIGHT", lambda match: "RIGHT" if match.group() == "LEFT" else "LEFT", name.upper())
+
+    index = {name.upper(): i for i, name in enumerate(action_names)}
+    return np.array([index.get(swap(name), -1) for name in action_names], dtype=np.int64)
+
+
+def augment(before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor, mirror: torch.Tensor, max_shift: int,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Half of the transitions mirrored left-right (their actions mirrored too), and each moved by a random
+    offset of up to ``max_shift`` pixels (the same for both frames): with a few thousand transitions an
+    unaugmented IDM learns the training scenes by heart instead of how actions move the view."""
+    flip = (torch.rand(len(actions), generator=generator) < 0.5) & (mirror[actions] >= 0)
+    before, after = before.clone(), after.clone()
+    before[flip], after[flip] = before[flip].flip(2), after[flip].flip(2)
+    actions = torch.where(flip, mirror[actions], actions)
+    if max_shift > 0:
+        height, width = before.shape[1:3]
+        pad = (0, 0, max_shift, max_shift, max_shift, max_shift)
+        padded_before, padded_after = F.pad(before, pad), F.pad(after, pad)
+        offsets = torch.randint(2 * max_shift + 1, (len(actions), 2), generator=generator).tolist()
+        for i, (row, column) in enumerate(offsets):
+            before[i] = padded_before[i, row : row + height, column : column + width]
+            after[i] = padded_after[i, row : row + height, column : column + width]
+    return before, after, actions
+
+
 def train_idm(transitions: Transitions, action_names: Sequence[str], max_train_steps: int, train_batch_size: int = 64,
               learning_rate: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-              show_progress: bool = True) -> IDM:
-    """Train an IDM on ``transitions`` (sampled uniformly with replacement; cross-entropy on both heads)."""
+              show_progress: bool = True, weight_decay: float = 0.05, max_shift: int | None = None,
+              mirror: bool = True) -> IDM:
+    """Train an IDM on ``transitions`` (sampled uniformly with replacement, augmented by ``augment``;
+    cross-entropy on both heads). ``max_shift`` defaults to 1/16 of the frame width."""
     torch.manual_seed(seed)
     height, width = transitions.frames.shape[1:3]
-    idm = IDM(IDMNet(len(action_names)), action_names, width, height).to(device)
+    idm = IDM(IDMNet(len(action_names), width), action_names, width, height).to(device)
     categories = torch.from_numpy(idm.action_categories)
-    optimizer = torch.optim.AdamW(idm.net.parameters(), lr=learning_rate)
+    optimizer = torch.optim.AdamW(idm.net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    mirror_of = torch.from_numpy(mirrored_actions(action_names) if mirror else np.full(len(action_names), -1))
+    max_shift = width // 16 if max_shift is None else max_shift
     total_steps = max(1, max_train_steps)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=total_steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
@@ -283,7 +348,7 @@ def train_idm(transitions: Transitions, action_names: Sequence[str], max_train_s
     progress = tqdm(range(max_train_steps), desc="IDM", disable=not show_progress)
     for _ in progress:
         batch = torch.randint(len(transitions), (train_batch_size,), generator=generator)
-        before, after, actions = transitions.pairs(batch)
+        before, after, actions = augment(*transitions.pairs(batch), mirror_of, max_shift, generator)
         action_logits, category_logits = idm.net(before.to(device), after.to(device))
         actions, action_categories = actions.to(device), categories[actions].to(device)
         loss = F.cross_entropy(action_logits, actions) + F.cross_entropy(category_logits, action_categories)
@@ -347,7 +412,7 @@ def load_idm(path: str | os.PathLike, device: str | torch.device = "cpu") -> IDM
     if config.get("format") != IDM_FORMAT or config.get("format_version") != IDM_FORMAT_VERSION:
         raise IDMError(f"{config_path} is not an IDM config of format {IDM_FORMAT} version {IDM_FORMAT_VERSION}: "
                        "train the IDM again")
-    net = IDMNet(len(config["action_names"]))
+    net = IDMNet(len(config["action_names"]), config["frame_width"])
     try:
         net.load_state_dict(load_file(str(weights_path)))
     except Exception as error:  # missing or misshapen tensors, a damaged file: all mean the same to the user
