@@ -25,15 +25,7 @@ from typing import Any
 
 import torch
 
-from gamengen.data import (
-    DatasetError,
-    add_column_arguments,
-    check_action_ids,
-    columns_from_args,
-    dataset_fingerprint,
-    open_dataset,
-    split_episode_ids,
-)
+from gamengen.episodes import DatasetError, add_column_arguments, columns_from_args, open_dataset, split_episode_ids
 from gamengen.idm import (
     CATEGORIES,
     IDMError,
@@ -44,6 +36,8 @@ from gamengen.idm import (
     score_transitions,
     train_idm,
 )
+from gamengen.latent_cache import dataset_fingerprint
+from gamengen.windows import check_action_ids
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gamengen.data import EpisodeDataset
+from gamengen.episodes import EpisodeDataset
 from gamengen.files import atomic_path, write_json_atomic
 
 CATEGORIES = ("turn_left", "turn_right", "move", "strafe", "attack_use", "still", "other")

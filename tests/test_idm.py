@@ -11,7 +11,7 @@ from conftest import run_script
 
 import train_idm as train_idm_script
 from common.utils import ShardWriter
-from gamengen.data import open_dataset, split_episode_ids
+from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.idm import (
     CATEGORIES,
     IDMError,
