@@ -59,6 +59,7 @@ from gamengen.context import check_dataset_fits_model, episode_context, episode_
 from gamengen.engine import EngineError, GameEngine, default_device
 from gamengen.episodes import DatasetError, EpisodeDataset, columns_from_args, open_dataset
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
+from gamengen.idm import IDM, IDMError, action_following, load_idm
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import (
     LpipsMetric,
@@ -104,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--batch_size", type=int, default=16, help="windows (or rollouts) generated together")
     what.add_argument("--timing_frames", type=int, default=16, help="frames of the batch-1 rollout that measures frames/s")
     what.add_argument("--num_examples", type=int, default=6, help="rows of examples.png")
+    what.add_argument(
+        "--idm",
+        default=None,
+        metavar="PATH",
+        help="an inverse-dynamics model from train_idm.py: reports how often it recovers the actions from real, "
+        "teacher-forced, shuffled-action and autoregressive transitions (action following)",
+    )
     what.add_argument("--no_lpips", action="store_true", help="skip LPIPS even when the lpips package is installed")
     what.add_argument(
         "--lpips_random_backbone",
@@ -330,6 +338,8 @@ class TeacherForced:
     vae_reconstruction: FrameScores
     predictions: np.ndarray  # (windows, H, W, 3) uint8, true actions
     shuffled_predictions: np.ndarray  # the same windows with another window's actions
+    last_context: np.ndarray  # the real frame before each target (the start of each window's transition)
+    truth: np.ndarray  # the real target frames
 
 
 @dataclass
@@ -341,6 +351,8 @@ class DriftCurve:
     episodes: int
     steps: list[Scores] = field(default_factory=list)
     count: list[int] | None = None
+    # generated frame t -> generated frame t+1 and the action between them (for the IDM; not written out)
+    transitions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def curve(self, metric: str) -> list[float]:
         values = [getattr(step, metric) for step in self.steps]
@@ -564,6 +576,8 @@ def teacher_forced(
         vae_reconstruction=scorer(torch.cat(reconstruction), truth),
         predictions=model_frames,
         shuffled_predictions=shuffled_frames,
+        last_context=np.stack([frames[-1] for frames, _, _ in contexts]),
+        truth=truth_frames,
     )
 
 
@@ -583,21 +597,29 @@ def drift(
         return DriftCurve(start_step=start, episodes=0, count=[])
     horizon = min(args.horizon, max(dataset.episodes[e].length - start for e in usable))
     per_step = [FrameScores() for _ in range(horizon)]
+    before, after, taken = [], [], []  # generated transitions, for action following
     with tqdm(total=horizon * len(usable), desc=f"{label}: drift", unit="frame", leave=False) as bar:
         for number, chunk in batches(usable, args.batch_size):
             contexts = [episode_context(dataset, e, start, engine.context_length) for e in chunk]
             engine.reset(np.stack([c[0] for c in contexts]), np.stack([c[1] for c in contexts]), seed=args.seed + 1000 + number)
             recorded = [dataset.actions(e) for e in chunk]
             lengths = [dataset.episodes[e].length - start for e in chunk]
+            previous = None
             for i in range(horizon):
                 actions = [int(actions[start - 1 + i]) if i < n else 0 for actions, n in zip(recorded, lengths, strict=True)]
                 generated = engine.step(actions)
                 alive = [b for b, n in enumerate(lengths) if i < n]
+                if previous is not None and alive:
+                    before.append(previous[alive])
+                    after.append(generated[alive])
+                    taken.append(np.asarray(actions)[alive])
+                previous = generated
                 truth = np.stack([episode_frames(dataset, chunk[b], start + i, start + i + 1)[0] for b in alive])
                 per_step[i].extend(scorer(frames_to_tensor(generated[alive]), frames_to_tensor(truth)))
                 bar.update(len(chunk))
     means, counts = [s.mean() for s in per_step], [len(s) for s in per_step]
-    return DriftCurve(start_step=start, episodes=len(usable), steps=means, count=counts)
+    transitions = (np.concatenate(before), np.concatenate(after), np.concatenate(taken)) if before else None
+    return DriftCurve(start_step=start, episodes=len(usable), steps=means, count=counts, transitions=transitions)
 
 
 def copy_last_drift(
@@ -643,6 +665,7 @@ def evaluate_model(
     drift_start: int,
     copy_last: CopyLastBaseline,
     scorer: Scorer,
+    idm: IDM | None = None,
 ) -> ModelResult:
     engine = engine_from_args(argparse.Namespace(**{**vars(args), "model_folder": folder}))
     started = time.perf_counter()
@@ -675,7 +698,34 @@ def evaluate_model(
         drift_frames_above_copy_last=in_all,
         timing=timing,
         seconds=time.perf_counter() - started,
+        action_following=measure_action_following(idm, forced, curve, windows, order) if idm is not None else None,
     )
+
+
+def measure_action_following(
+    idm: IDM, forced: TeacherForced, curve: DriftCurve, windows: list[Window], order: np.ndarray
+) -> dict[str, Any]:
+    """How often the IDM recovers the actions: from the real transitions of the windows (its ceiling), the
+    teacher-forced predictions, the predictions made with another window's actions (scored against the actions
+    the model was given, and against the recorded ones, which a model that follows actions misses), and the
+    autoregressive rollouts (generated frame t -> generated frame t+1)."""
+    recorded = np.array([w.action for w in windows])
+    given = recorded[order]
+    passes = {
+        "real": action_following(idm, forced.last_context, forced.truth, recorded),
+        "teacher_forced": action_following(idm, forced.last_context, forced.predictions, recorded),
+        "shuffled_given": action_following(idm, forced.last_context, forced.shuffled_predictions, given),
+        "shuffled_recorded": action_following(idm, forced.last_context, forced.shuffled_predictions, recorded),
+    }
+    if curve.transitions is not None:
+        passes["drift"] = action_following(idm, *curve.transitions)
+    real = passes["real"]
+    return {
+        **{name: result.to_dict() for name, result in passes.items()},
+        "relative_accuracy": passes["teacher_forced"].action_accuracy / max(real.action_accuracy, 1e-9),
+        "relative_category_accuracy": passes["teacher_forced"].category_accuracy / max(real.category_accuracy, 1e-9),
+        "idm": str(idm.info.get("path", "")),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -752,8 +802,49 @@ def report_markdown(evaluation: Evaluation) -> str:
     lpips_note = "computed" if evaluation.lpips.computed else f"not computed: {evaluation.lpips.reason}"
     lines += ["", f"LPIPS: {lpips_note}.", ""]
     lines += blur_honest_section(evaluation, steps)
+    lines += action_following_section(evaluation)
     lines += ["", "![drift](drift.png)", "", "![examples](examples.png)", ""]
     return "\n".join(lines)
+
+
+def action_following_section(evaluation: Evaluation) -> list[str]:
+    """The IDM's accuracies per pass, when an IDM was given (--idm)."""
+    measured = [model for model in evaluation.models if model.action_following]
+    if not measured:
+        return ["", "Action following (inverse-dynamics model): not measured (pass --idm, from train_idm.py)."]
+    passes = {
+        "real": "real transitions (the IDM's ceiling)",
+        "teacher_forced": "teacher-forced predictions",
+        "shuffled_given": "shuffled actions, vs the actions given",
+        "shuffled_recorded": "shuffled actions, vs the recorded actions",
+        "drift": "autoregressive rollouts",
+    }
+    lines = [
+        "",
+        "## Action following (inverse-dynamics model)",
+        "",
+        f"An IDM ({measured[0].action_following['idm']}) reads each transition (frame t-1 -> frame t) and tells "
+        "which action made it. Category: turn left / turn right / move / strafe / attack or use / still. A model "
+        "that follows its actions scores near the real transitions; one that ignores them falls toward chance "
+        "(on shuffled actions it then matches the recorded actions rather than the given ones).",
+        "",
+        "| model | transitions | action accuracy | category accuracy | chance (action / category) | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in measured:
+        blocks = model.action_following
+        for key, title in passes.items():
+            if key in blocks:
+                block = blocks[key]
+                lines.append(
+                    f"| {model.name} | {title} | {block['action_accuracy']:.3f} | {block['category_accuracy']:.3f} | "
+                    f"{block['action_chance']:.3f} / {block['category_chance']:.3f} | {block['num_transitions']} |"
+                )
+        lines.append(
+            f"| {model.name} | teacher-forced / real | {blocks['relative_accuracy']:.2f} | "
+            f"{blocks['relative_category_accuracy']:.2f} | | |"
+        )
+    return lines
 
 
 def blur_honest_section(evaluation: Evaluation, steps: list[int]) -> list[str]:
@@ -914,6 +1005,15 @@ def main(args: argparse.Namespace) -> Evaluation:
     windows = choose_windows(dataset, episodes, longest_context, args.max_windows, list(configs[0].action_names))
     order = derangement(len(windows), args.seed)
     drift_start = max(1, min(longest_context, min(dataset.episodes[e].length for e in episodes) - 1))
+    idm = None
+    if args.idm is not None:
+        idm = load_idm(args.idm, device=args.device or default_device())
+        idm.info["path"] = str(args.idm)
+        if idm.action_names != list(configs[0].action_names):
+            raise IDMError(
+                f"the IDM {args.idm} knows the actions {idm.action_names}, the model {configs[0].action_names}: "
+                "train an IDM on this dataset (train_idm.py)"
+            )
     perceptual, lpips_status = perceptual_metric(args)
     scorer = Scorer(perceptual, hud_rows=0 if recorded_without_status_bar(dataset) else None)
     print(
@@ -932,7 +1032,7 @@ def main(args: argparse.Namespace) -> Evaluation:
     taken: set[str] = set()
     for number, folder in enumerate(folders):
         label = args.names[number] if args.names else model_label(folder, taken)
-        model = evaluate_model(folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer)
+        model = evaluate_model(folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer, idm)
         models.append(model)
         tf, curve = model.teacher_forced.overall, model.drift.curve("psnr")
         copy_psnr = copy_last.teacher_forced.overall.psnr
@@ -981,5 +1081,5 @@ def main(args: argparse.Namespace) -> Evaluation:
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (DatasetError, ModelLoadError, EngineError) as error:
+    except (DatasetError, ModelLoadError, EngineError, IDMError) as error:
         sys.exit(f"error: {error}")

@@ -292,3 +292,26 @@ def test_a_checkpoint_of_other_actions_is_refused_before_any_work(tiny_dataset, 
         evaluate.parse_args(["--model_folder", "a", "--compare", "b", "--names", "only-one", "--dataset_name", "d"])
     with pytest.raises(EngineError):
         in_process(evaluate, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "e", "--noise_bucket", 99)
+
+
+def test_an_idm_reports_action_following_for_every_pass(tiny_dataset, tiny_checkpoint, tmp_path):
+    idm = tmp_path / "idm"
+    run_script("train_idm.py", "--dataset_name", tiny_dataset, "--output_dir", idm, "--max_train_steps", 5, "--train_batch_size", 8)
+    out = tmp_path / "eval"
+    run_script("evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, "--idm", idm, *FAST)
+    following = json.loads((out / "metrics.json").read_text())["models"][0]["action_following"]
+    for name in ("real", "teacher_forced", "shuffled_given", "shuffled_recorded", "drift"):
+        block = following[name]
+        assert 0 <= block["action_accuracy"] <= 1 and 0 <= block["category_accuracy"] <= 1 and block["num_transitions"] > 0
+    assert following["real"]["num_transitions"] == 8 and following["drift"]["num_transitions"] > 0
+    expected = following["teacher_forced"]["action_accuracy"] / max(following["real"]["action_accuracy"], 1e-9)
+    assert following["relative_accuracy"] == pytest.approx(expected)
+    report = (out / "report.md").read_text()
+    assert "## Action following (inverse-dynamics model)" in report and "real transitions (the IDM's ceiling)" in report
+
+
+def test_without_an_idm_the_report_says_action_following_was_not_measured(evaluation):
+    out, metrics = evaluation
+    report = (out / "report.md").read_text()
+    assert "action_following" not in metrics["models"][0]
+    assert "Action following (inverse-dynamics model): not measured (pass --idm" in report
