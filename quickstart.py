@@ -10,11 +10,12 @@ printed and kept in ``quickstart.json``), its output in a sub-folder of ``--outp
 
   1. ppo       ViZDoomPPO/train_ppo_parallel.py: a short PPO run on 2 games, recording its episodes -> dataset/
   2. generate  ViZDoomPPO/load_model_generate_dataset.py: more episodes from the trained agent, 2 workers -> dataset/
-  3. vae       finetune_autoencoder.py --train_encoder: the tiny autoencoder -> vae/
-  4. latents   encode_latents.py: the dataset's latents, once -> latents/
-  5. world     train_text_to_image.py: the world model -> world_model/
-  6. evaluate  evaluate.py: teacher-forced PSNR/SSIM, drift, copy-last and shuffled-action baselines -> eval/
-  7. rollouts  run_autoregressive.py: gifs with the recorded actions and with a scripted sequence -> rollouts/
+  3. idm       train_idm.py: an inverse-dynamics model of the dataset, to measure action following -> idm/
+  4. vae       finetune_autoencoder.py --train_encoder: the tiny autoencoder -> vae/
+  5. latents   encode_latents.py: the dataset's latents, once -> latents/
+  6. world     train_text_to_image.py: the world model -> world_model/
+  7. evaluate  evaluate.py: PSNR/SSIM, sharpness, GMSD, IDM action following, drift, baselines -> eval/
+  8. rollouts  run_autoregressive.py: gifs with the recorded actions and with a scripted sequence -> rollouts/
 
 A rerun with the same options skips the stages already finished; a stage that was interrupted is run
 again (its partial output is moved aside, never deleted; the trainers resume from their last
@@ -38,7 +39,7 @@ from typing import Any
 from gamengen.files import write_bytes_atomic, write_json_atomic
 
 REPO = Path(__file__).resolve().parent
-STAGES = ("ppo", "generate", "vae", "latents", "world", "evaluate", "rollouts")
+STAGES = ("ppo", "generate", "idm", "vae", "latents", "world", "evaluate", "rollouts")
 STATE_FILE = "quickstart.json"
 
 
@@ -51,6 +52,7 @@ class Budget:
     episode_steps: int = 200  # agent steps per episode (the game's timeout is set to match)
     ppo_steps: int = 4096  # PPO agent steps over both games; every episode they play is recorded
     episodes: int = 40  # episodes recorded from the trained agent
+    idm_steps: int = 300
     vae_steps: int = 600
     vae_batch_size: int = 16
     wm_steps: int = 1000
@@ -69,6 +71,7 @@ BUDGETS = {
         episode_steps=24,
         ppo_steps=256,
         episodes=4,
+        idm_steps=4,
         vae_steps=8,
         vae_batch_size=4,
         wm_steps=8,
@@ -80,7 +83,7 @@ BUDGETS = {
         script="TURN_LEFT*4,FORWARD*4",
     ),
     "20min": Budget(),
-    "60min": Budget(ppo_steps=8192, episodes=96, vae_steps=1200, wm_steps=4000, eval_windows=256),
+    "60min": Budget(ppo_steps=8192, episodes=96, idm_steps=600, vae_steps=1200, wm_steps=4000, eval_windows=256),
 }
 
 # Throughput measured on the 2-core development machine (README, quickstart section), for the time
@@ -88,6 +91,7 @@ BUDGETS = {
 RATES = {
     "ppo": (55.0, 20.0),  # agent steps/s while learning, 2 games
     "generate": (250.0, 15.0),  # recorded frames/s, 2 workers
+    "idm": (5.0, 15.0),  # optimisation steps/s at batch 64
     "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
     "world": (1.7, 15.0),  # optimisation steps/s at batch 32
@@ -175,6 +179,10 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
             + ["--max_steps_per_episode", str(budget.episode_steps), "--out_dir", str(data), "--seed", str(args.seed + 1000)]
             + game_options(budget, args.preset)
         ],
+        "idm": [
+            ["train_idm.py", "--dataset_name", str(data), "--output_dir", str(run / "idm"), "--seed", seed]
+            + ["--max_train_steps", str(budget.idm_steps)]
+        ],
         "vae": [
             ["finetune_autoencoder.py", "--preset", args.preset, "--train_encoder", "--dataset_name", str(data), "--output_dir", str(run / "vae")]
             + ["--max_train_steps", str(budget.vae_steps), "--train_batch_size", str(budget.vae_batch_size), "--seed", seed]
@@ -194,7 +202,7 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
         "evaluate": [
             ["evaluate.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), "--output_dir", str(run / "eval")]
             + ["--max_windows", str(budget.eval_windows), "--num_episodes", str(budget.eval_episodes), "--horizon", str(budget.eval_horizon)]
-            + ["--seed", seed]
+            + ["--idm", str(run / "idm"), "--seed", seed]
         ],
         "rollouts": [
             ["run_autoregressive.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), heldout]
@@ -211,6 +219,7 @@ def stage_outputs(run: Path) -> dict[str, list[Path]]:
     return {
         "ppo": [run / "agent" / "models" / "quickstart" / "best_model.zip", run / "agent"],
         "generate": [],  # adds shards to dataset/ (with the ppo stage's): redoing it redoes ppo too
+        "idm": [run / "idm" / "idm_config.json", run / "idm"],
         "vae": [run / "vae" / "vae" / "config.json", run / "vae"],
         "latents": [run / "latents", run / "latents"],
         "world": [run / "world_model" / "gamengen_config.json", run / "world_model"],
@@ -256,6 +265,7 @@ def estimate(stage: str, budget: Budget) -> float:
     units = {
         "ppo": budget.ppo_steps,
         "generate": budget.episodes * budget.episode_steps,
+        "idm": budget.idm_steps,
         "vae": budget.vae_steps * budget.vae_batch_size / 16,
         "latents": budget.episodes * budget.episode_steps + budget.ppo_steps,
         "world": budget.wm_steps * budget.wm_batch_size / 32,
@@ -477,15 +487,36 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
         return "–" if value is None else f"{value:.2f}"
 
     drift, drift_copy = model["drift"].get("psnr", []), copy_last["drift"].get("psnr", [])
+    vae = model["vae_reconstruction"]
+    following = model.get("action_following")
+    idm_line = (
+        "Action following (inverse-dynamics model, action / category accuracy): real transitions "
+        f"{following['real']['action_accuracy']:.2f} / {following['real']['category_accuracy']:.2f}, "
+        f"teacher-forced {following['teacher_forced']['action_accuracy']:.2f} / "
+        f"{following['teacher_forced']['category_accuracy']:.2f} (ratio {following['relative_accuracy']:.2f}), "
+        f"shuffled actions vs the recorded ones {following['shuffled_recorded']['action_accuracy']:.2f} / "
+        f"{following['shuffled_recorded']['category_accuracy']:.2f} (chance "
+        f"{following['real']['action_chance']:.2f} / {following['real']['category_chance']:.2f})."
+        if following
+        else "Action following: not measured."
+    )
     lines += [
         f"## Quality on {len(metrics['episodes'])} held-out episodes ({len(metrics['windows'])} windows; `eval/report.md` has everything)",
         "",
-        "| | PSNR (dB) | SSIM | PSNR turning | PSNR moving | drift PSNR, last frame |",
-        "|---|---|---|---|---|---|",
-        f"| world model | {tf['psnr']:.2f} | {tf['ssim']:.3f} | {cat(tf, 'turning')} | {cat(tf, 'moving')} | {drift[-1] if drift else float('nan'):.2f} |",
-        f"| same, shuffled actions | {shuffled['psnr']:.2f} | {shuffled['ssim']:.3f} | {cat(shuffled, 'turning')} | {cat(shuffled, 'moving')} | |",
-        f"| copy last frame | {copy_tf['psnr']:.2f} | {copy_tf['ssim']:.3f} | {cat(copy_tf, 'turning')} | {cat(copy_tf, 'moving')} | {drift_copy[-1] if drift_copy else float('nan'):.2f} |",
-        f"| paper (SD v1.4, 320x240) | {metrics['paper']['teacher_forced_psnr']} | | | | |",
+        "| | PSNR (dB) | SSIM | sharpness | GMSD | PSNR turning | PSNR moving | drift PSNR, last frame |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| world model | {tf['psnr']:.2f} | {tf['ssim']:.3f} | {tf['sharpness']:.2f} | {tf['gmsd']:.3f} | {cat(tf, 'turning')} | "
+        f"{cat(tf, 'moving')} | {drift[-1] if drift else float('nan'):.2f} |",
+        f"| same, shuffled actions | {shuffled['psnr']:.2f} | {shuffled['ssim']:.3f} | {shuffled['sharpness']:.2f} | "
+        f"{shuffled['gmsd']:.3f} | {cat(shuffled, 'turning')} | {cat(shuffled, 'moving')} | |",
+        f"| copy last frame | {copy_tf['psnr']:.2f} | {copy_tf['ssim']:.3f} | {copy_tf['sharpness']:.2f} | {copy_tf['gmsd']:.3f} | "
+        f"{cat(copy_tf, 'turning')} | {cat(copy_tf, 'moving')} | {drift_copy[-1] if drift_copy else float('nan'):.2f} |",
+        f"| VAE reconstruction (ceiling) | {vae['psnr']:.2f} | {vae['ssim']:.3f} | {vae['sharpness']:.2f} | {vae['gmsd']:.3f} | | | |",
+        f"| paper (SD v1.4, 320x240) | {metrics['paper']['teacher_forced_psnr']} | | | | | | |",
+        "",
+        "Sharpness: 1.00 = as sharp as the game's frames, below = blur. GMSD: lower is better.",
+        "",
+        idm_line,
         "",
         f"The model {'beats' if tf['psnr'] > copy_tf['psnr'] else 'does NOT beat'} copy-last ({tf['psnr'] - copy_tf['psnr']:+.2f} dB); "
         f"true minus shuffled actions: {tf['psnr'] - shuffled['psnr']:+.2f} dB; {model['timing'].get('fps', 0):.1f} frames/s on this machine.",
