@@ -24,7 +24,11 @@ Paper setting (GPU): SD v1.4's VAE (or its fine-tuned decoder: the encoder is th
 
     python encode_latents.py --preset sd14 --dataset_name USER/vizdoom-e1m1 \
         --pretrained_vae_model_name_or_path CompVis/stable-diffusion-v1-4 --output_dir data/e1m1-latents \
-        --batch_size 64 --mixed_precision fp16
+        --batch_size 64 --mixed_precision fp16 --dataloader_num_workers 8
+
+On several GPUs, each process encodes every N-th shard into the same cache (on storage all of them see):
+
+    accelerate launch --multi_gpu --num_processes 8 encode_latents.py --preset sd14 ... (as above)
 """
 
 from __future__ import annotations
@@ -148,10 +152,16 @@ def process_exists(pid: int) -> bool:
 def encode_shard(vae, dataset: EpisodeDataset, shard: int, config: ModelConfig, args: argparse.Namespace, device: torch.device, progress) -> torch.Tensor:
     """Latents (rows, C, h, w) of every row of parquet file ``dataset.files[shard]``, in row order, as fp16 on the CPU."""
     rows = torch.utils.data.Subset(FrameDataset(dataset), dataset.shard_frame_indices(shard).tolist())
-    loader = torch.utils.data.DataLoader(rows, batch_size=args.batch_size, shuffle=False, num_workers=args.dataloader_num_workers)
+    loader = torch.utils.data.DataLoader(
+        rows,
+        batch_size=args.batch_size,
+        shuffle=False,
+        num_workers=args.dataloader_num_workers,  # PNG decoding off the main thread
+        pin_memory=device.type == "cuda",
+    )
     chunks = []
     for pixels in loader:
-        chunks.append(encode_frames(vae, pixels.to(device), config).to("cpu", torch.float16))
+        chunks.append(encode_frames(vae, pixels.to(device, non_blocking=True), config).to("cpu", torch.float16))
         progress.update(len(pixels))
     return torch.cat(chunks)
 
@@ -162,6 +172,12 @@ def shard_actions(dataset: EpisodeDataset, shard: int) -> np.ndarray:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    # Under `accelerate launch` (or torchrun) each process encodes every num_processes-th shard into the same
+    # cache; the main process checks the folder and writes the manifest first. Alone, it is process 0 of 1.
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
@@ -181,7 +197,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     vae = load_vae(vae_path, subfolder=args.vae_subfolder, revision=args.revision, cache_dir=args.cache_dir)
     check_vae(vae, config)
     encoder_sha256 = encoder_fingerprint(vae)  # of the stored weights, before any cast
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else state.device
     vae.to(device).eval().requires_grad_(False)
     if MIXED_PRECISION_DTYPES[args.mixed_precision] != torch.float32:
         vae.to(dtype=MIXED_PRECISION_DTYPES[args.mixed_precision])
@@ -198,31 +214,42 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_actions=args.num_actions,
         mixed_precision=args.mixed_precision,
     )
-    existing = read_latent_manifest(output_dir)
-    if existing is not None:
-        check_existing(output_dir, existing, manifest, dataset)
-    elif output_dir.is_dir() and any(output_dir.iterdir()):
-        raise UsageError(f"--output_dir {output_dir} is not empty and holds no latent cache ({MANIFEST_FILE}): pick a new or empty folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir)
-    # The manifest (and index) first: until every shard file it lists exists, readers call the cache unfinished.
-    write_latent_manifest(output_dir, manifest)
+    with state.main_process_first():
+        if state.is_main_process:
+            existing = read_latent_manifest(output_dir)
+            if existing is not None:
+                check_existing(output_dir, existing, manifest, dataset)
+            elif output_dir.is_dir() and any(output_dir.iterdir()):
+                raise UsageError(
+                    f"--output_dir {output_dir} is not empty and holds no latent cache ({MANIFEST_FILE}): "
+                    "pick a new or empty folder"
+                )
+            output_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(output_dir)
+            # The manifest first: until every shard file it lists exists, readers call the cache unfinished.
+            write_latent_manifest(output_dir, manifest)
+        elif read_latent_manifest(output_dir) != manifest:
+            raise UsageError(f"process {state.process_index} does not see the manifest the main process wrote in "
+                             f"{output_dir}: every process needs the same --output_dir on shared storage")
 
     shards = manifest["shards"]
-    pending = [i for i, shard in enumerate(shards) if not is_encoded(output_dir, shard, encoder_sha256)]
-    skipped = len(shards) - len(pending)
+    mine = list(range(state.process_index, len(shards), state.num_processes))
+    pending = [i for i in mine if not is_encoded(output_dir, shards[i], encoder_sha256)]
+    skipped = len(mine) - len(pending)
+    who = f"process {state.process_index} of {state.num_processes}: " if state.num_processes > 1 else ""
     if skipped:
-        print(f"skipping {skipped} of {len(shards)} shards already encoded in {output_dir}")
+        print(f"{who}skipping {skipped} of {len(mine)} shards already encoded in {output_dir}")
     frames = sum(shards[i]["num_rows"] for i in pending)
     print(
-        f"encoding {frames} frames of {len(pending)} shards with {vae_path} ({config.preset} preset, latents {'x'.join(map(str, config.latent_shape))}) on {device}"
+        f"{who}encoding {frames} frames of {len(pending)} shards with {vae_path} ({config.preset} preset, latents {'x'.join(map(str, config.latent_shape))}) on {device}"
     )
     started = time.perf_counter()
-    with tqdm(total=frames, desc="encoding", unit="frame") as progress:
+    with tqdm(total=frames, desc="encoding", unit="frame", disable=not state.is_local_main_process) as progress:
         for shard in pending:
             latents = encode_shard(vae, dataset, shard, config, args, device, progress)
             write_latent_shard(output_dir, shards[shard], latents, shard_actions(dataset, shard), encoder_sha256)
     seconds = time.perf_counter() - started
+    state.wait_for_everyone()  # the cache is complete once every process has written its shards
     summary = {
         "output_dir": str(output_dir),
         "shards_encoded": len(pending),
@@ -232,7 +259,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_second": frames / seconds if frames and seconds > 0 else None,
     }
     rate = f" ({summary['frames_per_second']:.1f} frames/s)" if summary["frames_per_second"] else ""
-    print(f"encoded {frames} frames in {seconds:.1f} s{rate}; the cache {output_dir} holds {len(dataset)} frames of {len(dataset.episodes)} episodes")
+    print(f"{who}encoded {frames} frames in {seconds:.1f} s{rate}; the cache {output_dir} holds {len(dataset)} frames of {len(dataset.episodes)} episodes")
     return summary
 
 

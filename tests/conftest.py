@@ -33,6 +33,15 @@ def run_script(script: str | Path, *args: str, timeout: float = 300, check: bool
     return result
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for the rendezvous of multi-process launches)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def random_dataset(tmp_path_factory) -> Path:
     """A small real dataset: 4 random-policy E1M1 episodes of 24 steps from 2 worker processes."""

@@ -7,13 +7,15 @@ import json
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_script
+from conftest import REPO, free_port, run_script, script_env
 from diffusers.models.autoencoders.vae import Encoder
 from safetensors.torch import load_file
 from test_windows import action_at, write_coded_dataset
@@ -230,3 +232,25 @@ def test_a_shard_damaged_inside_is_named_with_the_fix_not_a_traceback(tiny_datas
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"{shard} is damaged" in result.stderr and "download or record it again" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_encode_disjoint_shards_into_one_cache_equal_to_one_process(setup, tmp_path):
+    """accelerate launch (real gloo processes on the CPU): each process encodes every other shard; the cache
+    is the single-process one."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--main_process_port", str(free_port()), str(REPO / "encode_latents.py"), "--preset", "tiny",
+        "--dataset_name", str(setup["dataset"]), "--pretrained_vae_model_name_or_path", str(setup["vae"]),
+        "--output_dir", str(tmp_path / "cache"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=script_env(ACCELERATE_USE_CPU="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shards = json.loads((setup["cache"] / "manifest.json").read_text())["shards"]
+    assert "process 0 of 2: encoding" in result.stdout and "process 1 of 2: encoding" in result.stdout
+    for shard in shards:
+        ours, reference = (load_file(str(folder / shard["file"])) for folder in (tmp_path / "cache", setup["cache"]))
+        assert torch.allclose(ours["latents"].float(), reference["latents"].float(), atol=1e-3)
+        assert torch.equal(ours["actions"], reference["actions"])
+    dataset = open_dataset(setup["dataset"])
+    assert len(open_latent_cache(tmp_path / "cache", dataset=dataset)) == len(dataset)
