@@ -136,16 +136,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="add a learned embedding of each action's context slot to its token, so the newest action is "
-        "distinguishable "
-        f"(default: {by_preset('action_positions')})",
+        f"distinguishable (default: {by_preset('action_positions')})",
     )
     model.add_argument(
         "--action_class",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also feed the newest action through the UNet's class embedding (with the noise bucket), "
-        "reaching every ResNet block "
-        f"(default: {by_preset('action_class')})",
+        f"reaching every ResNet block (default: {by_preset('action_class')})",
     )
     model.add_argument(
         "--residual",
@@ -173,9 +171,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_train_steps", type=int, default=700_000, help="total optimisation steps (paper: 700k); a resumed run counts from its checkpoint")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
     train.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass to save memory")
-    optimizers = ["adafactor", "adamw"]
-    train.add_argument("--optimizer", choices=optimizers, default=None, help=f"default: {by_preset('optimizer')}")
-    train.add_argument("--learning_rate", type=float, default=None, help=f"default: {by_preset('learning_rate')}")
+    paper = "(sd14: the paper's)"
+    optimizer_help = f"default: {by_preset('optimizer')} {paper}"
+    train.add_argument("--optimizer", choices=["adafactor", "adamw"], default=None, help=optimizer_help)
+    learning_rate_help = f"default: {by_preset('learning_rate')} {paper}"
+    train.add_argument("--learning_rate", type=float, default=None, help=learning_rate_help)
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (paper: 1.0)")
     train.add_argument(
         "--snr_gamma",
