@@ -29,10 +29,7 @@ Paper setting (GPU):
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +39,26 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
+from gamengen.files import atomic_path, write_json_atomic
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
 from gamengen.samplers import FrameDataset, LocalShuffleSampler
-from gamengen.training import UsageError, add_run_arguments, check_output_dir, checkpoint_step, find_checkpoint, make_accelerator, save_checkpoint, write_json
+from gamengen.training import (
+    Hooks,
+    LoopOptions,
+    TrainingRun,
+    UsageError,
+    add_run_arguments,
+    check_run_dir,
+    make_accelerator,
+    make_lr_scheduler,
+    push_to_hub,
+    train,
+)
 
 SUMMARY_FILE = "vae_training.json"
 
@@ -135,7 +142,8 @@ def set_trainable(vae: AutoencoderKL, train_encoder: bool) -> list[torch.nn.Para
     return [p for p in vae.parameters() if p.requires_grad]
 
 
-def load_lpips(weight: float, device: torch.device) -> torch.nn.Module | None:
+def perceptual_loss_network(weight: float, device: torch.device) -> torch.nn.Module | None:
+    """The LPIPS network of the ``--lpips_weight`` loss term (None when the weight is 0)."""
     if weight <= 0:
         return None
     try:
@@ -145,6 +153,23 @@ def load_lpips(weight: float, device: torch.device) -> torch.nn.Module | None:
     model = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
     model.requires_grad_(False)
     return model
+
+
+def reconstruction_loss(
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    kl_weight: float,
+    lpips_weight: float,
+    perceptual: torch.nn.Module | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The objective on a batch of frames: MSE (+ ``kl_weight`` x KL, + ``lpips_weight`` x LPIPS), and the MSE
+    alone (logged)."""
+    reconstruction, kl = model(pixels)
+    mse = F.mse_loss(reconstruction.float(), pixels.float())
+    loss = mse + kl_weight * kl.float().mean()
+    if perceptual is not None:
+        loss = loss + lpips_weight * perceptual(reconstruction.float(), pixels.float()).mean()
+    return loss, {"mse": mse}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,13 +216,42 @@ def reconstruction_grid(columns: list[torch.Tensor], titles: list[str]) -> Image
     return grid
 
 
+class HeldOutReconstructions:
+    """Held-out frames (``--num_validation_frames``, evenly spaced) and their reconstructions before training:
+    calling it with a step logs the current held-out PSNR and a truth | reference | current grid."""
+
+    def __init__(
+        self, args: argparse.Namespace, heldout: EpisodeDataset, vae: AutoencoderKL, config: ModelConfig,
+        accelerator: Accelerator, pretrained: bool,
+    ) -> None:
+        frames = FrameDataset(heldout)
+        self.pixels = torch.stack([frames[i] for i in evenly_spaced(len(frames), args.num_validation_frames)])
+        self.shown = evenly_spaced(len(self.pixels), args.num_validation_images)  # rows of the grid
+        self.vae, self.config, self.accelerator, self.batch_size = vae, config, accelerator, args.train_batch_size
+        self.output_dir = Path(args.output_dir)
+        self.reference = reconstruct(vae, self.pixels, config, accelerator, self.batch_size)
+        self.psnr_before = float(psnr(self.reference, self.pixels).mean())
+        self.titles = ["truth", *(("stock decoder", "fine-tuned") if pretrained else ("initial", "trained"))]
+
+    def __call__(self, step: int) -> float:
+        current = reconstruct(self.vae, self.pixels, self.config, self.accelerator, self.batch_size)
+        score = float(psnr(current, self.pixels).mean())
+        self.accelerator.log({"heldout_psnr": score}, step=step)
+        columns = [self.pixels[self.shown], self.reference[self.shown], current[self.shown]]
+        log_grid(self.accelerator, reconstruction_grid(columns, self.titles), self.output_dir, step)
+        return score
+
+
+def grid_path(output_dir: Path, step: int) -> Path:
+    return output_dir / "samples" / f"reconstructions-{step:06d}.png"
+
+
 def log_grid(accelerator: Accelerator, grid: Image.Image, output_dir: Path, step: int) -> Path:
-    samples = output_dir / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    path = samples / f"reconstructions-{step:06d}.png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Save a reconstruction grid to output_dir/samples and show it in the trackers."""
+    path = grid_path(output_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
@@ -213,152 +267,59 @@ def log_grid(accelerator: Accelerator, grid: Image.Image, output_dir: Path, step
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
-    check_output_dir(output_dir, resuming=args.resume_from_checkpoint is not None, results=["vae"])
+    check_run_dir(output_dir, resuming=args.resume_from_checkpoint is not None, results=["vae"])
     accelerator = make_accelerator(args, output_dir)
     set_seed(args.seed)
     config = get_config(args.preset)
 
     # Data: recorded episodes, a held-out split by episode id, a fixed set of held-out frames.
-    columns = columns_from_args(args)
-    dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
-    if (dataset.frame_width, dataset.frame_height) != (config.frame_width, config.frame_height):
-        raise DatasetError(
-            f"the dataset's frames are {dataset.frame_width}x{dataset.frame_height}, the {config.preset!r} preset expects "
-            f"{config.frame_width}x{config.frame_height}: record with --frame_size {config.frame_width}x{config.frame_height} or pick the matching --preset"
-        )
-    train_episodes, heldout_episodes = dataset.split(args.holdout_fraction)
-    accelerator.print(
-        f"dataset: {dataset}; training on {len(train_episodes.episodes)} episodes ({len(train_episodes)} frames), {len(heldout_episodes.episodes)} held out"
-    )
-    heldout_frames = FrameDataset(heldout_episodes)
-    picks = np.unique(np.linspace(0, len(heldout_frames) - 1, min(args.num_validation_frames, len(heldout_frames))).round().astype(int))
-    validation_pixels = torch.stack([heldout_frames[int(i)] for i in picks])
-    image_picks = np.unique(np.linspace(0, len(validation_pixels) - 1, min(args.num_validation_images, len(validation_pixels))).round().astype(int))
+    train_episodes, heldout_episodes = load_episodes(args, config, accelerator)
 
     # Model: the pretrained VAE (a Hub id or a local folder, one code path), or a fresh one.
-    pretrained = args.pretrained_model_name_or_path or config.pretrained_model_name_or_path
-    if pretrained:
-        vae = load_vae(pretrained, revision=args.revision, cache_dir=args.cache_dir)
-    elif args.train_encoder:
-        vae = build_vae(config)
-    else:
-        raise UsageError(
-            f"the {config.preset!r} preset has no pretrained VAE: train one with --train_encoder, or pass --pretrained_model_name_or_path (a folder with vae/)"
-        )
-    check_vae(vae, config)
+    vae, pretrained = load_or_build_vae(args, config)
     vae.to(accelerator.device)
     trainable = set_trainable(vae, args.train_encoder)
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    mode = "whole VAE" if args.train_encoder else "decoder only"
     accelerator.print(
-        f"model: {'pretrained ' + str(pretrained) if pretrained else 'new ' + config.preset + ' VAE'}; training {mode} "
+        f"model: {'pretrained ' + str(pretrained) if pretrained else 'new ' + config.preset + ' VAE'}; "
+        f"training {'whole VAE' if args.train_encoder else 'decoder only'} "
         f"({sum(p.numel() for p in trainable) / 1e6:.2f}M of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters)"
     )
 
     # Before any training (and before a checkpoint is loaded): the reference for PSNR and images.
-    reference = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
-    psnr_before = float(psnr(reference, validation_pixels).mean())
-    reference_title, current_title = ("stock decoder", "fine-tuned") if pretrained else ("initial", "trained")
-    accelerator.print(f"held-out PSNR before training: {psnr_before:.2f} dB ({len(validation_pixels)} frames)")
-
-    lpips_model = load_lpips(args.lpips_weight, accelerator.device)
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    validation = HeldOutReconstructions(args, heldout_episodes, vae, config, accelerator, pretrained is not None)
+    accelerator.print(
+        f"held-out PSNR before training: {validation.psnr_before:.2f} dB ({len(validation.pixels)} frames)"
     )
-    sampler = LocalShuffleSampler(len(train_episodes), seed=args.seed)
+
+    perceptual = perceptual_loss_network(args.lpips_weight, accelerator.device)
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
     train_dataloader = torch.utils.data.DataLoader(
-        FrameDataset(train_episodes), batch_size=args.train_batch_size, sampler=sampler, num_workers=args.dataloader_num_workers, drop_last=False
+        FrameDataset(train_episodes),
+        batch_size=args.train_batch_size,
+        sampler=LocalShuffleSampler(len(train_episodes), seed=args.seed),
+        num_workers=args.dataloader_num_workers,
+        drop_last=False,
     )
     model = Reconstruction(vae, config, args.train_encoder)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
     vae = accelerator.unwrap_model(model).vae
 
-    global_step = 0
-    if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        if checkpoint is None:
-            accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
-        else:
-            accelerator.load_state(str(checkpoint))
-            global_step = checkpoint_step(checkpoint)
-            accelerator.print(f"resumed from {checkpoint} at step {global_step}")
-    start_step = global_step
+    def loss_of_batch(pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return reconstruction_loss(model, pixels, args.kl_weight, args.lpips_weight, perceptual)
 
-    if accelerator.is_main_process:
-        tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
-        accelerator.init_trackers("finetune_autoencoder", config=tracker_config)
-
-    steps_per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
-    first_epoch = global_step // steps_per_epoch
-    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    train_seconds = 0.0
-    last_checkpoint = global_step if global_step > 0 else None
-    model.train()
-    epoch = first_epoch
-    while global_step < args.max_train_steps:
-        loader = accelerator.skip_first_batches(train_dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else train_dataloader
-        loader.set_epoch(epoch)
-        step_started = time.perf_counter()
-        for pixels in loader:
-            with accelerator.accumulate(model):
-                reconstruction, kl = model(pixels)
-                mse = F.mse_loss(reconstruction.float(), pixels.float())
-                loss = mse + args.kl_weight * kl.float().mean()
-                if lpips_model is not None:
-                    loss = loss + args.lpips_weight * lpips_model(reconstruction.float(), pixels.float()).mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            train_seconds += time.perf_counter() - step_started
-            logs = {"loss": loss.detach().item(), "mse": mse.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process:
-                    save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-                last_checkpoint = global_step
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                current = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
-                accelerator.log({"heldout_psnr": float(psnr(current, validation_pixels).mean())}, step=global_step)
-                grid = reconstruction_grid(
-                    [validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, current_title]
-                )
-                log_grid(accelerator, grid, output_dir, global_step)
-                model.train()
-            if global_step >= args.max_train_steps:
-                break
-            step_started = time.perf_counter()
-        epoch += 1
-    progress.close()
-    accelerator.wait_for_everyone()
+    options = LoopOptions.from_args(args, project="finetune_autoencoder")
+    hooks = Hooks(validate=validation)
+    run = train(accelerator, options, model, optimizer, lr_scheduler, train_dataloader, loss_of_batch, hooks)
 
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
-        # A final checkpoint, so that a later run with a larger --max_train_steps can continue this one.
-        if last_checkpoint != global_step:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if args.train_encoder:
             vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_episodes, config, accelerator.device))
-        current = reconstruct(vae, validation_pixels, config, accelerator, args.train_batch_size)
-        psnr_after = float(psnr(current, validation_pixels).mean())
-        grid = reconstruction_grid([validation_pixels[image_picks], reference[image_picks], current[image_picks]], ["truth", reference_title, current_title])
-        grid_path = log_grid(accelerator, grid, output_dir, global_step)
-        accelerator.log({"heldout_psnr": psnr_after}, step=global_step)
+        psnr_after = validation(run.step)  # with the final weights (and scaling factor)
         vae_dir = save_vae(vae, output_dir)
-        steps_this_run = global_step - start_step
         summary = {
             "preset": config.preset,
             "mode": "train_encoder" if args.train_encoder else "decoder_only",
@@ -367,31 +328,78 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "train_episodes": len(train_episodes.episodes),
             "train_frames": len(train_episodes),
             "heldout_episodes": heldout_episodes.episode_ids,
-            "heldout_frames_evaluated": len(validation_pixels),
-            "global_step": global_step,
-            "steps_this_run": steps_this_run,
+            "heldout_frames_evaluated": len(validation.pixels),
+            "global_step": run.step,
+            "steps_this_run": run.steps_this_run,
             "train_batch_size": args.train_batch_size,
-            "steps_per_second": steps_this_run / train_seconds if train_seconds > 0 else None,
-            "heldout_psnr_before": psnr_before,
+            "steps_per_second": run.steps_per_second,
+            "heldout_psnr_before": validation.psnr_before,
             "heldout_psnr_after": psnr_after,
             "scaling_factor": float(vae.config.scaling_factor),
             "device": str(accelerator.device),
         }
-        write_json(output_dir / SUMMARY_FILE, summary)
-        rate = f", {summary['steps_per_second']:.2f} steps/s" if summary["steps_per_second"] else ""
-        print(f"trained {steps_this_run} steps (step {start_step} -> {global_step}{rate}); latent scaling factor {vae.config.scaling_factor:.5f}")
-        print(
-            f"held-out PSNR: before {psnr_before:.2f} dB -> after {psnr_after:.2f} dB ({len(validation_pixels)} frames of {len(heldout_episodes.episodes)} held-out episodes)"
-        )
-        print(f"saved {vae_dir} (AutoencoderKL.from_pretrained({str(output_dir)!r}, subfolder='vae')); reconstructions: {grid_path}")
+        write_json_atomic(output_dir / SUMMARY_FILE, summary, indent=2)
+        print_summary(summary, run, vae_dir, grid_path(output_dir, run.step))
         if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, exist_ok=True).repo_id
-            upload_folder(repo_id=repo_id, folder_path=str(output_dir), allow_patterns=["vae/*", SUMMARY_FILE], commit_message=f"VAE after {global_step} steps")
-            print(f"pushed to https://huggingface.co/{repo_id}")
+            push_to_hub(args, output_dir, ["vae/*", SUMMARY_FILE], f"VAE after {run.step} steps")
     accelerator.end_training()
     return summary
+
+
+def load_episodes(
+    args: argparse.Namespace, config: ModelConfig, accelerator: Accelerator
+) -> tuple[EpisodeDataset, EpisodeDataset]:
+    """The recorded episodes, split by episode id into (training, held out)."""
+    columns = columns_from_args(args)
+    dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
+    if (dataset.frame_width, dataset.frame_height) != (config.frame_width, config.frame_height):
+        size = f"{config.frame_width}x{config.frame_height}"
+        raise DatasetError(
+            f"the dataset's frames are {dataset.frame_width}x{dataset.frame_height}, the {config.preset!r} preset "
+            f"expects {size}: record with --frame_size {size} or pick the matching --preset"
+        )
+    train_episodes, heldout_episodes = dataset.split(args.holdout_fraction)
+    accelerator.print(
+        f"dataset: {dataset}; training on {len(train_episodes.episodes)} episodes ({len(train_episodes)} frames), "
+        f"{len(heldout_episodes.episodes)} held out"
+    )
+    return train_episodes, heldout_episodes
+
+
+def load_or_build_vae(args: argparse.Namespace, config: ModelConfig) -> tuple[AutoencoderKL, str | None]:
+    """(the VAE to train, where its weights came from: None for a new one)."""
+    pretrained = args.pretrained_model_name_or_path or config.pretrained_model_name_or_path
+    if pretrained:
+        vae = load_vae(pretrained, revision=args.revision, cache_dir=args.cache_dir)
+    elif args.train_encoder:
+        vae = build_vae(config)
+    else:
+        raise UsageError(
+            f"the {config.preset!r} preset has no pretrained VAE: train one with --train_encoder, "
+            "or pass --pretrained_model_name_or_path (a folder with vae/)"
+        )
+    check_vae(vae, config)
+    return vae, pretrained
+
+
+def evenly_spaced(length: int, count: int) -> list[int]:
+    """Up to ``count`` indices spread evenly over ``range(length)``, first and last included."""
+    return [int(i) for i in np.unique(np.linspace(0, length - 1, min(count, length)).round().astype(int))]
+
+
+def print_summary(summary: dict[str, Any], run: TrainingRun, vae_dir: Path, grid: Path) -> None:
+    rate = f", {summary['steps_per_second']:.2f} steps/s" if summary["steps_per_second"] else ""
+    print(
+        f"trained {run.steps_this_run} steps (step {run.start_step} -> {run.step}{rate}); "
+        f"latent scaling factor {summary['scaling_factor']:.5f}"
+    )
+    print(
+        f"held-out PSNR: before {summary['heldout_psnr_before']:.2f} dB -> "
+        f"after {summary['heldout_psnr_after']:.2f} dB "
+        f"({summary['heldout_frames_evaluated']} frames of {len(summary['heldout_episodes'])} held-out episodes)"
+    )
+    loading = f"AutoencoderKL.from_pretrained({str(vae_dir.parent)!r}, subfolder='vae')"
+    print(f"saved {vae_dir} ({loading}); reconstructions: {grid}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +31,22 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
 from PIL import Image
-from tqdm.auto import tqdm
 
-from gamengen.config import DEFAULT_CONTEXT_LENGTH, PRESETS, WorldModelConfig, get_config, get_world_model_config
+from gamengen.config import (
+    DEFAULT_CONTEXT_LENGTH,
+    PRESETS,
+    WORLD_MODEL_TRAINING_DEFAULTS,
+    WorldModelConfig,
+    get_config,
+    get_world_model_config,
+)
 from gamengen.episodes import DatasetError, add_column_arguments, columns_from_args, open_dataset, split_episode_ids
+from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
 from gamengen.metrics import psnr
 from gamengen.model import (
+    CONFIG_FILE,
     ModelLoadError,
     WorldModel,
     build_world_model,
@@ -54,10 +59,40 @@ from gamengen.model import (
     residual_base,
     save_world_model,
 )
-from gamengen.training import UsageError, add_run_arguments, check_output_dir, checkpoint_step, find_checkpoint, make_accelerator, save_checkpoint, write_json
+from gamengen.training import (
+    Hooks,
+    LoopOptions,
+    TrainingRun,
+    UsageError,
+    add_run_arguments,
+    check_run_dir,
+    make_accelerator,
+    make_lr_scheduler,
+    push_to_hub,
+    train,
+)
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
 SUMMARY_FILE = "training_summary.json"
+# What --push_to_hub uploads of output_dir.
+HUB_FILES = [
+    "unet/*",
+    "vae/*",
+    "scheduler/*",
+    "action_embedding.safetensors",
+    CONFIG_FILE,
+    "README.md",
+    "samples/*",
+    SUMMARY_FILE,
+]
+
+
+def by_preset(option: str) -> str:
+    """An option's per-preset default, for its help (``gamengen.config.WORLD_MODEL_TRAINING_DEFAULTS``)."""
+    def show(value: Any) -> str:
+        return {True: "on", False: "off", None: "none"}[value] if isinstance(value, bool | None) else str(value)
+
+    return ", ".join(f"{preset} {show(defaults[option])}" for preset, defaults in WORLD_MODEL_TRAINING_DEFAULTS.items())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--pretrained_model_name_or_path",
         default=None,
-        help="sd14: Hub id or folder whose unet/ is widened (default CompVis/stable-diffusion-v1-4); tiny: none (random init)",
+        help="Hub id or folder whose unet/ is widened; none: a new UNet "
+        f"(default: {by_preset('pretrained_model_name_or_path')})",
     )
     model.add_argument(
         "--pretrained_vae_model_name_or_path",
@@ -83,26 +119,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--guidance_scale",
         type=float,
         default=None,
-        help="CFG scale on the context stored in the checkpoint (default: sd14 1.5 as the paper; tiny 1.0, which measured 0.2-0.4 dB better; docs/tiny_learning.md)",
+        help=f"CFG scale on the context stored in the checkpoint (default: {by_preset('guidance_scale')}; "
+        "docs/tiny_learning.md)",
     )
     model.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)")
     model.add_argument(
         "--action_positions",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="add a learned embedding of each action's context slot to its token, so the newest action is distinguishable (default: off for sd14, on for tiny)",
+        help="add a learned embedding of each action's context slot to its token, so the newest action is "
+        f"distinguishable (default: {by_preset('action_positions')})",
     )
     model.add_argument(
         "--action_class",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="also feed the newest action through the UNet's class embedding (with the noise bucket), reaching every ResNet block (default: off for sd14, on for tiny)",
+        help="also feed the newest action through the UNet's class embedding (with the noise bucket), "
+        f"reaching every ResNet block (default: {by_preset('action_class')})",
     )
     model.add_argument(
         "--residual",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="generate the change from the last context latent instead of the frame (default: off for sd14, the paper; on for tiny; docs/tiny_learning.md)",
+        help="generate the change from the last context latent instead of the frame "
+        f"(default: {by_preset('residual')}; docs/tiny_learning.md)",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
@@ -114,12 +154,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/world_model", help="the checkpoint folder (unet/, vae/, scheduler/, ...) plus checkpoints and samples")
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
-    train.add_argument("--train_batch_size", type=int, default=None, help="windows per device per step (default: sd14 8, tiny 32; paper: 128 in total)")
+    train.add_argument(
+        "--train_batch_size",
+        type=int,
+        default=None,
+        help=f"windows per device per step (default: {by_preset('train_batch_size')}; paper: 128 in total)",
+    )
     train.add_argument("--max_train_steps", type=int, default=700_000, help="total optimisation steps (paper: 700k); a resumed run counts from its checkpoint")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
     train.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass to save memory")
-    train.add_argument("--optimizer", choices=["adafactor", "adamw"], default=None, help="default: adafactor for sd14 (paper), adamw for tiny")
-    train.add_argument("--learning_rate", type=float, default=None, help="default: 2e-5 for sd14 (paper), 5e-4 for tiny")
+    paper = "(sd14: the paper's)"
+    optimizer_help = f"default: {by_preset('optimizer')} {paper}"
+    train.add_argument("--optimizer", choices=["adafactor", "adamw"], default=None, help=optimizer_help)
+    learning_rate_help = f"default: {by_preset('learning_rate')} {paper}"
+    train.add_argument("--learning_rate", type=float, default=None, help=learning_rate_help)
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (paper: 1.0)")
     train.add_argument(
         "--snr_gamma",
@@ -131,7 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: 1 for tiny, torch's for sd14). Measured on 2 busy cores: default threads 2.3-4.9 samples/s, 1 thread 50 (spin-waiting)",
+        help=f"torch CPU threads (default: {by_preset('num_threads')}; none: torch's). Measured on 2 busy cores: "
+        "default threads 2.3-4.9 samples/s, 1 thread 50 (spin-waiting)",
     )
     train.add_argument(
         "--ema_decay", type=float, default=None, help="keep an EMA of the weights with this decay (e.g. 0.999) and save it; default: none (paper)"
@@ -140,32 +189,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--num_validation_samples", type=int, default=4, help="held-out windows sampled at each validation")
     add_run_arguments(train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder")
     args = parser.parse_args(argv)
-    for name in ("max_train_steps", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "noise_buckets"):
+    preset_defaults = WORLD_MODEL_TRAINING_DEFAULTS[args.preset]
+    for name, value in preset_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    counts = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"]
+    for name in [*counts, "validation_steps", "noise_buckets"]:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if not 0.0 <= args.context_dropout < 1.0:
         parser.error("--context_dropout must be in [0, 1)")
-    sd14 = args.preset == "sd14"
-    args.train_batch_size = args.train_batch_size or (8 if sd14 else 32)
-    args.optimizer = args.optimizer or ("adafactor" if sd14 else "adamw")
-    args.learning_rate = args.learning_rate or (2e-5 if sd14 else 5e-4)
-    if args.guidance_scale is None:
-        args.guidance_scale = 1.5 if sd14 else 1.0
-    if args.residual is None:
-        args.residual = not sd14
-    if args.action_positions is None:
-        args.action_positions = not sd14
-    if args.action_class is None:
-        args.action_class = not sd14
-    if args.num_threads is None and not sd14:
-        args.num_threads = 1
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
         parser.error("--ema_decay must be in (0, 1)")
-    if sd14:
-        args.pretrained_model_name_or_path = args.pretrained_model_name_or_path or "CompVis/stable-diffusion-v1-4"
-        args.pretrained_vae_model_name_or_path = args.pretrained_vae_model_name_or_path or args.pretrained_model_name_or_path
-    elif args.pretrained_vae_model_name_or_path is None:
-        parser.error("--preset tiny needs --pretrained_vae_model_name_or_path: train its VAE first with finetune_autoencoder.py --preset tiny --train_encoder")
+    if args.pretrained_vae_model_name_or_path is None:
+        if preset_defaults["pretrained_model_name_or_path"] is None:
+            parser.error(
+                f"--preset {args.preset} needs --pretrained_vae_model_name_or_path: "
+                f"train its VAE first with finetune_autoencoder.py --preset {args.preset} --train_encoder"
+            )
+        args.pretrained_vae_model_name_or_path = args.pretrained_model_name_or_path
     return args
 
 
@@ -267,8 +309,7 @@ def validate(model: WorldModel, vae, scheduler, config: WorldModelConfig, window
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
-    resuming = args.resume_from_checkpoint is not None
-    check_output_dir(output_dir, resuming=resuming, results=["unet", "gamengen_config.json"])
+    check_run_dir(output_dir, resuming=args.resume_from_checkpoint is not None, results=["unet", CONFIG_FILE])
     if args.num_threads is not None and args.num_threads >= 1:
         torch.set_num_threads(args.num_threads)
     accelerator = make_accelerator(args, output_dir)
@@ -281,7 +322,73 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # Data: recorded episodes -> context windows (cached latents, or pixels encoded on the fly).
     action_names, train_windows, heldout_windows, provenance = load_windows(args, vae)
-    config = get_world_model_config(
+    config = world_model_config(args, action_names, provenance)
+    accelerator.print(
+        f"data: {len(train_windows)} training windows, {len(heldout_windows)} held out; "
+        f"context {config.context_length}; {config.num_actions} actions"
+    )
+    validation_windows = pick_validation_windows(args, heldout_windows, vae, config)
+
+    # The UNet: widened from a pretrained one (sd14) or new (tiny).
+    pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision) if args.pretrained_model_name_or_path else None
+    model = build_world_model(config, pretrained_unet)
+    del pretrained_unet
+    if args.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    scheduler = make_scheduler(config)
+    pretrained = args.pretrained_model_name_or_path
+    origin = f"widened {pretrained}" if pretrained else f"new {args.preset} UNet"
+    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({origin})")
+
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.adam_weight_decay)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+    train_dataloader = torch.utils.data.DataLoader(
+        train_windows,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        num_workers=args.dataloader_num_workers,
+        drop_last=len(train_windows) >= args.train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+    ema = make_ema(args.ema_decay, accelerator, model)
+
+    def loss_of_batch(batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        if args.latents_dir is None:
+            batch = encode_pixel_windows(vae, batch, config.model)
+        return diffusion_loss(model, batch, config, scheduler, generator, args.snr_gamma), {}
+
+    def validate_now(step: int) -> float:
+        with ema_weights(ema, accelerator.unwrap_model(model)):
+            return log_validation(accelerator, model, vae, scheduler, config, validation_windows, output_dir, step,
+                                  args.seed)
+
+    hooks = Hooks(
+        check_checkpoint=lambda checkpoint: check_resumable(checkpoint, config),
+        checkpoint_files={CONFIG_FILE: config.to_dict()},  # the model a checkpoint belongs to, checked on resume
+        after_step=None if ema is None else lambda step: ema.step(accelerator.unwrap_model(model).parameters()),
+        validate=validate_now,
+    )
+    options = LoopOptions.from_args(args, project="train_world_model")
+    run = train(accelerator, options, model, optimizer, lr_scheduler, train_dataloader, loss_of_batch, hooks)
+
+    summary: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        if run.validated_step != run.step:
+            run.validation, run.validated_step = validate_now(run.step), run.step
+        unwrapped = accelerator.unwrap_model(model)
+        with ema_weights(ema, unwrapped):  # the EMA weights are the model (when --ema_decay)
+            save_world_model(output_dir, unwrapped, vae, config, scheduler)
+        summary = write_summary(args, run, config, accelerator)
+        if args.push_to_hub:
+            push_to_hub(args, output_dir, HUB_FILES, f"world model after {run.step} steps")
+    accelerator.end_training()
+    return summary
+
+
+def world_model_config(args: argparse.Namespace, action_names: list[str], provenance: dict) -> WorldModelConfig:
+    """The preset's world-model config with this run's options, for the dataset's actions."""
+    return get_world_model_config(
         args.preset,
         action_names,
         context_length=args.context_length,
@@ -295,173 +402,66 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         action_class=args.action_class,
         dataset=provenance,
     )
-    accelerator.print(
-        f"data: {len(train_windows)} training windows, {len(heldout_windows)} held out; context {config.context_length}; {config.num_actions} actions"
-    )
 
-    # The UNet: widened from a pretrained one (sd14) or new (tiny).
-    pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision) if args.pretrained_model_name_or_path else None
-    model = build_world_model(config, pretrained_unet)
-    del pretrained_unet
-    if args.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    scheduler = make_scheduler(config)
-    accelerator.print(
-        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({'widened ' + str(args.pretrained_model_name_or_path) if args.pretrained_model_name_or_path else 'new ' + args.preset + ' UNet'})"
-    )
 
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.adam_weight_decay)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
-    train_dataloader = torch.utils.data.DataLoader(
-        train_windows,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        num_workers=args.dataloader_num_workers,
-        drop_last=len(train_windows) >= args.train_batch_size,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
-    ema = None
-    if args.ema_decay is not None:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=0.75)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-
-    global_step = 0
-    if resuming:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        if checkpoint is None:
-            accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
-        else:
-            check_resumable(checkpoint, config)
-            accelerator.load_state(str(checkpoint))
-            global_step = checkpoint_step(checkpoint)
-            accelerator.print(f"resumed from {checkpoint} at step {global_step}")
-    start_step = global_step
-    if accelerator.is_main_process:
-        tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
-        accelerator.init_trackers("train_world_model", config=tracker_config)
-
-    picks = np.unique(np.linspace(0, len(heldout_windows) - 1, min(args.num_validation_samples, len(heldout_windows))).round().astype(int))
-    validation_windows = [heldout_windows[int(i)] for i in picks]
+def pick_validation_windows(
+    args: argparse.Namespace, heldout_windows: torch.utils.data.Dataset, vae, config: WorldModelConfig
+) -> list[dict[str, torch.Tensor]]:
+    """Up to ``--num_validation_samples`` evenly spaced held-out windows, as latents."""
+    count = min(args.num_validation_samples, len(heldout_windows))
+    picks = np.unique(np.linspace(0, len(heldout_windows) - 1, count).round().astype(int))
+    windows = [heldout_windows[int(i)] for i in picks]
     if args.latents_dir is None:
-        validation_windows = [
-            {k: v[0] for k, v in encode_pixel_windows(vae, {k: v[None] for k, v in w.items()}, config.model).items()} for w in validation_windows
-        ]
+        batches = [encode_pixel_windows(vae, {k: v[None] for k, v in w.items()}, config.model) for w in windows]
+        windows = [{k: v[0] for k, v in batch.items()} for batch in batches]
+    return windows
 
-    steps_per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
-    first_epoch = global_step // steps_per_epoch
-    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + global_step)
-    train_seconds, samples_seen = 0.0, 0
-    last_checkpoint = global_step if global_step > 0 else None
-    losses: list[float] = []
-    validation_psnr: float | None = None
-    model.train()
-    epoch = first_epoch
-    while global_step < args.max_train_steps:
-        loader = accelerator.skip_first_batches(train_dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else train_dataloader
-        step_started = time.perf_counter()
-        for batch in loader:
-            if args.latents_dir is None:
-                batch = encode_pixel_windows(vae, batch, config.model)
-            with accelerator.accumulate(model):
-                loss = diffusion_loss(model, batch, config, scheduler, generator, args.snr_gamma)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            samples_seen += batch["target"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(model).parameters())
-            global_step += 1
-            train_seconds += time.perf_counter() - step_started
-            losses.append(loss.detach().item())
-            logs = {"loss": losses[-1], "lr": lr_scheduler.get_last_lr()[0], "samples_per_second": samples_seen / max(train_seconds, 1e-9)}
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{logs['samples_per_second']:.1f}")
-            accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process:
-                    save_run_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
-                last_checkpoint = global_step
-            if global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                with ema_weights(ema, accelerator.unwrap_model(model)):
-                    validation_psnr = log_validation(accelerator, model, vae, scheduler, config, validation_windows, output_dir, global_step, args.seed)
-            if global_step >= args.max_train_steps:
-                break
-            step_started = time.perf_counter()
-        epoch += 1
-    progress.close()
-    accelerator.wait_for_everyone()
 
-    summary: dict[str, Any] = {}
-    if accelerator.is_main_process:
-        if last_checkpoint != global_step:
-            save_run_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
-        unwrapped = accelerator.unwrap_model(model)
-        with ema_weights(ema, unwrapped):  # the EMA weights are the model (when --ema_decay)
-            if global_step % args.validation_steps != 0:
-                validation_psnr = log_validation(accelerator, unwrapped, vae, scheduler, config, validation_windows, output_dir, global_step, args.seed)
-            save_world_model(output_dir, unwrapped, vae, config, scheduler)
-        steps_this_run = global_step - start_step
-        window = max(1, min(50, len(losses) // 4))
-        summary = {
-            "preset": args.preset,
-            "dataset_name": str(args.dataset_name),
-            "latents_dir": args.latents_dir,
-            "global_step": global_step,
-            "steps_this_run": steps_this_run,
-            "train_batch_size": args.train_batch_size,
-            "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
-            "loss_first": float(np.mean(losses[:window])) if losses else None,
-            "loss_last": float(np.mean(losses[-window:])) if losses else None,
-            "validation_psnr": validation_psnr,
-            "device": str(accelerator.device),
-        }
-        write_json(output_dir / SUMMARY_FILE, summary)
-        if losses:
-            print(
-                f"trained {steps_this_run} steps (step {start_step} -> {global_step}, {summary['samples_per_second']:.1f} samples/s); loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
-            )
+def make_ema(decay: float | None, accelerator: Accelerator, model: torch.nn.Module):
+    """An EMA of the prepared model's weights, saved in every checkpoint (None without ``--ema_decay``)."""
+    if decay is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=decay, use_ema_warmup=True, power=0.75)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+def write_summary(
+    args: argparse.Namespace, run: TrainingRun, config: WorldModelConfig, accelerator: Accelerator
+) -> dict[str, Any]:
+    """Write ``training_summary.json`` and print what the run did."""
+    window = max(1, min(50, len(run.losses) // 4))  # steps averaged for the first and last loss
+    summary = {
+        "preset": args.preset,
+        "dataset_name": str(args.dataset_name),
+        "latents_dir": args.latents_dir,
+        "global_step": run.step,
+        "steps_this_run": run.steps_this_run,
+        "train_batch_size": args.train_batch_size,
+        "samples_per_second": run.samples_per_second,
+        "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
+        "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
+        "validation_psnr": run.validation,
+        "device": str(accelerator.device),
+    }
+    output_dir = Path(args.output_dir)
+    write_json_atomic(output_dir / SUMMARY_FILE, summary, indent=2)
+    if run.losses:
         print(
-            f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, up to {args.num_validation_samples} windows, "
-            f"against the VAE-decoded target latents): {validation_psnr:.2f} dB; evaluate.py measures against the real frames, with baselines"
+            f"trained {run.steps_this_run} steps (step {run.start_step} -> {run.step}, "
+            f"{summary['samples_per_second']:.1f} samples/s); "
+            f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
         )
-        print(f"saved the world model to {output_dir} (load it with gamengen.model.load_world_model)")
-        if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, exist_ok=True).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=str(output_dir),
-                allow_patterns=[
-                    "unet/*",
-                    "vae/*",
-                    "scheduler/*",
-                    "action_embedding.safetensors",
-                    "gamengen_config.json",
-                    "README.md",
-                    "samples/*",
-                    SUMMARY_FILE,
-                ],
-                commit_message=f"world model after {global_step} steps",
-            )
-            print(f"pushed to https://huggingface.co/{repo_id}")
-    accelerator.end_training()
+    print(
+        f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, "
+        f"up to {args.num_validation_samples} windows, against the VAE-decoded target latents): "
+        f"{run.validation:.2f} dB; "
+        "evaluate.py measures against the real frames, with baselines"
+    )
+    print(f"saved the world model to {output_dir} (load it with gamengen.model.load_world_model)")
     return summary
 
 
@@ -477,12 +477,6 @@ def ema_weights(ema, model: torch.nn.Module):
         yield
     finally:
         ema.restore(model.parameters())
-
-
-def save_run_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, config: WorldModelConfig) -> None:
-    """The accelerate training state, with the model config it belongs to (checked on resume)."""
-    save_checkpoint(accelerator, output_dir, step, limit)
-    write_json(output_dir / f"checkpoint-{step}" / "gamengen_config.json", config.to_dict())
 
 
 def check_resumable(checkpoint: Path, config: WorldModelConfig) -> None:
@@ -512,10 +506,8 @@ def log_validation(accelerator, model, vae, scheduler, config, windows, output_d
     score, grid = validate(accelerator.unwrap_model(model), vae, scheduler, config, windows, seed)
     samples = output_dir / "samples"
     samples.mkdir(parents=True, exist_ok=True)
-    path = samples / f"validation-{step:07d}.png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(samples / f"validation-{step:07d}.png") as tmp:
+        grid.save(tmp, format="PNG")
     accelerator.log({"validation_psnr": score}, step=step)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":

@@ -1,4 +1,4 @@
-"""Build, load and save the models of the checkpoint contract (DESIGN.md section 4): the VAE and the world model.
+"""Build, load and save the models of the checkpoint contract (docs/training.md): the VAE and the world model.
 
 Conventions every script shares:
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from gamengen.config import ModelConfig, WorldModelConfig
+from gamengen.files import atomic_path, temporary_path
 
 T = TypeVar("T")
 
@@ -109,15 +110,8 @@ def save_vae(vae: AutoencoderKL, output_dir: str | os.PathLike) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / VAE_SUBFOLDER
-    tmp = output_dir / f".{VAE_SUBFOLDER}.tmp-{os.getpid()}"
-    old = output_dir / f".{VAE_SUBFOLDER}.old-{os.getpid()}"
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    vae.save_pretrained(tmp)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(final) as tmp:
+        vae.save_pretrained(tmp)
     return final
 
 
@@ -360,7 +354,7 @@ def drop_context(context_latents: torch.Tensor, drop: torch.Tensor) -> torch.Ten
 
 
 # ----------------------------------------------------------------------------------------------
-# The checkpoint folder (DESIGN.md section 4)
+# The checkpoint folder (docs/training.md)
 
 
 @dataclass
@@ -383,29 +377,27 @@ def save_world_model(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".checkpoint.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    config.unet = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
-    model.unet.save_pretrained(tmp / UNET_SUBFOLDER)
-    vae.save_pretrained(tmp / VAE_SUBFOLDER)
-    (scheduler or make_scheduler(config)).save_pretrained(tmp / SCHEDULER_SUBFOLDER)
-    embeddings = {"weight": model.action_embedding.weight}
-    if model.action_position is not None:
-        embeddings["position"] = model.action_position
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in embeddings.items()}, str(tmp / ACTION_EMBEDDING_FILE))
-    (tmp / "README.md").write_text(model_card or default_model_card(config))
-    (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
-    for name in (UNET_SUBFOLDER, VAE_SUBFOLDER, SCHEDULER_SUBFOLDER, ACTION_EMBEDDING_FILE, "README.md", CONFIG_FILE):
-        final, old = output_dir / name, output_dir / f".{name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp / name, final)
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
-    shutil.rmtree(tmp, ignore_errors=True)
+    staging = temporary_path(output_dir / "checkpoint")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        config.unet = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
+        model.unet.save_pretrained(staging / UNET_SUBFOLDER)
+        vae.save_pretrained(staging / VAE_SUBFOLDER)
+        (scheduler or make_scheduler(config)).save_pretrained(staging / SCHEDULER_SUBFOLDER)
+        embeddings = {"weight": model.action_embedding.weight}
+        if model.action_position is not None:
+            embeddings["position"] = model.action_position
+        embeddings = {k: v.detach().float().cpu().contiguous() for k, v in embeddings.items()}
+        save_file(embeddings, str(staging / ACTION_EMBEDDING_FILE))
+        (staging / "README.md").write_text(model_card or default_model_card(config))
+        (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+        # Every part is complete before the first one replaces its predecessor; the config goes last.
+        for name in (UNET_SUBFOLDER, VAE_SUBFOLDER, SCHEDULER_SUBFOLDER, ACTION_EMBEDDING_FILE, "README.md", CONFIG_FILE):
+            with atomic_path(output_dir / name) as part:
+                os.replace(staging / name, part)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 

@@ -1,18 +1,37 @@
-"""Training-run plumbing shared by the training scripts: output folders that are never
-overwritten, atomic accelerate checkpoints (``checkpoint-<step>``) and their resumption."""
+"""What the two trainers (train_text_to_image.py, finetune_autoencoder.py) share: run folders that are
+never overwritten, atomic accelerate checkpoints (``checkpoint-<step>``) and their resumption, the shared
+accelerate options, and THE training loop (``train``). docs/training.md describes a run.
+
+A trainer builds its model(s), optimizer, learning-rate schedule and DataLoader, passes them through
+``accelerator.prepare``, and hands them to ``train`` with a loss function for one batch and ``Hooks``
+(validation, an EMA update, a check of the checkpoint it resumes). ``train`` owns everything between:
+resumption, skipping the batches a resumed epoch already consumed, ``set_epoch``, gradient
+accumulation, clipping, the progress bar, logging, and the periodic and final checkpoints.
+"""
 
 from __future__ import annotations
 
-import json
-import os
+import argparse
+import math
 import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from gamengen.files import atomic_path, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
+TRAINING_STATE_FILE = "training_state.json"
+# Optimisation steps between two reads of the loss from the device (each read waits for the device):
+# the logs, the progress bar and ``TrainingRun.losses`` are updated then.
+LOG_EVERY_STEPS = 1
 
 
 class UsageError(ValueError):
@@ -20,16 +39,22 @@ class UsageError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Output folder and checkpoints
+# Run folder and checkpoints
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (folders being written are hidden, see save_checkpoint)."""
-    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    found = output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+    found = [p for p in found if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted(found, key=checkpoint_step)
 
 
-def check_output_dir(output_dir: Path, resuming: bool, results: list[str]) -> None:
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a ``checkpoint-<step>`` folder was saved at."""
+    return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+
+
+def check_run_dir(output_dir: Path, resuming: bool, results: list[str]) -> None:
     """A new run never overwrites the results of an earlier one (``results``: names of its final
     outputs inside ``output_dir``, plus any checkpoint); a resumed run continues it."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -44,6 +69,7 @@ def check_output_dir(output_dir: Path, resuming: bool, results: list[str]) -> No
 
 
 def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names ('latest': the newest, None when there is none)."""
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None
@@ -51,35 +77,55 @@ def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path | Non
     if not path.is_dir():
         path = output_dir / resume_from_checkpoint
     if not path.is_dir() or not path.name[len(CHECKPOINT_PREFIX) :].isdigit():
-        raise UsageError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder (expected 'latest' or .../{CHECKPOINT_PREFIX}<step>)")
+        raise UsageError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder "
+            f"(expected 'latest' or .../{CHECKPOINT_PREFIX}<step>)"
+        )
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, limit: int | None) -> None:
-    """Save the training state to a hidden folder, then rename it: a checkpoint that exists is complete."""
-    if limit is not None:
-        existing = list_checkpoints(output_dir)
-        for old in existing[: max(0, len(existing) - limit + 1)]:  # make room for the new one
-            shutil.rmtree(old)
+def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
+    """Remove all but the newest ``keep`` checkpoints (None: keep all)."""
+    if keep is None:
+        return
+    existing = list_checkpoints(output_dir)
+    for old in existing[: max(0, len(existing) - keep)]:
+        shutil.rmtree(old)
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, files: dict[str, Any] | None = None
+) -> Path:
+    """Save the training state (plus ``files``: name -> JSON values) to a hidden folder, then rename it:
+    a checkpoint that exists is complete. ``limit``: at most this many checkpoints, this one included."""
+    prune_checkpoints(output_dir, None if limit is None else limit - 1)  # make room for the new one
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = output_dir / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
-    (tmp / "training_state.json").write_text(json.dumps({"global_step": step}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        accelerator.save_state(str(tmp))
+        for name, values in {TRAINING_STATE_FILE: {"global_step": step}, **(files or {})}.items():
+            write_json_atomic(tmp / name, values, indent=2)
+    return final
 
 
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    os.replace(tmp, path)
+def resume(accelerator: Accelerator, output_dir: Path, resume_from_checkpoint: str | None,
+           check: Callable[[Path], None] | None = None) -> int:
+    """Load the checkpoint ``--resume_from_checkpoint`` names (after ``check`` accepts it); its step, or 0."""
+    if resume_from_checkpoint is None:
+        return 0
+    checkpoint = find_checkpoint(output_dir, resume_from_checkpoint)
+    if checkpoint is None:
+        accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
+        return 0
+    if check is not None:
+        check(checkpoint)
+    accelerator.load_state(str(checkpoint))
+    step = checkpoint_step(checkpoint)
+    accelerator.print(f"resumed from {checkpoint} at step {step}")
+    return step
 
 
-def checkpoint_step(checkpoint: Path) -> int:
-    """The global step a ``checkpoint-<step>`` folder was saved at."""
-    return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+# ----------------------------------------------------------------------------------------------
+# The shared options and run set-up
 
 
 def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed: str) -> None:
@@ -108,3 +154,203 @@ def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
     )
+
+
+def make_lr_scheduler(args: Any, optimizer: torch.optim.Optimizer, accelerator: Accelerator) -> Any:
+    """The diffusers learning-rate schedule of ``--lr_scheduler`` (steps counted on every process, as
+    accelerate steps a prepared scheduler once per process)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+
+
+def push_to_hub(args: Any, output_dir: Path, allow_patterns: list[str], commit_message: str) -> None:
+    """Upload the run's results (``allow_patterns`` inside ``output_dir``) to ``--hub_model_id``."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(args.hub_model_id or output_dir.resolve().name, exist_ok=True).repo_id
+    upload_folder(
+        repo_id=repo_id, folder_path=str(output_dir), allow_patterns=allow_patterns, commit_message=commit_message
+    )
+    print(f"pushed to https://huggingface.co/{repo_id}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+# One batch -> (the loss to minimise, other scalar tensors to log). The generator is the run's source of
+# randomness for the loss (noise, timesteps), seeded by ``loss_seed``.
+LossFunction = Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class LoopOptions:
+    """What ``train`` reads of a trainer's arguments (``from_args``)."""
+
+    output_dir: Path
+    project: str  # the trackers' project name
+    max_train_steps: int
+    gradient_accumulation_steps: int
+    max_grad_norm: float
+    checkpointing_steps: int
+    checkpoints_total_limit: int | None
+    validation_steps: int
+    resume_from_checkpoint: str | None
+    seed: int
+    tracker_config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, project: str) -> LoopOptions:
+        names = {f.name for f in fields(cls)} - {"output_dir", "project", "tracker_config"}
+        tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
+        return cls(output_dir=Path(args.output_dir), project=project, tracker_config=tracker_config,
+                   **{name: getattr(args, name) for name in names})
+
+
+@dataclass
+class Hooks:
+    """What a trainer adds to the loop; every hook is optional."""
+
+    # Refuse a checkpoint this run cannot continue (a UsageError), before it is loaded.
+    check_checkpoint: Callable[[Path], None] | None = None
+    # JSON files written into every checkpoint (name -> values), e.g. the model config check_checkpoint reads.
+    checkpoint_files: dict[str, Any] = field(default_factory=dict)
+    # After each optimisation step, with the new step number (e.g. an EMA update).
+    after_step: Callable[[int], None] | None = None
+    # Every ``validation_steps`` steps, on the main process: log held-out results, return their score.
+    validate: Callable[[int], float] | None = None
+
+
+@dataclass
+class TrainingRun:
+    """What ``train`` did, for the trainer's summary."""
+
+    start_step: int  # the resumed checkpoint's step, or 0
+    step: int  # the step reached
+    train_seconds: float = 0.0  # in optimisation steps (validation and checkpoints not counted)
+    samples_seen: int = 0  # training samples over all processes
+    losses: list[float] = field(default_factory=list)  # one per optimisation step of this run
+    validation: float | None = None  # the newest score of Hooks.validate
+    validated_step: int | None = None  # ... and the step it was measured at
+
+    @property
+    def steps_this_run(self) -> int:
+        return self.step - self.start_step
+
+    @property
+    def samples_per_second(self) -> float | None:
+        return self.samples_seen / self.train_seconds if self.train_seconds > 0 else None
+
+    @property
+    def steps_per_second(self) -> float | None:
+        return self.steps_this_run / self.train_seconds if self.train_seconds > 0 else None
+
+
+def loss_seed(seed: int, step: int, accelerator: Accelerator) -> int:
+    """The seed of the loss's generator for a run (re)started at ``step``. (Every process draws the same
+    numbers: ``accelerator.process_index`` is here to tell them apart.)"""
+    return seed + step
+
+
+def batch_length(batch: Any) -> int:
+    """Samples in a batch: a tensor, or a dict / sequence of tensors."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    return batch_length(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])
+
+
+def train(
+    accelerator: Accelerator,
+    options: LoopOptions,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    dataloader: Any,
+    loss_of_batch: LossFunction,
+    hooks: Hooks | None = None,
+) -> TrainingRun:
+    """Train the prepared ``model`` to ``options.max_train_steps`` steps, resuming a checkpoint first
+    (``--resume_from_checkpoint``), and end with a checkpoint of the final step."""
+    hooks = hooks or Hooks()
+    step = resume(accelerator, options.output_dir, options.resume_from_checkpoint, hooks.check_checkpoint)
+    run = TrainingRun(start_step=step, step=step)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(options.project, config=options.tracker_config)
+
+    # A resumed run starts in the epoch of its step, after the batches that epoch already consumed.
+    steps_per_epoch = max(1, math.ceil(len(dataloader) / options.gradient_accumulation_steps))
+    first_epoch = run.step // steps_per_epoch
+    batches_to_skip = (run.step % steps_per_epoch) * options.gradient_accumulation_steps
+    generator = torch.Generator(device=accelerator.device).manual_seed(loss_seed(options.seed, run.step, accelerator))
+    progress = tqdm(
+        range(options.max_train_steps), initial=run.step, desc="steps", disable=not accelerator.is_local_main_process
+    )
+    last_checkpoint = run.step if run.step > 0 else None
+    limit = options.checkpoints_total_limit
+    unlogged: list[dict[str, torch.Tensor]] = []  # per step, still on the device
+    model.train()
+    epoch = first_epoch
+    while run.step < options.max_train_steps:
+        skip = batches_to_skip if epoch == first_epoch else 0
+        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        loader.set_epoch(epoch)
+        step_started = time.perf_counter()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss, metrics = loss_of_batch(batch, generator)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            run.samples_seen += batch_length(batch) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue  # a micro-batch of an accumulated step
+            run.step += 1
+            if hooks.after_step is not None:
+                hooks.after_step(run.step)
+            run.train_seconds += time.perf_counter() - step_started
+            unlogged.append({"loss": loss.detach(), **{name: value.detach() for name, value in metrics.items()}})
+            progress.update(1)
+            if run.step % LOG_EVERY_STEPS == 0:
+                log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)
+            if run.step % options.checkpointing_steps == 0:
+                if accelerator.is_main_process:
+                    save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
+                last_checkpoint = run.step
+            if run.step % options.validation_steps == 0 and accelerator.is_main_process and hooks.validate is not None:
+                run.validation, run.validated_step = hooks.validate(run.step), run.step
+                model.train()
+            if run.step >= options.max_train_steps:
+                break
+            step_started = time.perf_counter()
+        epoch += 1
+    log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)
+    progress.close()
+    accelerator.wait_for_everyone()
+    # The final state, so that a later run with a larger --max_train_steps can continue this one.
+    if accelerator.is_main_process and last_checkpoint != run.step:
+        save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
+    return run
+
+
+def log_steps(
+    accelerator: Accelerator, run: TrainingRun, unlogged: list[dict[str, torch.Tensor]], lr: float, progress: Any
+) -> None:
+    """Read the losses of the steps not yet logged from the device (one wait), log their mean at the
+    current step, and show it in the progress bar."""
+    if not unlogged:
+        return
+    values = {name: torch.stack([step[name].float() for step in unlogged]).tolist() for name in unlogged[0]}
+    run.losses.extend(values["loss"])
+    logs = {name: sum(v) / len(v) for name, v in values.items()}
+    logs.update(lr=lr, samples_per_second=run.samples_per_second or 0.0)
+    unlogged.clear()
+    progress.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{logs['samples_per_second']:.1f}")
+    accelerator.log(logs, step=run.step)

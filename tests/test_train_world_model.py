@@ -126,3 +126,19 @@ def test_latents_of_another_vae_are_refused(setup, tmp_path):
 def test_frames_of_the_wrong_size_are_refused(tmp_path, random_dataset, setup):
     result = train({**setup, "ds": random_dataset}, tmp_path / "out", "--max_train_steps", 1, check=False)
     assert result.returncode == 2 and "320x240" in result.stderr and "64x48" in result.stderr
+
+
+def test_preset_defaults_fill_only_the_options_left_unset():
+    import train_text_to_image as trainer
+
+    sd14 = trainer.parse_args(["--dataset_name", "ds"])
+    assert (sd14.optimizer, sd14.learning_rate, sd14.train_batch_size) == ("adafactor", 2e-5, 8)
+    assert sd14.guidance_scale == 1.5
+    assert not (sd14.residual or sd14.action_positions or sd14.action_class) and sd14.num_threads is None
+    sd14_model = "CompVis/stable-diffusion-v1-4"
+    assert sd14.pretrained_model_name_or_path == sd14.pretrained_vae_model_name_or_path == sd14_model
+    tiny_options = ["--preset", "tiny", "--dataset_name", "ds", "--pretrained_vae_model_name_or_path", "vae"]
+    tiny = trainer.parse_args([*tiny_options, "--learning_rate", "1e-3", "--no-residual"])
+    assert (tiny.optimizer, tiny.learning_rate, tiny.train_batch_size, tiny.num_threads) == ("adamw", 1e-3, 32, 1)
+    assert (tiny.residual, tiny.action_positions, tiny.action_class) == (False, True, True)
+    assert tiny.pretrained_model_name_or_path is None
