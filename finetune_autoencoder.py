@@ -29,7 +29,6 @@ Paper setting (GPU):
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from gamengen.training import (
     make_accelerator,
     make_lr_scheduler,
     push_to_hub,
+    run_trainer,
     train,
 )
 
@@ -403,7 +403,4 @@ def print_summary(summary: dict[str, Any], run: TrainingRun, vae_dir: Path, grid
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (DatasetError, ModelLoadError, UsageError) as error:
-        sys.exit(f"error: {error}")
+    run_trainer(main, parse_args, (DatasetError, ModelLoadError), error_code=1)

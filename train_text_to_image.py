@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,14 @@ from gamengen.config import (
     get_config,
     get_world_model_config,
 )
-from gamengen.episodes import DatasetError, add_column_arguments, columns_from_args, open_dataset, split_episode_ids
+from gamengen.episodes import (
+    PEER_COLUMNS,
+    DatasetError,
+    add_column_arguments,
+    columns_from_args,
+    open_dataset,
+    split_episode_ids,
+)
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
 from gamengen.metrics import psnr
@@ -59,6 +65,7 @@ from gamengen.model import (
     residual_base,
     save_world_model,
 )
+from gamengen.peer import PEER_ACTION_NAMES
 from gamengen.training import (
     Hooks,
     LoopOptions,
@@ -66,12 +73,14 @@ from gamengen.training import (
     UsageError,
     add_run_arguments,
     check_run_dir,
+    find_checkpoint,
     make_accelerator,
     make_lr_scheduler,
     push_to_hub,
+    run_trainer,
     train,
 )
-from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
+from gamengen.windows import LatentWindowDataset, PixelWindowDataset, check_action_ids, encode_pixel_windows
 
 SUMMARY_FILE = "training_summary.json"
 # What --push_to_hub uploads of output_dir.
@@ -149,6 +158,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--latents_dir", default=None, help="latents cached by encode_latents.py: training then never runs the VAE encoder")
     data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
     add_column_arguments(data)
+    data.add_argument(
+        "--num_actions",
+        type=int,
+        default=None,
+        help="rows of the action embedding, for datasets without action_names metadata (default: the latent cache's, "
+        "18 for the seed repository's layout, else the largest action id + 1)",
+    )
     data.add_argument("--holdout_fraction", type=float, default=0.1, help="fraction of episodes held out for validation (at least one)")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes")
     train = parser.add_argument_group("training")
@@ -264,13 +280,10 @@ def load_windows(args: argparse.Namespace, vae) -> tuple[list[str], torch.utils.
     dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
     model_config = get_config(args.preset)
     context_length = args.context_length or DEFAULT_CONTEXT_LENGTH[args.preset]
-    action_names = dataset.action_names
-    if not action_names:  # a dataset of another layout, without our metadata: name the ids
-        largest = max(int(dataset.actions(i).max()) for i in range(len(dataset.episodes)))
-        action_names = [f"ACTION_{i}" for i in range(largest + 1)]
+    cache = open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae) if args.latents_dir else None
+    action_names = dataset_action_names(args, dataset, cache)
     train_ids, heldout_ids = split_episode_ids(dataset.episode_ids, args.holdout_fraction)
-    if args.latents_dir:
-        cache = open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae)
+    if cache is not None:
         make = lambda ids: LatentWindowDataset(cache, context_length, num_actions=len(action_names), episode_ids=ids)  # noqa: E731
     else:
         make = lambda ids: PixelWindowDataset(dataset.subset(ids), context_length, num_actions=len(action_names), config=model_config)  # noqa: E731
@@ -282,6 +295,31 @@ def load_windows(args: argparse.Namespace, vae) -> tuple[list[str], torch.utils.
         "metadata": {k: v for k, v in (dataset.metadata or {}).items() if k != "env_config"},
     }
     return action_names, make(train_ids), make(heldout_ids), provenance
+
+
+def dataset_action_names(args: argparse.Namespace, dataset, cache) -> list[str]:
+    """The model's action list: the dataset's names; for a dataset without them (another layout), as many as
+    --num_actions, the latent cache (encode_latents.py --num_actions) or the layout says, else the largest id
+    + 1, named ACTION_<i> (the seed repository's layout: its 18 actions' names). Every id must fit."""
+    if dataset.action_names:
+        if args.num_actions is not None and args.num_actions != len(dataset.action_names):
+            raise UsageError(
+                f"--num_actions {args.num_actions}, but the dataset names {len(dataset.action_names)} actions "
+                "in its metadata: leave --num_actions out"
+            )
+        names = list(dataset.action_names)
+    else:
+        largest = max(int(dataset.actions(i).max()) for i in range(len(dataset.episodes)))
+        seed_layout = dataset.columns == PEER_COLUMNS
+        cached = cache.manifest.get("num_actions") if cache is not None else None
+        count = args.num_actions or cached or (len(PEER_ACTION_NAMES) if seed_layout else largest + 1)
+        names = list(PEER_ACTION_NAMES[:count]) if seed_layout and count <= len(PEER_ACTION_NAMES) else [f"ACTION_{i}" for i in range(count)]
+        if args.num_actions is None and cached is None and not seed_layout:
+            print(f"note: the dataset names no actions: {count} actions (its largest id + 1); pass --num_actions to reserve more")
+    episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
+    fix = "pass --num_actions N to give the model N actions"
+    check_action_ids(dataset.episode_ids, episode_actions, len(names), dataset.action_names or names, too_few_fix=fix)
+    return names
 
 
 @torch.no_grad()
@@ -338,6 +376,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     scheduler = make_scheduler(config)
     pretrained = args.pretrained_model_name_or_path
     origin = f"widened {pretrained}" if pretrained else f"new {args.preset} UNet"
+    if args.resume_from_checkpoint and find_checkpoint(output_dir, args.resume_from_checkpoint) is not None:
+        origin = "its weights come from the checkpoint it resumes"
     accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({origin})")
 
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.adam_weight_decay)
@@ -516,8 +556,4 @@ def log_validation(accelerator, model, vae, scheduler, config, windows, output_d
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (DatasetError, ModelLoadError, UsageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_trainer(main, parse_args, (DatasetError, ModelLoadError), error_code=2)

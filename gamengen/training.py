@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -20,22 +21,55 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from gamengen.files import atomic_path, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
-# Optimisation steps between two reads of the loss from the device (each read waits for the device):
-# the logs, the progress bar and ``TrainingRun.losses`` are updated then.
-LOG_EVERY_STEPS = 1
+# Checkpoints kept by default: one sd14 checkpoint (fp32 weights + Adafactor state) is ~5.3 GB.
+DEFAULT_CHECKPOINTS_KEPT = 3
 
 
 class UsageError(ValueError):
     """Arguments or an output folder that this run cannot use as given."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped the run; the training state of ``step`` was saved to ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"saved {checkpoint}" if checkpoint is not None else "nothing to save (no step done)"
+        super().__init__(f"interrupted at step {step}: {where}; continue with --resume_from_checkpoint latest")
+
+
+EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
+
+
+def run_trainer(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace],
+                user_errors: tuple[type[Exception], ...], error_code: int = 2) -> None:
+    """A trainer's command line: user errors as one line (exit ``error_code``); Ctrl-C or SIGTERM (a job
+    scheduler's stop) saves the training state and exits 130 with how to continue, never a traceback."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        main(parse_args())
+    except (*user_errors, UsageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error_code)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("interrupted before training started: nothing saved", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,10 +143,24 @@ def save_checkpoint(
 
 def resume(accelerator: Accelerator, output_dir: Path, resume_from_checkpoint: str | None,
            check: Callable[[Path], None] | None = None) -> int:
-    """Load the checkpoint ``--resume_from_checkpoint`` names (after ``check`` accepts it); its step, or 0."""
+    """Load the checkpoint ``--resume_from_checkpoint`` names (after ``check`` accepts it); its step, or 0.
+
+    Every process must find the same checkpoint: only the main process saves them, so on nodes that do not
+    share the output folder another process would start from step 0 with other weights (and the run would
+    hang at its end). They compare what they found and all refuse when they differ."""
     if resume_from_checkpoint is None:
         return 0
     checkpoint = find_checkpoint(output_dir, resume_from_checkpoint)
+    if accelerator.num_processes > 1:
+        found = torch.tensor([checkpoint_step(checkpoint) if checkpoint is not None else -1], device=accelerator.device)
+        steps = accelerator.gather(found).tolist()
+        if len(set(steps)) > 1:
+            seen = ", ".join(f"process {i}: {'none' if s < 0 else f'checkpoint-{s}'}" for i, s in enumerate(steps))
+            raise UsageError(
+                f"the processes found different checkpoints to resume in {output_dir} ({seen}). Only the main "
+                "process saves checkpoints: put --output_dir on storage every node sees, or copy the checkpoint "
+                "folder to the same path on every node, then resume again"
+            )
     if checkpoint is None:
         accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
         return 0
@@ -138,8 +186,19 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
     train.add_argument(
         "--checkpointing_steps", type=int, default=checkpointing_steps, help="save the training state to output_dir/checkpoint-<step> every this many steps"
     )
-    train.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many checkpoints (default: all)")
+    train.add_argument(
+        "--checkpoints_total_limit",
+        type=int,
+        default=DEFAULT_CHECKPOINTS_KEPT,
+        help="keep only the newest this many checkpoints (0: keep all; one sd14 checkpoint is ~5.3 GB)",
+    )
     train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
+    logging.add_argument(
+        "--logging_steps",
+        type=int,
+        default=10,
+        help="steps between two reads of the loss from the device (each read waits for the GPU to finish)",
+    )
     logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
     logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
     logging.add_argument("--push_to_hub", action="store_true", help=f"upload {pushed} to the Hub")
@@ -147,13 +206,56 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
 
 
 def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
-    """The Accelerator of a run from the options of ``add_run_arguments``."""
-    return Accelerator(
+    """The Accelerator of a run from the options of ``add_run_arguments``, after checking the launch."""
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        # A shuffle seeded by (seed, epoch): a resumed run continues its epoch's order, not the first epoch's.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    check_launch(accelerator)
+    return accelerator
+
+
+MISLAUNCH_FIX = (
+    "on GPUs: accelerate launch --multi_gpu --num_processes N ...; on a CPU (gloo): "
+    "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N --num_machines 1 ..."
+)
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse a launch whose processes are not connected: each would believe it is the only one, and all
+    would write the same folder (``--multi_gpu`` without usable GPUs or backend), or a launch that asked for
+    several processes and got one (``--num_processes N`` without ``--multi_gpu``)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise UsageError(
+            f"{world_size} processes were launched but they are not connected (no distributed backend: each "
+            f"believes it is the main one and all would write the same --output_dir). Launch with a backend: {MISLAUNCH_FIX}"
+        )
+    asked = launcher_num_processes()
+    if asked is not None and asked > 1 and accelerator.num_processes == 1:
+        raise UsageError(
+            f"accelerate launch was asked for {asked} processes but started one (--num_processes without "
+            f"--multi_gpu runs a single process). {MISLAUNCH_FIX}"
+        )
+
+
+def launcher_num_processes() -> int | None:
+    """``--num_processes`` of the ``accelerate launch`` that started this process (None: not launched by it)."""
+    try:
+        words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if "launch" not in words or not any(word.endswith("accelerate") or "accelerate" in word for word in words[:3]):
+        return None
+    for index, word in enumerate(words):
+        if word.startswith("--num_processes"):
+            value = word.split("=", 1)[1] if "=" in word else (words[index + 1] if index + 1 < len(words) else "")
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def make_lr_scheduler(args: Any, optimizer: torch.optim.Optimizer, accelerator: Accelerator) -> Any:
@@ -202,6 +304,7 @@ class LoopOptions:
     validation_steps: int
     resume_from_checkpoint: str | None
     seed: int
+    logging_steps: int = 10
     tracker_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -251,10 +354,11 @@ class TrainingRun:
         return self.steps_this_run / self.train_seconds if self.train_seconds > 0 else None
 
 
-def loss_seed(seed: int, step: int, accelerator: Accelerator) -> int:
-    """The seed of the loss's generator for a run (re)started at ``step``. (Every process draws the same
-    numbers: ``accelerator.process_index`` is here to tell them apart.)"""
-    return seed + step
+def loss_seed(seed: int, step: int, micro_batch: int, process_index: int) -> int:
+    """The seed of the randomness of one micro-batch (noise, timesteps, noise buckets, context dropout, VAE
+    posterior samples): independent streams for every (seed, step, micro-batch, process), so the processes
+    of a multi-GPU run draw differently, and a resumed run draws what an uninterrupted one would have."""
+    return int(np.random.SeedSequence([seed, step, micro_batch, process_index]).generate_state(1)[0])
 
 
 def batch_length(batch: Any) -> int:
@@ -286,52 +390,77 @@ def train(
     steps_per_epoch = max(1, math.ceil(len(dataloader) / options.gradient_accumulation_steps))
     first_epoch = run.step // steps_per_epoch
     batches_to_skip = (run.step % steps_per_epoch) * options.gradient_accumulation_steps
-    generator = torch.Generator(device=accelerator.device).manual_seed(loss_seed(options.seed, run.step, accelerator))
+    generator = torch.Generator(device=accelerator.device)
     progress = tqdm(
         range(options.max_train_steps), initial=run.step, desc="steps", disable=not accelerator.is_local_main_process
     )
     last_checkpoint = run.step if run.step > 0 else None
-    limit = options.checkpoints_total_limit
+    limit = options.checkpoints_total_limit or None  # 0: keep all
     unlogged: list[dict[str, torch.Tensor]] = []  # per step, still on the device
     model.train()
     epoch = first_epoch
-    while run.step < options.max_train_steps:
-        skip = batches_to_skip if epoch == first_epoch else 0
-        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-        loader.set_epoch(epoch)
-        step_started = time.perf_counter()
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss, metrics = loss_of_batch(batch, generator)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            run.samples_seen += batch_length(batch) * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue  # a micro-batch of an accumulated step
-            run.step += 1
-            if hooks.after_step is not None:
-                hooks.after_step(run.step)
-            run.train_seconds += time.perf_counter() - step_started
-            unlogged.append({"loss": loss.detach(), **{name: value.detach() for name, value in metrics.items()}})
-            progress.update(1)
-            if run.step % LOG_EVERY_STEPS == 0:
-                log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)
-            if run.step % options.checkpointing_steps == 0:
-                if accelerator.is_main_process:
-                    save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
-                last_checkpoint = run.step
-            if run.step % options.validation_steps == 0 and accelerator.is_main_process and hooks.validate is not None:
-                run.validation, run.validated_step = hooks.validate(run.step), run.step
-                model.train()
-            if run.step >= options.max_train_steps:
-                break
-            step_started = time.perf_counter()
-        epoch += 1
-    log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)
+    micro_batch = 0
+    window_started = time.perf_counter()  # training time is read after the device has finished (log_steps)
+
+    def flush() -> None:
+        nonlocal window_started
+        log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)  # waits for the device
+        run.train_seconds += time.perf_counter() - window_started
+        window_started = time.perf_counter()
+
+    try:
+        while run.step < options.max_train_steps:
+            skip = batches_to_skip if epoch == first_epoch else 0
+            loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+            loader.set_epoch(epoch)
+            for batch in loader:
+                seed = loss_seed(options.seed, run.step, micro_batch, accelerator.process_index)
+                generator.manual_seed(seed)
+                torch.manual_seed(seed)  # what draws from the global generator (dropout, posterior samples)
+                with accelerator.accumulate(model):
+                    loss, metrics = loss_of_batch(batch, generator)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                run.samples_seen += batch_length(batch) * accelerator.num_processes
+                micro_batch += 1
+                if not accelerator.sync_gradients:
+                    continue  # a micro-batch of an accumulated step
+                run.step += 1
+                micro_batch = 0
+                if hooks.after_step is not None:
+                    hooks.after_step(run.step)
+                unlogged.append({"loss": loss.detach(), **{name: value.detach() for name, value in metrics.items()}})
+                progress.update(1)
+                checkpoint_now = run.step % options.checkpointing_steps == 0
+                validate_now = run.step % options.validation_steps == 0 and hooks.validate is not None
+                if run.step % options.logging_steps == 0 or checkpoint_now or validate_now:
+                    flush()
+                if checkpoint_now:
+                    if accelerator.is_main_process:
+                        save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
+                    last_checkpoint = run.step
+                if validate_now and accelerator.is_main_process:
+                    run.validation, run.validated_step = hooks.validate(run.step), run.step
+                    model.train()
+                if checkpoint_now or validate_now:
+                    window_started = time.perf_counter()  # checkpoints and validation are not training time
+                if run.step >= options.max_train_steps:
+                    break
+            epoch += 1
+        flush()
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was trained since the last checkpoint, then tell the trainer to stop.
+        progress.close()
+        saved = None
+        if run.step > (last_checkpoint or 0) and accelerator.is_main_process:
+            saved = save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
+        elif last_checkpoint is not None:
+            saved = options.output_dir / f"{CHECKPOINT_PREFIX}{last_checkpoint}"
+        raise TrainingInterrupted(run.step, saved) from None
     progress.close()
     accelerator.wait_for_everyone()
     # The final state, so that a later run with a larger --max_train_steps can continue this one.

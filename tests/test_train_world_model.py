@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_script
+from conftest import REPO, run_script, script_env
 
 from gamengen.config import get_config
 from gamengen.model import build_vae, load_world_model, save_vae
@@ -114,6 +119,42 @@ def test_action_id_out_of_range_is_named(setup, tmp_path):
     pq.write_table(table, bad / shard.name)
     result = train({**setup, "ds": bad}, tmp_path / "out", "--max_train_steps", 1, check=False)
     assert result.returncode == 2 and "99" in result.stderr and "15" in result.stderr
+    assert "--num_actions" in result.stderr  # an option this script has
+    assert "--num_actions" in run_script(TRAIN, "--help").stdout
+
+
+def without_metadata(source: Path, out: Path, largest_action: int) -> Path:
+    """The dataset's shards without gamengen metadata, its action ids folded into 0..largest_action."""
+    out.mkdir()
+    for shard in sorted(source.glob("*.parquet")):
+        table = pq.read_table(shard)
+        actions = [a % (largest_action + 1) for a in table.column("action").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions, pa.int16()))
+        pq.write_table(table.replace_schema_metadata(None), out / shard.name)
+    return out
+
+
+def test_a_dataset_without_action_names_gets_the_action_count_of_its_cache(setup, tmp_path):
+    """encode_latents.py --num_actions 18 stored 18, but the trainer sized the table from the largest id it saw."""
+    plain = without_metadata(setup["ds"], tmp_path / "plain", largest_action=14)
+    columns = ("--frame_column", "frame", "--action_column", "action")
+    run_script(
+        "encode_latents.py", "--preset", "tiny", "--dataset_name", plain, "--pretrained_vae_model_name_or_path",
+        setup["vae"], "--output_dir", tmp_path / "lat", "--num_actions", 18, *columns,
+    )  # fmt: skip
+    out = tmp_path / "wm"
+    train({**setup, "ds": plain}, out, "--latents_dir", tmp_path / "lat", "--max_train_steps", 1, *columns)
+    config = load_world_model(out).config
+    assert config.num_actions == 18 and config.action_names[-1] == "ACTION_17"
+    result = train({**setup, "ds": plain}, tmp_path / "wm2", "--max_train_steps", 1, "--num_actions", 20, *columns)
+    assert "20 actions" in result.stdout and load_world_model(tmp_path / "wm2").config.num_actions == 20
+
+
+def test_a_resumed_run_says_where_its_weights_come_from(trained, setup):
+    out, first = trained
+    assert "new tiny UNet" in first.stdout
+    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 26, "--resume_from_checkpoint", "latest")
+    assert "new tiny UNet" not in result.stdout and "its weights come from the checkpoint it resumes" in result.stdout
 
 
 def test_latents_of_another_vae_are_refused(setup, tmp_path):
@@ -142,3 +183,32 @@ def test_preset_defaults_fill_only_the_options_left_unset():
     assert (tiny.optimizer, tiny.learning_rate, tiny.train_batch_size, tiny.num_threads) == ("adamw", 1e-3, 32, 1)
     assert (tiny.residual, tiny.action_positions, tiny.action_class) == (False, True, True)
     assert tiny.pretrained_model_name_or_path is None
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_without_a_traceback(setup, tmp_path):
+    """It printed a raw KeyboardInterrupt traceback and lost the steps since the last checkpoint."""
+    out = tmp_path / "wm"
+    args = ["--preset", "tiny", "--dataset_name", setup["ds"], "--pretrained_vae_model_name_or_path", setup["vae"]]
+    args += ["--output_dir", out, "--latents_dir", setup["lat"], "--train_batch_size", 8, "--report_to", "none"]
+    args += ["--max_train_steps", 100000, "--checkpointing_steps", 100000, "--validation_steps", 100000]
+    log = tmp_path / "train.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / TRAIN), *map(str, args)], stdout=sink, stderr=subprocess.STDOUT, env=script_env(),
+            cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not re.search(r"\b([3-9]|\d\d+)/100000\b", log.read_text()):
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert process.returncode == 130 and "Traceback" not in text, text[-3000:]
+    match = re.search(r"interrupted at step (\d+): saved (\S+checkpoint-\d+); continue with --resume_from_checkpoint latest", text)
+    assert match and int(match.group(1)) >= 3 and Path(match.group(2)).is_dir()
+    resumed = run_script(TRAIN, *map(str, args[:-6]), "--max_train_steps", int(match.group(1)) + 1, "--resume_from_checkpoint", "latest")
+    assert f"at step {match.group(1)}" in resumed.stdout
