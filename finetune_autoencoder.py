@@ -272,11 +272,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     set_seed(args.seed)
     config = get_config(args.preset)
 
-    # Data: recorded episodes, a held-out split by episode id, a fixed set of held-out frames.
-    train_episodes, heldout_episodes = load_episodes(args, config, accelerator)
+    # Data: recorded episodes, a held-out split by episode id, a fixed set of held-out frames; and the model.
+    with accelerator.main_process_first():  # a Hub dataset or VAE is downloaded once, by the main process
+        train_episodes, heldout_episodes = load_episodes(args, config, accelerator)
+        vae, pretrained = load_or_build_vae(args, config)
 
-    # Model: the pretrained VAE (a Hub id or a local folder, one code path), or a fresh one.
-    vae, pretrained = load_or_build_vae(args, config)
+    # Model (loaded above): the pretrained VAE (a Hub id or a local folder, one code path), or a fresh one.
     vae.to(accelerator.device)
     trainable = set_trainable(vae, args.train_encoder)
     if args.gradient_checkpointing:

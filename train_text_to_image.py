@@ -353,13 +353,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     accelerator = make_accelerator(args, output_dir)
     set_seed(args.seed)
 
-    # The VAE: decodes validation samples, and encodes the frames when there is no latent cache.
-    vae = load_vae(args.pretrained_vae_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir)
+    # The VAE: decodes validation samples, and encodes the frames when there is no latent cache. (Downloads
+    # happen once: the main process fetches into the cache first, then the others read it.)
+    with accelerator.main_process_first():
+        vae = load_vae(args.pretrained_vae_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir)
     check_vae(vae, get_config(args.preset))
     vae.requires_grad_(False).eval().to(accelerator.device)
 
     # Data: recorded episodes -> context windows (cached latents, or pixels encoded on the fly).
-    action_names, train_windows, heldout_windows, provenance = load_windows(args, vae)
+    with accelerator.main_process_first():
+        action_names, train_windows, heldout_windows, provenance = load_windows(args, vae)
     config = world_model_config(args, action_names, provenance)
     accelerator.print(
         f"data: {len(train_windows)} training windows, {len(heldout_windows)} held out; "
@@ -368,7 +371,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     validation_windows = pick_validation_windows(args, heldout_windows, vae, config)
 
     # The UNet: widened from a pretrained one (sd14) or new (tiny).
-    pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision) if args.pretrained_model_name_or_path else None
+    pretrained_unet = None
+    if args.pretrained_model_name_or_path:
+        with accelerator.main_process_first():
+            pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision, args.cache_dir)
     model = build_world_model(config, pretrained_unet)
     del pretrained_unet
     if args.gradient_checkpointing:

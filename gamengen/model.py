@@ -287,10 +287,14 @@ def make_world_model(unet, config: WorldModelConfig) -> WorldModel:
     return WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None, config.action_class)
 
 
-def load_pretrained_unet(pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None):
+def load_pretrained_unet(
+    pretrained_model_name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
+):
     """The ``unet/`` of a Stable Diffusion checkpoint (Hub id or local folder), for widening."""
     try:
-        return _unet_class().from_pretrained(str(pretrained_model_name_or_path), subfolder=UNET_SUBFOLDER, revision=revision)
+        return _unet_class().from_pretrained(
+            str(pretrained_model_name_or_path), subfolder=UNET_SUBFOLDER, revision=revision, cache_dir=cache_dir
+        )
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"could not load unet/ of {pretrained_model_name_or_path!r} ({error}); pass a Hub id or a folder with unet/") from error
 

@@ -249,7 +249,8 @@ def launcher_num_processes() -> int | None:
         words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return None
-    if "launch" not in words or not any(word.endswith("accelerate") or "accelerate" in word for word in words[:3]):
+    head = " ".join(words[:4])  # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    if "accelerate" not in head or "launch" not in head:
         return None
     for index, word in enumerate(words):
         if word.startswith("--num_processes"):
@@ -404,8 +405,10 @@ def train(
 
     def flush() -> None:
         nonlocal window_started
-        log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)  # waits for the device
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)  # the clock is read once the queued steps have run
         run.train_seconds += time.perf_counter() - window_started
+        log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)
         window_started = time.perf_counter()
 
     try:
