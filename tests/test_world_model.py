@@ -268,3 +268,23 @@ def test_action_class_feeds_the_newest_action_with_the_noise_bucket_as_the_class
         expected = model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
         got = loaded.model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ["adafactor", "adafactor_torch", "adamw"])
+def test_every_optimizer_choice_lowers_the_loss_of_a_world_model(config, name):
+    import train_text_to_image as trainer
+
+    torch.manual_seed(0)
+    model = build_world_model(config)
+    optimizer = trainer.make_optimizer(name, model.parameters(), 1e-3, 0.0)
+    batch = window_batch(config, size=8)
+    batch = {"target": batch["noisy"], "context": batch["context"], "actions": batch["actions"]}
+    losses = []
+    for step in range(6):
+        generator = torch.Generator().manual_seed(0)  # the same draws: the loss falls only by learning
+        loss = trainer.diffusion_loss(model, batch, config, make_scheduler(config), generator)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
