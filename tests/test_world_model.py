@@ -280,7 +280,7 @@ def test_every_optimizer_choice_lowers_the_loss_of_a_world_model(config, name):
     batch = window_batch(config, size=8)
     batch = {"target": batch["noisy"], "context": batch["context"], "actions": batch["actions"]}
     losses = []
-    for step in range(6):
+    for _ in range(6):
         generator = torch.Generator().manual_seed(0)  # the same draws: the loss falls only by learning
         loss = trainer.diffusion_loss(model, batch, config, make_scheduler(config), generator)
         loss.backward()
