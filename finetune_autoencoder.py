@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for sd14; the tiny preset has none)",
     )
+    model.add_argument(
+        "--hf_model_folder",
+        dest="pretrained_model_name_or_path",
+        default=argparse.SUPPRESS,
+        help="the same as --pretrained_model_name_or_path (the seed repository's name for it)",
+    )
     model.add_argument("--revision", default=None, help="revision of a Hub model")
     model.add_argument("--train_encoder", action="store_true", help="train the whole VAE (from scratch when there is no pretrained one); default: decoder only")
     data = parser.add_argument_group("data")

@@ -43,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_engine_arguments(parser)
     what = parser.add_argument_group("what to roll out")
-    what.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id: the start frames (and recorded actions)")
+    what.add_argument(
+        "--dataset_name",
+        default=None,
+        help="dataset folder or Hub id: the start frames (and recorded actions); default: the checkpoint's training data",
+    )
     what.add_argument("--episodes", nargs="+", default=["0"], help="episodes to start from: indices into the dataset's episodes, or episode ids")
     what.add_argument(
         "--start_step",

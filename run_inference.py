@@ -34,7 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_engine_arguments(parser)
     what = parser.add_argument_group("what to predict")
-    what.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
+    what.add_argument(
+        "--dataset_name",
+        default=None,
+        help="dataset folder or Hub id: the start frames (and recorded actions); default: the checkpoint's training data",
+    )
     what.add_argument("--episode", default="0", help="episode: index into the dataset's episodes, or an episode id")
     what.add_argument(
         "--step", type=int, default=None, help="the step to predict (>= 1); default: the first with a full context (the context length), or the last step"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"windows per device per step (default: {by_preset('train_batch_size')}; paper: 128 in total)",
     )
-    train.add_argument("--max_train_steps", type=int, default=700_000, help="total optimisation steps (paper: 700k); a resumed run counts from its checkpoint")
+    train.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help="total optimisation steps (default 700k, the paper's); a resumed run counts from its checkpoint; "
+        "wins over --num_train_epochs",
+    )
+    train.add_argument(
+        "--num_train_epochs", type=int, default=None, help="passes over the training windows, when --max_train_steps is not given"
+    )
+    train.add_argument(
+        "--max_train_samples", type=int, default=None, help="train on this many windows only (chosen with --seed; debugging)"
+    )
+    train.add_argument(
+        "--use_cfg",
+        action="store_true",
+        help="accepted for the seed repository's commands: the context dropout that classifier-free guidance needs "
+        "(--context_dropout 0.1, the paper's) is already the default; --context_dropout 0 turns it off",
+    )
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
     train.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass to save memory")
     paper = "(sd14: the paper's)"
@@ -209,10 +228,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in preset_defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    counts = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"]
-    for name in [*counts, "validation_steps", "noise_buckets"]:
-        if getattr(args, name) < 1:
+    if args.max_train_steps is None and args.num_train_epochs is None:
+        args.max_train_steps = 700_000
+    counts = ["train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "noise_buckets"]
+    for name in [*counts, "max_train_steps", "num_train_epochs", "max_train_samples"]:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
+    if args.use_cfg and args.context_dropout == 0:
+        parser.error("--use_cfg asks for context dropout, --context_dropout 0 turns it off: give one of them")
     if not 0.0 <= args.context_dropout < 1.0:
         parser.error("--context_dropout must be in [0, 1)")
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
@@ -376,6 +399,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"context {config.context_length}; {config.num_actions} actions"
     )
     validation_windows = pick_validation_windows(args, heldout_windows, vae, config)
+    if args.max_train_samples is not None and args.max_train_samples < len(train_windows):
+        chosen = torch.randperm(len(train_windows), generator=torch.Generator().manual_seed(args.seed))
+        train_windows = torch.utils.data.Subset(train_windows, sorted(chosen[: args.max_train_samples].tolist()))
+    if args.max_train_steps is None:  # --num_train_epochs: the batches each process gets per epoch
+        batches = len(train_windows) // args.train_batch_size if len(train_windows) >= args.train_batch_size else 1
+        per_process = math.ceil(batches / accelerator.num_processes)
+        args.max_train_steps = args.num_train_epochs * max(1, math.ceil(per_process / args.gradient_accumulation_steps))
+        accelerator.print(f"{args.num_train_epochs} epochs of {len(train_windows)} windows: {args.max_train_steps} steps")
 
     # The UNet: widened from a pretrained one (sd14) or new (tiny).
     pretrained_unet = None

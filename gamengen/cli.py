@@ -15,7 +15,7 @@ import torch
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model
 from gamengen.engine import DTYPES, GameEngine
-from gamengen.episodes import EpisodeDataset, add_column_arguments, columns_from_args
+from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +120,14 @@ def dataset_from_args(args: argparse.Namespace, config: WorldModelConfig) -> Epi
     """Open ``--dataset_name`` (with the column options) and check it against the checkpoint."""
     from gamengen.episodes import open_dataset
 
+    if args.dataset_name is None:  # the dataset the checkpoint was trained on, when it records one
+        args.dataset_name = config.dataset.get("name")
+        if not args.dataset_name:
+            raise DatasetError(
+                "the checkpoint records no dataset (a converted seed checkpoint, or an old one): pass "
+                "--dataset_name, a dataset of the same game and action set"
+            )
+        print(f"dataset: {args.dataset_name} (the checkpoint's training data; --dataset_name chooses another)")
     columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns)
     check_dataset_fits_model(dataset, config)

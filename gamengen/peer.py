@@ -233,7 +233,7 @@ def read_peer_config(
         residual=False,
         action_positions=False,
         action_class=False,
-        dataset={"name": "unknown", "converted_from": str(name_or_path), "source_format": "gameNgen-repro"},
+        dataset={"name": None, "converted_from": str(name_or_path), "source_format": "gameNgen-repro"},
     )
 
 

@@ -25,13 +25,15 @@ def action_colour(action: int) -> int:
     return 20 + 40 * action
 
 
-def jpeg(level: int) -> bytes:
+def jpeg(level: int, width: int = WIDTH, height: int = HEIGHT) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.full((HEIGHT, WIDTH, 3), level, dtype=np.uint8)).save(buffer, format="JPEG", quality=85)
+    Image.fromarray(np.full((height, width, 3), level, dtype=np.uint8)).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 
-def write_seed_layout(out: Path, episodes: int = 3, length: int = 12, seed: int = 0) -> list[np.ndarray]:
+def write_seed_layout(
+    out: Path, episodes: int = 3, length: int = 12, seed: int = 0, width: int = WIDTH, height: int = HEIGHT
+) -> list[np.ndarray]:
     """Each row's frame is the screen after its action: here a flat frame whose grey level names that action."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -41,7 +43,7 @@ def write_seed_layout(out: Path, episodes: int = 3, length: int = 12, seed: int 
         table = pa.table(
             {
                 "episode_id": pa.array([episode] * length, pa.int64()),
-                "frames": pa.array([jpeg(action_colour(int(a))) for a in actions], pa.binary()),
+                "frames": pa.array([jpeg(action_colour(int(a)), width, height) for a in actions], pa.binary()),
                 "actions": pa.array(actions, pa.int64()),
                 "health": pa.array([100] * length, pa.int64()),
                 "step_ids": pa.array(np.arange(length), pa.int64()),
