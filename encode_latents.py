@@ -46,7 +46,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
+from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import TMP_MARKER
 from gamengen.latent_cache import (
     MANIFEST_FILE,
@@ -57,6 +57,7 @@ from gamengen.latent_cache import (
     write_latent_manifest,
     write_latent_shard,
 )
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.model import ModelLoadError, check_vae, encode_frames, load_vae
 from gamengen.samplers import FrameDataset
 from gamengen.training import UsageError

@@ -57,9 +57,10 @@ from gamengen.cli import add_engine_arguments, engine_from_args
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError, GameEngine, default_device
-from gamengen.episodes import DatasetError, EpisodeDataset, columns_from_args, open_dataset
+from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
 from gamengen.idm import IDM, IDMError, action_following, load_idm
+from gamengen.layout import DatasetError, columns_from_args
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import (
     LpipsMetric,

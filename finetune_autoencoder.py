@@ -41,8 +41,9 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
+from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_json_atomic
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
 from gamengen.samplers import FrameDataset, LocalShuffleSampler

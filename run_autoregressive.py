@@ -30,8 +30,8 @@ from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.context import episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError, GameEngine
-from gamengen.episodes import DatasetError
 from gamengen.files import write_json_atomic
+from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale, realtime_fps, write_gif, write_video
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor

@@ -24,7 +24,7 @@ from PIL import Image
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.context import episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError
-from gamengen.episodes import DatasetError
+from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, frames_to_tensor

@@ -32,7 +32,7 @@ from typing import Any
 from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.engine import EngineError
-from gamengen.episodes import DatasetError
+from gamengen.layout import DatasetError
 from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
 from gamengen.play import PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gamengen.episodes import DatasetError, add_column_arguments, columns_from_args, open_dataset, split_episode_ids
+from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.idm import (
     CATEGORIES,
     IDMError,
@@ -37,6 +37,7 @@ from gamengen.idm import (
     train_idm,
 )
 from gamengen.latent_cache import dataset_fingerprint
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.windows import check_action_ids
 
 

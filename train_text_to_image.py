@@ -40,16 +40,10 @@ from gamengen.config import (
     get_config,
     get_world_model_config,
 )
-from gamengen.episodes import (
-    PEER_COLUMNS,
-    DatasetError,
-    add_column_arguments,
-    columns_from_args,
-    open_dataset,
-    split_episode_ids,
-)
+from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
+from gamengen.layout import PEER_COLUMNS, DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import (
     CONFIG_FILE,

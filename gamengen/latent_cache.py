@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from gamengen.config import ModelConfig
-from gamengen.episodes import DatasetError, EpisodeDataset
+from gamengen.episodes import EpisodeDataset
 from gamengen.files import atomic_path, write_json_atomic
+from gamengen.layout import DatasetError
 
 LATENT_CACHE_FORMAT = "gamengen-latent-cache"
 LATENT_CACHE_VERSION = 1

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from gamengen.config import ModelConfig
-from gamengen.episodes import DatasetError, EpisodeDataset
+from gamengen.episodes import EpisodeDataset
 from gamengen.latent_cache import LatentCache
+from gamengen.layout import DatasetError
 
 # Action id of padded context slots (NOOP in this project's action set).
 PAD_ACTION = 0

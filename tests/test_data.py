@@ -17,7 +17,8 @@ from PIL import Image
 
 from common.utils import CONTRACT_KEYS as RECORDER_CONTRACT_KEYS
 from common.utils import ShardWriter
-from gamengen.episodes import CONTRACT_KEYS, ColumnNames, DatasetError, open_dataset, split_episode_ids
+from gamengen.episodes import open_dataset, split_episode_ids
+from gamengen.layout import CONTRACT_KEYS, ColumnNames, DatasetError
 from gamengen.samplers import FrameDataset, LocalShuffleSampler
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT"]

@@ -15,7 +15,8 @@ import evaluate
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
 from gamengen.engine import EngineError, GameEngine
-from gamengen.episodes import DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import DatasetError
 from gamengen.metrics import alexnet_weights_path, gmsd, load_lpips, psnr, sharpness, ssim, status_bar_rows
 from gamengen.model import build_vae, build_world_model, frames_to_tensor, save_world_model
 

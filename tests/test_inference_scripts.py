@@ -13,7 +13,8 @@ from PIL import Image
 import run_autoregressive
 import run_inference
 from gamengen.engine import EngineError
-from gamengen.episodes import DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import DatasetError
 
 STEPS = TINY_STEPS  # per recorded episode
 

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gamengen.episodes import PEER_COLUMNS, ColumnNames, DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import PEER_COLUMNS, ColumnNames, DatasetError
 from gamengen.windows import PixelWindowDataset
 
 WIDTH, HEIGHT = 64, 48

@@ -17,7 +17,8 @@ import torch
 
 from common.utils import ShardWriter
 from gamengen.config import get_config
-from gamengen.episodes import ColumnNames, DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import ColumnNames, DatasetError
 from gamengen.windows import PAD_ACTION, PixelWindowDataset, pad_context
 
 ACTION_NAMES = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK", "USE"]
