@@ -4,7 +4,7 @@ GameNGen (section 3.2) trains the UNet on VAE latents of the context frames and 
 frame; the encoder is frozen, so each frame's latent never changes. Encoding the N+1 frames of
 every sample on the fly costs far more than the rest of the data pipeline (benchmarks/
 bench_latent_cache.py); this script encodes each frame once (the posterior mean times the VAE's
-scaling factor, ``gamengen.model.encode_frames``) and ``train_text_to_image.py --latents_dir``
+scaling factor, ``gamengen.vae.encode_frames``) and ``train_text_to_image.py --latents_dir``
 then reads the windows from the cache (``gamengen.windows.LatentWindowDataset``).
 
 Output (``--output_dir``): ``manifest.json`` (the VAE and a fingerprint of its encoder, the preset,
@@ -58,9 +58,10 @@ from gamengen.latent_cache import (
     write_latent_shard,
 )
 from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
-from gamengen.model import ModelLoadError, check_vae, encode_frames, load_vae
+from gamengen.model import ModelLoadError
 from gamengen.samplers import FrameDataset
 from gamengen.training import UsageError
+from gamengen.vae import check_vae, encode_frames, load_vae
 from gamengen.windows import check_action_ids, check_frame_size
 
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

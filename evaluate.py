@@ -53,6 +53,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gamengen.checkpoint import read_world_model_config
 from gamengen.cli import add_engine_arguments, engine_from_args
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
@@ -72,7 +73,8 @@ from gamengen.metrics import (
     ssim,
     status_bar_rows,
 )
-from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames
+from gamengen.model import ModelLoadError
+from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames
 
 # DESIGN.md section 6: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps, TPU-v5).
 PAPER = {

@@ -45,7 +45,7 @@ from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
-from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
+from gamengen.model import ModelLoadError
 from gamengen.samplers import FrameDataset, LocalShuffleSampler
 from gamengen.training import (
     Hooks,
@@ -60,6 +60,7 @@ from gamengen.training import (
     run_trainer,
     train,
 )
+from gamengen.vae import build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
 
 SUMMARY_FILE = "vae_training.json"
 

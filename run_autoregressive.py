@@ -34,7 +34,8 @@ from gamengen.files import write_json_atomic
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale, realtime_fps, write_gif, write_video
 from gamengen.metrics import psnr
-from gamengen.model import ModelLoadError, frames_to_tensor
+from gamengen.model import ModelLoadError
+from gamengen.vae import frames_to_tensor
 
 DEFAULT_NUM_FRAMES = 32
 

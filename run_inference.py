@@ -27,7 +27,8 @@ from gamengen.engine import EngineError
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import psnr
-from gamengen.model import ModelLoadError, frames_to_tensor
+from gamengen.model import ModelLoadError
+from gamengen.vae import frames_to_tensor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -32,6 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
+from gamengen.checkpoint import CONFIG_FILE, save_world_model
 from gamengen.config import (
     DEFAULT_CONTEXT_LENGTH,
     PRESETS,
@@ -45,20 +46,7 @@ from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
 from gamengen.layout import PEER_COLUMNS, DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
-from gamengen.model import (
-    CONFIG_FILE,
-    ModelLoadError,
-    WorldModel,
-    build_world_model,
-    check_vae,
-    corrupt_context,
-    drop_context,
-    load_pretrained_unet,
-    load_vae,
-    make_scheduler,
-    residual_base,
-    save_world_model,
-)
+from gamengen.model import ModelLoadError, WorldModel, build_world_model, corrupt_context, drop_context, load_pretrained_unet, make_scheduler, residual_base
 from gamengen.peer import PEER_ACTION_NAMES
 from gamengen.training import (
     Hooks,
@@ -74,6 +62,7 @@ from gamengen.training import (
     run_trainer,
     train,
 )
+from gamengen.vae import check_vae, load_vae
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, check_action_ids, encode_pixel_windows
 
 SUMMARY_FILE = "training_summary.json"
@@ -327,8 +316,9 @@ def dataset_action_names(args: argparse.Namespace, dataset, cache) -> list[str]:
 def validate(model: WorldModel, vae, scheduler, config: WorldModelConfig, windows: list[dict[str, torch.Tensor]], seed: int) -> tuple[float, Image.Image]:
     """Sample the next frame of held-out windows through the engine (4 DDIM steps, CFG on the
     context) and return the mean PSNR against the truth and a prediction | truth grid."""
+    from gamengen.checkpoint import WorldModelBundle
     from gamengen.engine import GameEngine
-    from gamengen.model import WorldModelBundle, decode_latents, tensor_to_frames
+    from gamengen.vae import decode_latents, tensor_to_frames
 
     was_training = model.training
     model.eval()
@@ -508,7 +498,7 @@ def write_summary(
         f"{run.validation:.2f} dB; "
         "evaluate.py measures against the real frames, with baselines"
     )
-    print(f"saved the world model to {output_dir} (load it with gamengen.model.load_world_model)")
+    print(f"saved the world model to {output_dir} (load it with gamengen.checkpoint.load_world_model)")
     return summary
 
 

@@ -36,9 +36,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from gamengen.checkpoint import WorldModelBundle  # noqa: E402
 from gamengen.config import get_world_model_config  # noqa: E402
 from gamengen.engine import GameEngine  # noqa: E402
-from gamengen.model import WorldModel, WorldModelBundle, build_vae, build_world_model, make_scheduler  # noqa: E402
+from gamengen.model import WorldModel, build_world_model, make_scheduler  # noqa: E402
+from gamengen.vae import build_vae  # noqa: E402
 
 ACTIONS = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "STRAFE_LEFT", "STRAFE_RIGHT", "ATTACK", "USE"]
 

@@ -45,7 +45,8 @@ from gamengen.latent_cache import (  # noqa: E402
     write_latent_manifest,
     write_latent_shard,
 )
-from gamengen.model import build_vae, build_world_model, encode_frames, load_vae, save_vae  # noqa: E402
+from gamengen.model import build_world_model  # noqa: E402
+from gamengen.vae import build_vae, encode_frames, load_vae, save_vae  # noqa: E402
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows  # noqa: E402
 
 

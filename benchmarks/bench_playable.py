@@ -48,8 +48,10 @@ WARMUP = 5
 
 
 def tiny_checkpoint(folder: Path) -> Path:
+    from gamengen.checkpoint import save_world_model
     from gamengen.config import get_world_model_config
-    from gamengen.model import build_vae, build_world_model, save_world_model
+    from gamengen.model import build_world_model
+    from gamengen.vae import build_vae
 
     torch.manual_seed(0)
     config = get_world_model_config("tiny", list(doom_env_module().ACTION_NAMES))

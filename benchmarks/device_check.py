@@ -208,7 +208,8 @@ def build_models(preset: str, device, with_vae: bool, **overrides: Any):
     """(world model, VAE or None, scheduler, config) with random weights, created on ``device`` directly."""
     import torch
 
-    from gamengen.model import build_vae, build_world_model, make_scheduler
+    from gamengen.model import build_world_model, make_scheduler
+    from gamengen.vae import build_vae
 
     config = world_model_config(preset, **overrides)
     torch.manual_seed(0)
@@ -394,8 +395,8 @@ def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: st
     import torch
     from diffusers.utils import logging as diffusers_logging
 
+    from gamengen.checkpoint import WorldModelBundle
     from gamengen.engine import GameEngine
-    from gamengen.model import WorldModelBundle
 
     diffusers_logging.set_verbosity_error()  # casting the VAE to bf16 warns, as intended here
     device = compute_device(options)

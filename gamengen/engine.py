@@ -57,17 +57,9 @@ import numpy as np
 import torch
 
 from gamengen.actions import EngineError, action_id
-from gamengen.model import (
-    WorldModelBundle,
-    corrupt_context,
-    decode_latents,
-    encode_frames,
-    frames_to_tensor,
-    load_world_model,
-    residual_base,
-    tensor_to_frames,
-    unpad_frames,
-)
+from gamengen.checkpoint import WorldModelBundle, load_world_model
+from gamengen.model import corrupt_context, residual_base
+from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
 from gamengen.windows import pad_context
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -109,7 +101,7 @@ class GameEngine:
     """A world-model checkpoint played as a game: ``reset`` with a real context, then ``step(action)``.
 
     Args:
-        bundle: what ``gamengen.model.load_world_model`` returns (model, vae, scheduler, config); the
+        bundle: what ``gamengen.checkpoint.load_world_model`` returns (model, vae, scheduler, config); the
             engine uses the model's device and dtype as they are (``from_pretrained`` sets them).
         guidance_scale: CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1.0
             turns guidance off (one UNet branch).

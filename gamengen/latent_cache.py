@@ -118,7 +118,7 @@ def build_latent_manifest(
         "latent_shape": list(config.latent_shape),
         "latent_dtype": "float16",
         "latents": (
-            "VAE posterior mean x scaling_factor (gamengen.model.encode_frames), frames padded as the preset says"
+            "VAE posterior mean x scaling_factor (gamengen.vae.encode_frames), frames padded as the preset says"
         ),
         "vae": {
             "name_or_path": vae_name_or_path,

@@ -85,8 +85,10 @@ def save_tiny_checkpoint(folder: Path, action_names: list[str], seed: int = 0, *
 
     import torch
 
+    from gamengen.checkpoint import save_world_model
     from gamengen.config import get_world_model_config
-    from gamengen.model import build_vae, build_world_model, save_world_model
+    from gamengen.model import build_world_model
+    from gamengen.vae import build_vae
 
     torch.manual_seed(seed)
     config = get_world_model_config("tiny", action_names)

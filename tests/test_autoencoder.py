@@ -14,19 +14,8 @@ from diffusers import AutoencoderKL
 
 from gamengen.config import get_config
 from gamengen.episodes import open_dataset
-from gamengen.model import (
-    ModelLoadError,
-    build_vae,
-    check_vae,
-    decode_latents,
-    encode_frames,
-    frames_to_tensor,
-    load_vae,
-    pad_frames,
-    save_vae,
-    tensor_to_frames,
-    unpad_frames,
-)
+from gamengen.model import ModelLoadError
+from gamengen.vae import build_vae, check_vae, decode_latents, encode_frames, frames_to_tensor, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
 
 SCRIPT = "finetune_autoencoder.py"
 GENERATE = "ViZDoomPPO/load_model_generate_dataset.py"
@@ -200,7 +189,7 @@ def test_script_errors_say_what_to_change(tiny_dataset, tmp_path):
     assert "64x48" in result.stderr and "320x240" in result.stderr and "Traceback" not in result.stderr
 
 
-# -- gamengen.model ----------------------------------------------------------------------------
+# -- gamengen.vae ------------------------------------------------------------------------------
 
 
 def test_load_vae_refuses_a_folder_without_vae(tmp_path):

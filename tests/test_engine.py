@@ -9,9 +9,11 @@ import torch
 from diffusers import DDIMScheduler
 
 from gamengen.actions import action_id, parse_action_script
+from gamengen.checkpoint import load_world_model, save_world_model
 from gamengen.config import get_world_model_config
 from gamengen.engine import EngineError, GameEngine
-from gamengen.model import ModelLoadError, build_vae, build_world_model, encode_frames, frames_to_tensor, load_world_model, save_world_model
+from gamengen.model import ModelLoadError, build_world_model
+from gamengen.vae import build_vae, encode_frames, frames_to_tensor
 from gamengen.windows import pad_context
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK"]
@@ -321,7 +323,7 @@ def test_malformed_contexts_are_refused(engine):
 
 
 def engine_bundle(engine: GameEngine):
-    from gamengen.model import WorldModelBundle
+    from gamengen.checkpoint import WorldModelBundle
 
     return WorldModelBundle(engine.model, engine.vae, engine.scheduler, engine.config)
 
@@ -344,7 +346,7 @@ def residual_bundle(bundle, residual: bool = True):
     """The same weights under a config with ``residual`` set."""
     from dataclasses import replace
 
-    from gamengen.model import WorldModelBundle
+    from gamengen.checkpoint import WorldModelBundle
 
     return WorldModelBundle(model=bundle.model, vae=bundle.vae, scheduler=bundle.scheduler, config=replace(bundle.config, residual=residual))
 

@@ -12,13 +12,15 @@ from conftest import run_script, save_tiny_checkpoint
 from PIL import Image, ImageFilter
 
 import evaluate
+from gamengen.checkpoint import save_world_model
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
 from gamengen.engine import EngineError, GameEngine
 from gamengen.episodes import open_dataset
 from gamengen.layout import DatasetError
 from gamengen.metrics import alexnet_weights_path, gmsd, load_lpips, psnr, sharpness, ssim, status_bar_rows
-from gamengen.model import build_vae, build_world_model, frames_to_tensor, save_world_model
+from gamengen.model import build_world_model
+from gamengen.vae import build_vae, frames_to_tensor
 
 FAST = ("--max_windows", 8, "--horizon", 6, "--timing_frames", 2, "--num_examples", 3)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, run_script, script_env
 
-from gamengen.model import load_world_model
+from gamengen.checkpoint import load_world_model
 
 pytestmark = pytest.mark.slow
 LOOP_SCRIPT = REPO / "tests" / "scripts" / "loop_under_launch.py"
@@ -66,7 +66,7 @@ def world_model_setup(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
     import torch
 
     from gamengen.config import get_config
-    from gamengen.model import build_vae, save_vae
+    from gamengen.vae import build_vae, save_vae
 
     root = tmp_path_factory.mktemp("ddp_world")
     torch.manual_seed(0)

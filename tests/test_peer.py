@@ -19,8 +19,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
 import convert_checkpoint
+from gamengen.checkpoint import load_world_model, read_world_model_config
 from gamengen.engine import GameEngine
-from gamengen.model import load_world_model, read_world_model_config
 from gamengen.peer import PEER_ACTION_NAMES, PeerCheckpointError, convert_peer_checkpoint
 
 CONTEXT = 3  # the stand-in's context frames (the published checkpoints have 9)

@@ -12,9 +12,10 @@ from conftest import run_script
 from PIL import Image
 
 import quickstart
+from gamengen.checkpoint import load_world_model
 from gamengen.episodes import open_dataset
 from gamengen.latent_cache import open_latent_cache
-from gamengen.model import load_vae, load_world_model
+from gamengen.vae import load_vae
 
 SMOKE = quickstart.BUDGETS["smoke"]
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 from conftest import REPO, run_script, script_env
 
+from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
-from gamengen.model import build_vae, load_world_model, save_vae
+from gamengen.vae import build_vae, save_vae
 
 TRAIN = "train_text_to_image.py"
 

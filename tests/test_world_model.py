@@ -9,20 +9,10 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from gamengen.checkpoint import load_world_model, save_world_model
 from gamengen.config import TINY_UNET_CONFIG, get_world_model_config
-from gamengen.model import (
-    ModelLoadError,
-    build_vae,
-    build_world_model,
-    corrupt_context,
-    drop_context,
-    load_pretrained_unet,
-    load_world_model,
-    make_scheduler,
-    noise_level,
-    residual_base,
-    save_world_model,
-)
+from gamengen.model import ModelLoadError, build_world_model, corrupt_context, drop_context, load_pretrained_unet, make_scheduler, noise_level, residual_base
+from gamengen.vae import build_vae
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "ATTACK"]
 
