@@ -59,8 +59,8 @@ from gamengen.latent_cache import (
 )
 from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.model import ModelLoadError
+from gamengen.run_folder import UsageError
 from gamengen.samplers import FrameDataset
-from gamengen.training import UsageError
 from gamengen.vae import check_vae, encode_frames, load_vae
 from gamengen.windows import check_action_ids, check_frame_size
 

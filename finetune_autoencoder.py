@@ -46,20 +46,9 @@ from gamengen.files import atomic_path, write_json_atomic
 from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError
+from gamengen.run_folder import UsageError, check_run_dir
 from gamengen.samplers import FrameDataset, LocalShuffleSampler
-from gamengen.training import (
-    Hooks,
-    LoopOptions,
-    TrainingRun,
-    UsageError,
-    add_run_arguments,
-    check_run_dir,
-    make_accelerator,
-    make_lr_scheduler,
-    push_to_hub,
-    run_trainer,
-    train,
-)
+from gamengen.training import Hooks, LoopOptions, TrainingRun, add_run_arguments, make_accelerator, make_lr_scheduler, push_to_hub, run_trainer, train
 from gamengen.vae import build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
 
 SUMMARY_FILE = "vae_training.json"

@@ -48,20 +48,8 @@ from gamengen.layout import PEER_COLUMNS, DatasetError, add_column_arguments, co
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError, WorldModel, build_world_model, corrupt_context, drop_context, load_pretrained_unet, make_scheduler, residual_base
 from gamengen.peer import PEER_ACTION_NAMES
-from gamengen.training import (
-    Hooks,
-    LoopOptions,
-    TrainingRun,
-    UsageError,
-    add_run_arguments,
-    check_run_dir,
-    find_checkpoint,
-    make_accelerator,
-    make_lr_scheduler,
-    push_to_hub,
-    run_trainer,
-    train,
-)
+from gamengen.run_folder import UsageError, check_run_dir, find_checkpoint
+from gamengen.training import Hooks, LoopOptions, TrainingRun, add_run_arguments, make_accelerator, make_lr_scheduler, push_to_hub, run_trainer, train
 from gamengen.vae import check_vae, load_vae
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, check_action_ids, encode_pixel_windows
 

@@ -25,7 +25,7 @@ from gamengen.config import get_config
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.latent_cache import LatentCache, encoder_fingerprint, open_latent_cache
 from gamengen.layout import ColumnNames, DatasetError
-from gamengen.training import UsageError
+from gamengen.run_folder import UsageError
 from gamengen.vae import build_vae, load_vae, save_vae
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
