@@ -57,7 +57,8 @@ from gamengen.checkpoint import read_world_model_config
 from gamengen.cli import add_engine_arguments, engine_from_args
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
-from gamengen.engine import EngineError, GameEngine, default_device
+from gamengen.devices import default_device
+from gamengen.engine import EngineError, GameEngine
 from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
 from gamengen.idm import IDM, IDMError, action_following, load_idm

@@ -14,7 +14,8 @@ import torch
 
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model
-from gamengen.engine import DTYPES, GameEngine
+from gamengen.devices import DTYPES
+from gamengen.engine import GameEngine
 from gamengen.episodes import EpisodeDataset
 from gamengen.layout import add_column_arguments, columns_from_args
 
