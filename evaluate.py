@@ -77,7 +77,7 @@ from gamengen.metrics import (
 from gamengen.model import ModelLoadError
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames
 
-# DESIGN.md section 6: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps, TPU-v5).
+# docs/evaluation.md#reference-numbers-the-paper: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps, TPU-v5).
 PAPER = {
     "teacher_forced_psnr": 29.43,
     "teacher_forced_lpips": 0.249,

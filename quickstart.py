@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="CPU threads of each stage (OMP_NUM_THREADS). 1: with anything else on the cores, torch's spin-waiting threads made training steps "
-        "10x slower here (DESIGN.md section 7); 0 = torch's default (one per core), for an otherwise idle machine",
+        "10x slower here (docs/architecture.md#environment-facts); 0 = torch's default (one per core), for an otherwise idle machine",
     )
     sizes = parser.add_argument_group("sizes (override the budget's)")
     for item in fields(Budget):

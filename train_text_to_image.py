@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help=f"CFG scale on the context stored in the checkpoint (default: {by_preset('guidance_scale')}; "
-        "docs/tiny_learning.md)",
+        "docs/research_log.md)",
     )
     model.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)")
     model.add_argument(
@@ -122,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="generate the change from the last context latent instead of the frame "
-        f"(default: {by_preset('residual')}; docs/tiny_learning.md)",
+        f"(default: {by_preset('residual')}; docs/research_log.md#residual-parameterisation-precisely)",
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")

@@ -2,7 +2,7 @@
 
 GameNGen section 4.1: the world model is trained on recorded agent play. Each of ``--num_workers``
 worker processes runs its own game; the frames (PNG) and actions are written as parquet shards in
-the dataset format of DESIGN.md section 3, or as captioned QA gifs (``--output gif``).
+the dataset format of docs/data.md#the-dataset-format, or as captioned QA gifs (``--output gif``).
 ``--upload --hf_repo USER/NAME`` pushes the parquet dataset to the Hugging Face Hub, so that
 ``datasets.load_dataset("USER/NAME")`` loads it.
 
@@ -117,7 +117,7 @@ def run_worker(worker_id: int, num_episodes: int, job: dict, messages) -> None:
     """Play ``num_episodes`` episodes in this process and write them; report progress on ``messages``."""
     import torch
 
-    torch.set_num_threads(1)  # DESIGN.md section 7: OpenMP spin-waiting stalls parallel workers
+    torch.set_num_threads(1)  # docs/architecture.md#environment-facts: OpenMP spin-waiting stalls parallel workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
 
     def stop(signum, frame):

@@ -3,7 +3,7 @@
 GameNGen section 4.1 / appendix A.5: a PPO agent (CNN over the 160x120 frame + automap, and the
 last 32 actions) plays DOOM with a shaped reward; the world model is trained on the episodes the
 agent plays WHILE it learns, so ``--record_dir DIR`` writes every training episode of every game as
-parquet shards (DESIGN.md section 3). The defaults are the paper's hyperparameters: 8 games, rollout
+parquet shards (docs/data.md#the-dataset-format). The defaults are the paper's hyperparameters: 8 games, rollout
 buffer 512 per game, batch 64, 10 epochs, lr 1e-4, gamma 0.99, entropy 0.1 (50M env steps).
 
 Example (a smoke run on 2 games that records its episodes):
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--png_level", type=int, default=1, help="PNG compression level of recorded frames")
     parser.add_argument("--seed", type=int, default=0, help="random seed (game i plays with seed + i)")
     parser.add_argument("--device", default="auto", help="torch device for the policy (auto, cpu, cuda)")
-    parser.add_argument("--torch_threads", type=int, default=1, help="torch CPU threads (DESIGN.md section 7: 1 is fastest beside busy game processes)")
+    parser.add_argument("--torch_threads", type=int, default=1, help="torch CPU threads (docs/architecture.md#environment-facts: 1 is fastest beside busy game processes)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_env_args(parser)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""GameNGen reproduction: the code the diffusion-side root scripts share (see DESIGN.md section 2).
+"""GameNGen reproduction: the code the diffusion-side root scripts share (see README.md#layout).
 
 - ``gamengen.config``: the model/data contract as dataclasses, presets ``sd14`` and ``tiny``;
 - ``gamengen.episodes``: recorded parquet episodes -> frames (held-out split by episode), and

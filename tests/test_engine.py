@@ -339,7 +339,7 @@ def test_a_checkpoint_with_a_missing_part_is_refused(checkpoint, tmp_path, part)
         GameEngine.from_pretrained(broken, device="cpu")
 
 
-# -- residual parameterisation (docs/tiny_learning.md) -------------------------------------------
+# -- residual parameterisation (docs/research_log.md#residual-parameterisation-precisely) -------------------------------------------
 
 
 def residual_bundle(bundle, residual: bool = True):

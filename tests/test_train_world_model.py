@@ -68,7 +68,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained, setu
     assert "held-out next-frame PSNR" in result.stdout
     bundle = load_world_model(out)
     assert bundle.config.context_length == 4 and bundle.config.action_names[0] == "NOOP"
-    assert bundle.config.residual and bundle.config.action_positions and bundle.config.action_class  # the tiny preset's defaults (docs/tiny_learning.md)
+    assert bundle.config.residual and bundle.config.action_positions and bundle.config.action_class  # the tiny preset's defaults (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked)
     assert bundle.config.dataset["latents_dir"] == str(setup["lat"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert list((out / "samples").glob("validation-*.png"))
@@ -100,7 +100,7 @@ def test_pixel_path_trains_without_a_cache(setup):
 
 
 def test_the_paper_parameterisation_with_ema_and_min_snr_trains_and_saves(setup):
-    """--no-residual (sd14's default), an EMA of the weights and min-SNR weighting: the options of docs/tiny_learning.md."""
+    """--no-residual (sd14's default), an EMA of the weights and min-SNR weighting: the options of docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked."""
     out = setup["root"] / "wm_options"
     result = train(
         setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 4, "--no-residual", "--ema_decay", "0.9", "--snr_gamma", 5, "--num_threads", 1

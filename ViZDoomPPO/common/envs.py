@@ -541,7 +541,7 @@ def observation_space(config: DoomConfig) -> spaces.Dict:
 
 
 def dataset_metadata(config: DoomConfig, policy: str, seed: int | None) -> dict[str, Any]:
-    """The file-level metadata the recorder writes into every shard (DESIGN.md section 3)."""
+    """The file-level metadata the recorder writes into every shard (docs/data.md#the-dataset-format)."""
     resolved = resolve_game(config)
     return {
         "scenario": config.scenario,

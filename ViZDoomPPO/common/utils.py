@@ -1,4 +1,4 @@
-"""Episode recording for the agent side: the parquet dataset contract of DESIGN.md section 3.
+"""Episode recording for the agent side: the parquet dataset contract of docs/data.md#the-dataset-format.
 
 One row per recorded step, the rows of an episode contiguous and ordered by ``step_id``:
 
