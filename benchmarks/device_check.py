@@ -721,12 +721,12 @@ def number(value: Any, digits: int = 3) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
     return str(value)
 
 
 def outcome(measurement: Any) -> str | None:
-    """"error: ..." or "not measured: ..." for a measurement that has no numbers, else None."""
+    """ "error: ..." or "not measured: ..." for a measurement that has no numbers, else None."""
     if isinstance(measurement, dict):
         if "error" in measurement:
             return f"error: {measurement['error']}"
@@ -804,7 +804,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [f"## Training step: sd14 world model, bf16 autocast, Adafactor + clipping{stand_in}", ""]
     rows = []
     for mode, measurements in results.get("train_sd14", {}).items():
-        for key, measurement in (measurements.items() if outcome(measurements) is None else [("", measurements)]):
+        for key, measurement in measurements.items() if outcome(measurements) is None else [("", measurements)]:
             if outcome(measurement) is None:
                 measurement = {**measurement, "mfu": percent(measurement.get("mfu"))}
             rows.append(rows_of(measurement, [mode, key.removeprefix("batch_")], train_columns, len(train_header)))

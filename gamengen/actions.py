@@ -62,9 +62,7 @@ def parse_action_script(script: str, action_names: Sequence[str]) -> list[int]:
         name = name.strip()
         ids += [action_id(int(name) if name.isdigit() else name, action_names)] * count
     if not ids:
-        raise EngineError(
-            f"the action script {script!r} names no action (example: FORWARD*16,TURN_LEFT*8,ATTACK)"
-        )
+        raise EngineError(f"the action script {script!r} names no action (example: FORWARD*16,TURN_LEFT*8,ATTACK)")
     return ids
 
 
@@ -100,7 +98,9 @@ def read_actions_file(path: str | Path) -> str:
     return ",".join(items)
 
 
-def context_action_ids(actions: Any, action_names: Sequence[str], batch: int, count: int, batched: bool) -> list[list[int]]:
+def context_action_ids(
+    actions: Any, action_names: Sequence[str], batch: int, count: int, batched: bool
+) -> list[list[int]]:
     """The ids of the actions taken at every context frame but the newest: ``count - 1`` per context, for
     ``batch`` contexts (``actions``: one row per context when ``batched``, else one row; None: no actions)."""
     expected = count - 1

@@ -46,7 +46,12 @@ class WorldModelBundle:
 
 
 def save_world_model(
-    output_dir: str | os.PathLike, model: WorldModel, vae: AutoencoderKL, config: WorldModelConfig, scheduler=None, model_card: str | None = None
+    output_dir: str | os.PathLike,
+    model: WorldModel,
+    vae: AutoencoderKL,
+    config: WorldModelConfig,
+    scheduler=None,
+    model_card: str | None = None,
 ) -> Path:
     """Write the checkpoint parts into ``output_dir`` (other contents, such as training checkpoints,
     are left alone). The parts are written to a hidden temporary folder first and each is then
@@ -71,7 +76,14 @@ def save_world_model(
         (staging / "README.md").write_text(model_card or default_model_card(config))
         (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
         # Every part is complete before the first one replaces its predecessor; the config goes last.
-        for name in (UNET_SUBFOLDER, VAE_SUBFOLDER, SCHEDULER_SUBFOLDER, ACTION_EMBEDDING_FILE, "README.md", CONFIG_FILE):
+        for name in (
+            UNET_SUBFOLDER,
+            VAE_SUBFOLDER,
+            SCHEDULER_SUBFOLDER,
+            ACTION_EMBEDDING_FILE,
+            "README.md",
+            CONFIG_FILE,
+        ):
             with atomic_path(output_dir / name) as part:
                 os.replace(staging / name, part)
     finally:
@@ -85,7 +97,8 @@ def default_model_card(config: WorldModelConfig) -> str:
         f"# GameNGen world model ({config.model.preset})\n\n"
         f"Predicts the next {config.model.frame_width}x{config.model.frame_height} DOOM frame from the last "
         f"{config.context_length} frames and actions ({config.num_actions} actions: {', '.join(config.action_names)}). "
-        f"Sampling: {config.num_inference_steps} DDIM steps, v-prediction, CFG {config.guidance_scale} on the context.\n\n"
+        f"Sampling: {config.num_inference_steps} DDIM steps, v-prediction, CFG {config.guidance_scale} on the "
+        "context.\n\n"
         f"Dataset: {config.dataset.get('name', 'unknown')}\n"
     )
 
@@ -102,7 +115,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
     try:
         return Path(snapshot_download(str(name_or_path), revision=revision))
     except Exception as error:
-        raise ModelLoadError(f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local folder") from error
+        raise ModelLoadError(
+            f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local "
+            "folder"
+        ) from error
 
 
 def _peer():
@@ -119,7 +135,9 @@ def read_world_model_config(name_or_path: str | os.PathLike, revision: str | Non
     if not path.is_file() and _peer().is_peer_checkpoint(root):
         return _peer().read_peer_config(root)
     if not path.is_file():
-        raise ModelLoadError(f"{root} is not a world-model checkpoint: missing {CONFIG_FILE} (written by train_text_to_image.py)")
+        raise ModelLoadError(
+            f"{root} is not a world-model checkpoint: missing {CONFIG_FILE} (written by train_text_to_image.py)"
+        )
     try:
         return WorldModelConfig.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as error:
@@ -152,26 +170,45 @@ def load_world_model(
     ]
     missing = [part for part in parts if not (root / part).is_file()]
     if missing:
-        raise ModelLoadError(f"{root} is not a complete world-model checkpoint: missing {', '.join(missing)} (written by train_text_to_image.py)")
+        raise ModelLoadError(
+            f"{root} is not a complete world-model checkpoint: missing {', '.join(missing)} (written by "
+            "train_text_to_image.py)"
+        )
     config = read_world_model_config(root)
     if num_actions is not None and num_actions != config.num_actions:
-        raise ModelLoadError(f"the checkpoint was trained with {config.num_actions} actions, the data has {num_actions}")
+        raise ModelLoadError(
+            f"the checkpoint was trained with {config.num_actions} actions, the data has {num_actions}"
+        )
     unet = read_weights(root / UNET_SUBFOLDER, lambda: _unet_class().from_pretrained(root, subfolder=UNET_SUBFOLDER))
     problems = []
     if unet.config.in_channels != config.unet_in_channels:
-        problems.append(f"unet takes {unet.config.in_channels} input channels, the config needs {config.unet_in_channels} (context {config.context_length})")
+        problems.append(
+            f"unet takes {unet.config.in_channels} input channels, the config needs {config.unet_in_channels} (context "
+            f"{config.context_length})"
+        )
     if unet.config.num_class_embeds != config.num_class_embeds:
         problems.append(
-            f"unet has {unet.config.num_class_embeds} class labels, the config {config.num_class_embeds} (noise buckets x actions when action_class)"
+            f"unet has {unet.config.num_class_embeds} class labels, the config {config.num_class_embeds} (noise "
+            "buckets x actions when action_class)"
         )
     embeddings = read_weights(root / ACTION_EMBEDDING_FILE, lambda: load_file(str(root / ACTION_EMBEDDING_FILE)))
     embedding, position = embeddings["weight"], embeddings.get("position")
     if tuple(embedding.shape) != (config.num_actions, unet.config.cross_attention_dim):
-        problems.append(f"action embedding is {tuple(embedding.shape)}, expected ({config.num_actions}, {unet.config.cross_attention_dim})")
-    if config.action_positions and (position is None or tuple(position.shape) != (config.context_length, unet.config.cross_attention_dim)):
+        problems.append(
+            f"action embedding is {tuple(embedding.shape)}, expected ({config.num_actions}, "
+            f"{unet.config.cross_attention_dim})"
+        )
+    if config.action_positions and (
+        position is None or tuple(position.shape) != (config.context_length, unet.config.cross_attention_dim)
+    ):
         found = "none" if position is None else tuple(position.shape)
-        problems.append(f"action position embedding is {found}, expected ({config.context_length}, {unet.config.cross_attention_dim})")
-    vae = read_weights(root / VAE_SUBFOLDER, lambda: AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype))
+        problems.append(
+            f"action position embedding is {found}, expected ({config.context_length}, "
+            f"{unet.config.cross_attention_dim})"
+        )
+    vae = read_weights(
+        root / VAE_SUBFOLDER, lambda: AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype)
+    )
     try:
         check_vae(vae, config.model)
     except ModelLoadError as error:

@@ -33,7 +33,9 @@ def ddim_schedule(scheduler: Any, num_steps: int, device: torch.device) -> tuple
         raise EngineError(f"num_inference_steps must be >= 1, got {num_steps}")
     prediction_type = scheduler.config.prediction_type
     if prediction_type not in ("v_prediction", "epsilon"):
-        raise EngineError(f"the scheduler predicts {prediction_type!r}; the engine samples v_prediction (or epsilon) models")
+        raise EngineError(
+            f"the scheduler predicts {prediction_type!r}; the engine samples v_prediction (or epsilon) models"
+        )
     scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it; the caller's stays as it was
     scheduler.set_timesteps(num_steps)
     alphas = scheduler.alphas_cumprod.double()
@@ -43,7 +45,9 @@ def ddim_schedule(scheduler: Any, num_steps: int, device: torch.device) -> tuple
     for timestep in scheduler.timesteps.tolist():
         previous = timestep - stride
         alpha_prev = float(alphas[previous]) if previous >= 0 else final_alpha
-        schedule.append(DDIMStep(int(timestep), float(alphas[timestep]), alpha_prev, torch.tensor([int(timestep)], device=device)))
+        schedule.append(
+            DDIMStep(int(timestep), float(alphas[timestep]), alpha_prev, torch.tensor([int(timestep)], device=device))
+        )
     return prediction_type, schedule
 
 

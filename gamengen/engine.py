@@ -94,16 +94,25 @@ class GameEngine:
         self.guidance_scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
         self.noise_bucket = int(self.config.inference_noise_bucket if noise_bucket is None else noise_bucket)
         if not 0 <= self.noise_bucket < self.config.noise_buckets:
-            raise EngineError(f"noise bucket {self.noise_bucket} is out of range: the model has buckets 0..{self.config.noise_buckets - 1} (0 = clean context)")
+            raise EngineError(
+                f"noise bucket {self.noise_bucket} is out of range: the model has buckets "
+                f"0..{self.config.noise_buckets - 1} (0 = clean context)"
+            )
         self.pad_short_context = pad_short_context
         if encode_batch_size < 1:
             raise EngineError(f"encode_batch_size must be at least 1, got {encode_batch_size}")
         self.encode_batch_size = int(encode_batch_size)
         self.sync_timing = sync_timing and self.device.type == "cuda"
-        self.num_inference_steps = int(self.config.num_inference_steps if num_inference_steps is None else num_inference_steps)
+        self.num_inference_steps = int(
+            self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        )
         self._prediction_type, self._schedule = ddim_schedule(self.scheduler, self.num_inference_steps, self.device)
-        self._denoiser = torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
-        self._compiled_decode = torch.compile(self.vae.decode, mode=compile_mode, backend=compile_backend) if compile else None
+        self._denoiser = (
+            torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
+        )
+        self._compiled_decode = (
+            torch.compile(self.vae.decode, mode=compile_mode, backend=compile_backend) if compile else None
+        )
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.timings: list[FrameTiming] = []
@@ -126,7 +135,10 @@ class GameEngine:
         device = torch.device(device or default_device())
         dtype = parse_dtype(dtype)
         if device.type == "cpu" and dtype == torch.float16:
-            warnings.warn("fp16 on a CPU has no fast kernels (measured ~60x slower than fp32 here): use fp32 or bf16 on a CPU", stacklevel=2)
+            warnings.warn(
+                "fp16 on a CPU has no fast kernels (measured ~60x slower than fp32 here): use fp32 or bf16 on a CPU",
+                stacklevel=2,
+            )
         bundle = load_world_model(name_or_path, device=device, dtype=dtype, revision=revision)
         return cls(bundle, **engine_options)
 
@@ -194,15 +206,22 @@ class GameEngine:
         if frames is not None:
             context = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
             if context.dtype != torch.uint8 or context.ndim not in (4, 5) or context.shape[-1] != 3:
-                raise EngineError(f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} {context.dtype}")
+                raise EngineError(
+                    f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} "
+                    f"{context.dtype}"
+                )
             height, width = context.shape[-3:-1]
             if (width, height) != self.frame_size:
-                raise EngineError(f"context frames are {width}x{height}, the checkpoint's frames are {self.frame_size[0]}x{self.frame_size[1]}")
+                raise EngineError(
+                    f"context frames are {width}x{height}, the checkpoint's frames are "
+                    f"{self.frame_size[0]}x{self.frame_size[1]}"
+                )
         else:
             context = torch.as_tensor(latents)
             if context.ndim not in (4, 5) or tuple(context.shape[-3:]) != tuple(self.config.model.latent_shape):
                 raise EngineError(
-                    f"context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = {self.config.model.latent_shape}, got {tuple(context.shape)}"
+                    "context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = "
+                    f"{self.config.model.latent_shape}, got {tuple(context.shape)}"
                 )
         batched = context.ndim == 5
         if not batched:
@@ -212,8 +231,10 @@ class GameEngine:
         pad = self.pad_short_context if pad_short_context is None else pad_short_context
         if count < self.context_length and not pad:
             raise EngineError(
-                f"the context has {count} frames, the model's context is {self.context_length}: give at least {self.context_length} frames, "
-                "or allow padding (it repeats the first frame and uses action 0, NOOP, for the missing slots, as training does)"
+                f"the context has {count} frames, the model's context is {self.context_length}: give at least "
+                f"{self.context_length} frames, "
+                "or allow padding (it repeats the first frame and uses action 0, NOOP, for the missing slots, as "
+                "training does)"
             )
         # Frames are encoded once, here (the VAE encoder's only use); latents are taken as they are.
         context = self._encode(context) if frames is not None else context.to(self.device, torch.float32)
@@ -254,14 +275,24 @@ class GameEngine:
         decode_started = time.perf_counter()
         frames = self.decode(latent)
         finished = time.perf_counter()
-        self.timings.append(FrameTiming(unet_ms, 1000 * (finished - decode_started), 1000 * (finished - started), self._unet_calls, latent.shape[0]))
+        self.timings.append(
+            FrameTiming(
+                unet_ms,
+                1000 * (finished - decode_started),
+                1000 * (finished - started),
+                self._unet_calls,
+                latent.shape[0],
+            )
+        )
         return frames if self._batched else frames[0]
 
     def step_latent(self, action: int | str | Sequence[int | str]) -> torch.Tensor:
         """``step`` without decoding: the next frame's latent ``(C, h, w)`` (``(B, C, h, w)``), float32."""
         started = time.perf_counter()
         latent, unet_ms = self._generate(action)
-        self.timings.append(FrameTiming(unet_ms, 0.0, 1000 * (time.perf_counter() - started), self._unet_calls, latent.shape[0]))
+        self.timings.append(
+            FrameTiming(unet_ms, 0.0, 1000 * (time.perf_counter() - started), self._unet_calls, latent.shape[0])
+        )
         return self._squeeze(latent.clone())
 
     def rollout(self, actions: Sequence[int | str] | Sequence[Sequence[int | str]]) -> np.ndarray:
@@ -277,11 +308,19 @@ class GameEngine:
         if self._compiled_decode is None:
             pixels = decode_latents(self.vae, latents, self.config.model)
         else:  # decode_latents, through the compiled decoder
-            pixels = unpad_frames(self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model)
+            pixels = unpad_frames(
+                self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model
+            )
         return tensor_to_frames(pixels)
 
     @torch.inference_mode()
-    def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, context_latents: torch.Tensor, context_actions: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timestep: torch.Tensor,
+        context_latents: torch.Tensor,
+        context_actions: torch.Tensor,
+    ) -> torch.Tensor:
         """The guided v-prediction (float32) for noisy latents ``(B, C, h, w)``: with CFG, one UNet call
         on a batch of 2B, the real context first and the all-zero context (dropped as in training)
         second, same actions and noise bucket; ``v_uncond + scale * (v_cond - v_uncond)``."""
@@ -292,7 +331,9 @@ class GameEngine:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The UNet's context inputs for a frame (the same at every DDIM step): see ``guidance_conditioning``."""
         guided = self.guidance_scale != 1.0
-        return guidance_conditioning(context_latents, context_actions, self.noise_bucket, guided, self.device, self.dtype)
+        return guidance_conditioning(
+            context_latents, context_actions, self.noise_bucket, guided, self.device, self.dtype
+        )
 
     def _guided(
         self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditioning: tuple[torch.Tensor, ...]
@@ -315,10 +356,14 @@ class GameEngine:
             buckets = torch.full((batch,), self.noise_bucket, dtype=torch.int64, device=self.device)
             context = corrupt_context(context, buckets, self.config, generator=self.generator)
         shape = (batch, *self.config.model.latent_shape)
-        sample = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32) * float(self.scheduler.init_noise_sigma)
+        sample = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32) * float(
+            self.scheduler.init_noise_sigma
+        )
         conditioning = self._conditioning(context, actions)
         for step in self._schedule:
-            sample = ddim_update(sample, self._guided(sample, step.timestep_tensor, conditioning), step, self._prediction_type)
+            sample = ddim_update(
+                sample, self._guided(sample, step.timestep_tensor, conditioning), step, self._prediction_type
+            )
         if self.config.residual:  # the sample is the change from the last context latent the model saw
             sample = sample + residual_base(context, self.config).float()
         if self.sync_timing:
@@ -334,7 +379,10 @@ class GameEngine:
         if self._batched:
             if isinstance(action, (str, int, np.integer)) or len(action) != batch:
                 raise EngineError(f"a batch of {batch} rollouts takes {batch} actions per step, got {action!r}")
-            ids = [action_id(a.item() if isinstance(a, (torch.Tensor, np.ndarray)) else a, self.config.action_names) for a in action]
+            ids = [
+                action_id(a.item() if isinstance(a, (torch.Tensor, np.ndarray)) else a, self.config.action_names)
+                for a in action
+            ]
         else:
             if isinstance(action, torch.Tensor):
                 action = action.item()
@@ -344,7 +392,9 @@ class GameEngine:
     # -- helpers --------------------------------------------------------------------------------
     def _require_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._latents is None or self._actions is None:
-            raise EngineError("the engine has no context yet: call reset(frames, actions) (or reset(latents=..., actions=...)) first")
+            raise EngineError(
+                "the engine has no context yet: call reset(frames, actions) (or reset(latents=..., actions=...)) first"
+            )
         return self._latents, self._actions
 
     def _squeeze(self, tensor: torch.Tensor) -> torch.Tensor:

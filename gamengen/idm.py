@@ -48,8 +48,18 @@ POOLED_GRID = (3, 4)  # features keep a coarse layout: moving forward looks diff
 
 
 # Words that name a category on their own (TURN, MOVE and STRAFE need the word after them).
-WORD_CATEGORIES = {"FORWARD": "move", "BACKWARD": "move", "BACK": "move", "STRAFE": "strafe", "ATTACK": "attack_use",
-                   "FIRE": "attack_use", "SHOOT": "attack_use", "USE": "attack_use", "NOOP": "still", "IDLE": "still"}
+WORD_CATEGORIES = {
+    "FORWARD": "move",
+    "BACKWARD": "move",
+    "BACK": "move",
+    "STRAFE": "strafe",
+    "ATTACK": "attack_use",
+    "FIRE": "attack_use",
+    "SHOOT": "attack_use",
+    "USE": "attack_use",
+    "NOOP": "still",
+    "IDLE": "still",
+}
 
 
 class IDMError(ValueError):
@@ -96,8 +106,9 @@ class IDMNet(nn.Module):
     view sideways, moving forward spreads it outwards, so the network starts from displacements instead of
     having to learn to find them in a few thousand examples."""
 
-    def __init__(self, num_actions: int, frame_width: int, width: int = 32, hidden: int = 256,
-                 dropout: float = 0.3) -> None:
+    def __init__(
+        self, num_actions: int, frame_width: int, width: int = 32, hidden: int = 256, dropout: float = 0.3
+    ) -> None:
         super().__init__()
         self.downsample = max(1, frame_width // WORKING_WIDTH)
         reach = max(2, frame_width // self.downsample // 5)
@@ -121,8 +132,9 @@ class IDMNet(nn.Module):
         reach = max(max(abs(dy), abs(dx)) for dy, dx in self.shifts)
         padded = F.pad(grey_before, (reach, reach, reach, reach), mode="replicate")
         height, width = after.shape[2:]
-        costs = [padded[:, :, reach - dy : reach - dy + height, reach - dx : reach - dx + width]
-                 for dy, dx in self.shifts]
+        costs = [
+            padded[:, :, reach - dy : reach - dy + height, reach - dx : reach - dx + width] for dy, dx in self.shifts
+        ]
         return F.avg_pool2d(-(torch.cat(costs, dim=1) - grey_after).abs(), 3, stride=1, padding=1)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,16 +171,24 @@ class ActionFollowing:
             f"category accuracy {self.category_accuracy:.3f} (chance {self.category_chance:.3f})"
         ]
         for name, scores in self.per_category.items():
-            lines.append(f"  {name:<11} {int(scores['count']):>6} transitions: action {scores['action_accuracy']:.3f}, "
-                         f"category {scores['category_accuracy']:.3f}")
+            lines.append(
+                f"  {name:<11} {int(scores['count']):>6} transitions: action {scores['action_accuracy']:.3f}, "
+                f"category {scores['category_accuracy']:.3f}"
+            )
         return "\n".join(lines)
 
 
 class IDM:
     """A trained IDM: the network, the action set it knows and the frame size it reads."""
 
-    def __init__(self, net: IDMNet, action_names: Sequence[str], frame_width: int, frame_height: int,
-                 info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: IDMNet,
+        action_names: Sequence[str],
+        frame_width: int,
+        frame_height: int,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         self.net = net.eval()
         self.action_names = list(action_names)
         self.frame_width, self.frame_height = int(frame_width), int(frame_height)
@@ -198,14 +218,17 @@ class IDM:
         return frames
 
     @torch.no_grad()
-    def predict(self, frames_before: np.ndarray | torch.Tensor, frames_after: np.ndarray | torch.Tensor,
-                batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, frames_before: np.ndarray | torch.Tensor, frames_after: np.ndarray | torch.Tensor, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(action ids, category ids, indices into ``CATEGORIES``) of the transitions before[i] -> after[i]."""
         before = self.check_frames(frames_before, "frames_before")
         after = self.check_frames(frames_after, "frames_after")
         if len(before) != len(after):
-            raise IDMError(f"frames_before has {len(before)} frames but frames_after has {len(after)}: "
-                           "give one 'after' frame per 'before' frame")
+            raise IDMError(
+                f"frames_before has {len(before)} frames but frames_after has {len(after)}: "
+                "give one 'after' frame per 'before' frame"
+            )
         actions, categories = [], []
         for start in range(0, len(before), batch_size):
             chunk = slice(start, start + batch_size)
@@ -223,18 +246,27 @@ def _chance(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float
     return float(true_freq @ predicted_freq)
 
 
-def action_following(idm: IDM, frames_before: np.ndarray | torch.Tensor, frames_after: np.ndarray | torch.Tensor,
-                     actions: Sequence[int] | np.ndarray, action_names: Sequence[str] | None = None) -> ActionFollowing:
+def action_following(
+    idm: IDM,
+    frames_before: np.ndarray | torch.Tensor,
+    frames_after: np.ndarray | torch.Tensor,
+    actions: Sequence[int] | np.ndarray,
+    action_names: Sequence[str] | None = None,
+) -> ActionFollowing:
     """Score how well the transitions before[i] -> after[i] show ``actions[i]`` (their action ids in the
     world model's action set ``action_names``, which must be the IDM's)."""
     if action_names is not None and list(action_names) != idm.action_names:
-        raise IDMError(f"the actions are of the action set {list(action_names)}, but this IDM was trained on "
-                       f"{idm.action_names}: train an IDM on a dataset recorded with the same actions")
+        raise IDMError(
+            f"the actions are of the action set {list(action_names)}, but this IDM was trained on "
+            f"{idm.action_names}: train an IDM on a dataset recorded with the same actions"
+        )
     actions = np.asarray(actions, dtype=np.int64).reshape(-1)
     bad = np.flatnonzero((actions < 0) | (actions >= len(idm.action_names)))
     if bad.size:
-        raise IDMError(f"action id {int(actions[bad[0]])} (at position {int(bad[0])}) is out of range: this IDM knows "
-                       f"{len(idm.action_names)} actions (ids 0..{len(idm.action_names) - 1})")
+        raise IDMError(
+            f"action id {int(actions[bad[0]])} (at position {int(bad[0])}) is out of range: this IDM knows "
+            f"{len(idm.action_names)} actions (ids 0..{len(idm.action_names) - 1})"
+        )
     if len(actions) != len(frames_before):
         raise IDMError(f"{len(actions)} actions for {len(frames_before)} transitions: give one action per transition")
     if len(actions) == 0:
@@ -246,8 +278,11 @@ def action_following(idm: IDM, frames_before: np.ndarray | torch.Tensor, frames_
     for index, name in enumerate(CATEGORIES):
         members = true_categories == index
         if members.any():
-            per_category[name] = {"count": int(members.sum()), "action_accuracy": float(action_hits[members].mean()),
-                                  "category_accuracy": float(category_hits[members].mean())}
+            per_category[name] = {
+                "count": int(members.sum()),
+                "action_accuracy": float(action_hits[members].mean()),
+                "category_accuracy": float(category_hits[members].mean()),
+            }
     return ActionFollowing(
         num_transitions=len(actions),
         action_accuracy=float(action_hits.mean()),
@@ -267,8 +302,9 @@ def check_idm_output(path: str | os.PathLike, overwrite: bool) -> None:
         if not (path / CONFIG_FILE).is_file():
             raise IDMError(f"{path} is a non-empty folder that does not hold an IDM: choose another output folder")
         if not overwrite:
-            raise IDMError(f"{path} already holds an IDM: pass --overwrite to replace it, "
-                           "or choose another output folder")
+            raise IDMError(
+                f"{path} already holds an IDM: pass --overwrite to replace it, or choose another output folder"
+            )
 
 
 def save_idm(idm: IDM, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -276,9 +312,15 @@ def save_idm(idm: IDM, path: str | os.PathLike, overwrite: bool = False) -> Path
     from safetensors.torch import save_file
 
     check_idm_output(path, overwrite)
-    config = {"format": IDM_FORMAT, "format_version": IDM_FORMAT_VERSION, "action_names": idm.action_names,
-              "action_categories": [CATEGORIES[i] for i in idm.action_categories], "frame_width": idm.frame_width,
-              "frame_height": idm.frame_height, **idm.info}
+    config = {
+        "format": IDM_FORMAT,
+        "format_version": IDM_FORMAT_VERSION,
+        "action_names": idm.action_names,
+        "action_categories": [CATEGORIES[i] for i in idm.action_categories],
+        "frame_width": idm.frame_width,
+        "frame_height": idm.frame_height,
+        **idm.info,
+    }
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in idm.net.state_dict().items()}
@@ -294,15 +336,19 @@ def load_idm(path: str | os.PathLike, device: str | torch.device = "cpu") -> IDM
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
-        raise IDMError(f"{path} is not an IDM folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE}): "
-                       f"train one with train_idm.py --output_dir {path}")
+        raise IDMError(
+            f"{path} is not an IDM folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE}): "
+            f"train one with train_idm.py --output_dir {path}"
+        )
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise IDMError(f"{config_path} is not valid JSON ({error}): train the IDM again") from error
     if config.get("format") != IDM_FORMAT or config.get("format_version") != IDM_FORMAT_VERSION:
-        raise IDMError(f"{config_path} is not an IDM config of format {IDM_FORMAT} version {IDM_FORMAT_VERSION}: "
-                       "train the IDM again")
+        raise IDMError(
+            f"{config_path} is not an IDM config of format {IDM_FORMAT} version {IDM_FORMAT_VERSION}: "
+            "train the IDM again"
+        )
     net = IDMNet(len(config["action_names"]), config["frame_width"])
     try:
         net.load_state_dict(load_file(str(weights_path)))

@@ -53,15 +53,20 @@ def load_transitions(dataset: EpisodeDataset, max_frames: int | None = None, see
         actions.append(dataset.actions(episode)[: length - 1])
         total += length
     if not before:
-        raise IDMError("these episodes hold no transitions (every episode has fewer than 2 steps): "
-                       "record longer episodes")
-    return Transitions(torch.from_numpy(np.stack(frames)), torch.from_numpy(np.concatenate(before)),
-                       torch.from_numpy(np.concatenate(actions).astype(np.int64)))
+        raise IDMError(
+            "these episodes hold no transitions (every episode has fewer than 2 steps): record longer episodes"
+        )
+    return Transitions(
+        torch.from_numpy(np.stack(frames)),
+        torch.from_numpy(np.concatenate(before)),
+        torch.from_numpy(np.concatenate(actions).astype(np.int64)),
+    )
 
 
 def mirrored_actions(action_names: Sequence[str]) -> np.ndarray:
     """For each action, the action whose effect is its mirror image (LEFT and RIGHT swapped in its name:
     NOOP and FORWARD are their own mirrors), or -1 where the action set has none."""
+
     def swap(name: str) -> str:
         return re.sub("LEFT|RIGHT", lambda match: "RIGHT" if match.group() == "LEFT" else "LEFT", name.upper())
 
@@ -69,8 +74,14 @@ def mirrored_actions(action_names: Sequence[str]) -> np.ndarray:
     return np.array([index.get(swap(name), -1) for name in action_names], dtype=np.int64)
 
 
-def augment(before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor, mirror: torch.Tensor, max_shift: int,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def augment(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    actions: torch.Tensor,
+    mirror: torch.Tensor,
+    max_shift: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Half of the transitions mirrored left-right (their actions mirrored too), and each moved by a random
     offset of up to ``max_shift`` pixels (the same for both frames): with a few thousand transitions an
     unaugmented IDM learns the training scenes by heart instead of how actions move the view."""
@@ -89,10 +100,19 @@ def augment(before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor, mi
     return before, after, actions
 
 
-def train_idm(transitions: Transitions, action_names: Sequence[str], max_train_steps: int, train_batch_size: int = 64,
-              learning_rate: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-              show_progress: bool = True, weight_decay: float = 0.05, max_shift: int | None = None,
-              mirror: bool = True) -> IDM:
+def train_idm(
+    transitions: Transitions,
+    action_names: Sequence[str],
+    max_train_steps: int,
+    train_batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+    weight_decay: float = 0.05,
+    max_shift: int | None = None,
+    mirror: bool = True,
+) -> IDM:
     """Train an IDM on ``transitions`` (sampled uniformly with replacement, augmented by ``augment``;
     cross-entropy on both heads). ``max_shift`` defaults to 1/16 of the frame width."""
     torch.manual_seed(seed)

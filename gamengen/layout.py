@@ -19,8 +19,15 @@ METADATA_KEY = b"gamengen"
 # Metadata keys every shard of one dataset must agree on: the recorder enforces the same list
 # (ViZDoomPPO/common/utils.py CONTRACT_KEYS; tests/test_data.py keeps the two equal).
 CONTRACT_KEYS = (
-    "format_version", "scenario", "wad", "map", "frame_width",
-    "frame_height", "frame_skip", "action_names", "frame_codec"
+    "format_version",
+    "scenario",
+    "wad",
+    "map",
+    "frame_width",
+    "frame_height",
+    "frame_skip",
+    "action_names",
+    "frame_codec",
 )
 
 
@@ -49,7 +56,9 @@ class ColumnNames:
 FRAME_TIMINGS = ("before_action", "after_action")
 # The seed repository's layout (github.com/arnaudstiegler/gameNgen-repro): one parquet file per episode, JPEG
 # frames captured after each row's action, no schema metadata. Recognised by its columns.
-PEER_COLUMNS = ColumnNames(frame="frames", action="actions", episode="episode_id", step="step_ids", frame_timing="after_action")
+PEER_COLUMNS = ColumnNames(
+    frame="frames", action="actions", episode="episode_id", step="step_ids", frame_timing="after_action"
+)
 
 
 def add_column_arguments(group: Any) -> None:

@@ -41,7 +41,8 @@ def read_weights(folder: Path, load: Callable[[], T]) -> T:
         named = ", ".join(str(f) for f in files) or str(folder)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(
-            f"could not read the weights in {named} ({reason[:300]}): the file is damaged or incomplete (an interrupted "
+            f"could not read the weights in {named} ({reason[:300]}): the file is damaged or incomplete (an "
+            "interrupted "
             "copy, download or save?). Copy or download it again, or save the model again from a training checkpoint."
         ) from error
 
@@ -101,7 +102,10 @@ def _unet_class():
 def build_unet(config: WorldModelConfig):
     """An untrained UNet of the preset's size (tiny), with the widened input and the bucket embedding."""
     if not config.unet:
-        raise ModelLoadError(f"the {config.model.preset!r} preset has no from-scratch UNet config: it starts from a pretrained UNet (widen_pretrained_unet)")
+        raise ModelLoadError(
+            f"the {config.model.preset!r} preset has no from-scratch UNet config: it starts from a pretrained UNet "
+            "(widen_pretrained_unet)"
+        )
     arguments = {**config.unet, "in_channels": config.unet_in_channels, "num_class_embeds": config.num_class_embeds}
     arguments["out_channels"] = config.model.latent_channels
     return _unet_class()(**arguments)
@@ -117,8 +121,14 @@ def widen_pretrained_unet(pretrained, config: WorldModelConfig):
     """
     channels = config.model.latent_channels
     if pretrained.config.in_channels != channels:
-        raise ModelLoadError(f"the pretrained UNet takes {pretrained.config.in_channels} input channels, the latents have {channels}")
-    arguments = {**dict(pretrained.config), "in_channels": config.unet_in_channels, "num_class_embeds": config.num_class_embeds}
+        raise ModelLoadError(
+            f"the pretrained UNet takes {pretrained.config.in_channels} input channels, the latents have {channels}"
+        )
+    arguments = {
+        **dict(pretrained.config),
+        "in_channels": config.unet_in_channels,
+        "num_class_embeds": config.num_class_embeds,
+    }
     arguments = {k: v for k, v in arguments.items() if not k.startswith("_")}
     unet = _unet_class().from_config(arguments)
     state = pretrained.state_dict()
@@ -141,7 +151,9 @@ def build_world_model(config: WorldModelConfig, pretrained_unet=None) -> WorldMo
 
 def make_world_model(unet, config: WorldModelConfig) -> WorldModel:
     """The world model around a UNet, with the action conditioning the config asks for."""
-    return WorldModel(unet, config.num_actions, config.context_length if config.action_positions else None, config.action_class)
+    return WorldModel(
+        unet, config.num_actions, config.context_length if config.action_positions else None, config.action_class
+    )
 
 
 def load_pretrained_unet(
@@ -153,7 +165,9 @@ def load_pretrained_unet(
             str(pretrained_model_name_or_path), subfolder=UNET_SUBFOLDER, revision=revision, cache_dir=cache_dir
         )
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"could not load unet/ of {pretrained_model_name_or_path!r} ({error}); pass a Hub id or a folder with unet/") from error
+        raise ModelLoadError(
+            f"could not load unet/ of {pretrained_model_name_or_path!r} ({error}); pass a Hub id or a folder with unet/"
+        ) from error
 
 
 def make_scheduler(config: WorldModelConfig):
@@ -184,10 +198,21 @@ def noise_level(buckets: torch.Tensor, config: WorldModelConfig) -> torch.Tensor
     return buckets.float() * (config.max_noise_level / max(config.noise_buckets - 1, 1))
 
 
-def corrupt_context(context_latents: torch.Tensor, buckets: torch.Tensor, config: WorldModelConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt_context(
+    context_latents: torch.Tensor,
+    buckets: torch.Tensor,
+    config: WorldModelConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Noise augmentation (paper section 3.2.1): ``context + sigma(bucket) * eps``, per sample."""
-    sigma = noise_level(buckets, config).to(context_latents.device, context_latents.dtype).view(-1, *([1] * (context_latents.ndim - 1)))
-    noise = torch.randn(context_latents.shape, generator=generator, device=context_latents.device, dtype=context_latents.dtype)
+    sigma = (
+        noise_level(buckets, config)
+        .to(context_latents.device, context_latents.dtype)
+        .view(-1, *([1] * (context_latents.ndim - 1)))
+    )
+    noise = torch.randn(
+        context_latents.shape, generator=generator, device=context_latents.device, dtype=context_latents.dtype
+    )
     return context_latents + sigma * noise
 
 

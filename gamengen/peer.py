@@ -363,7 +363,8 @@ def load_peer_checkpoint(
     num_actions: int | None = None,
     revision: str | None = None,
 ) -> WorldModelBundle:
-    """``gamengen.checkpoint.load_world_model`` for a seed checkpoint: converted in memory, then placed like any other."""
+    """``gamengen.checkpoint.load_world_model`` for a seed checkpoint: converted in memory, then placed like any
+    other."""
     bundle = convert_peer_checkpoint(name_or_path, revision=revision)
     if num_actions is not None and num_actions != bundle.config.num_actions:
         raise PeerCheckpointError(

@@ -90,8 +90,12 @@ def save_checkpoint(
     return final
 
 
-def resume(accelerator: Accelerator, output_dir: Path, resume_from_checkpoint: str | None,
-           check: Callable[[Path], None] | None = None) -> int:
+def resume(
+    accelerator: Accelerator,
+    output_dir: Path,
+    resume_from_checkpoint: str | None,
+    check: Callable[[Path], None] | None = None,
+) -> int:
     """Load the checkpoint ``--resume_from_checkpoint`` names (after ``check`` accepts it); its step, or 0.
 
     Every process must find the same checkpoint: only the main process saves them, so on nodes that do not

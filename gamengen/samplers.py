@@ -55,4 +55,3 @@ class LocalShuffleSampler(torch.utils.data.Sampler[int]):
             buffer = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)])
             rng.shuffle(buffer)
             yield from buffer.tolist()
-

@@ -41,8 +41,12 @@ class TrainingInterrupted(Exception):
 EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
 
 
-def run_trainer(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace],
-                user_errors: tuple[type[Exception], ...], error_code: int = 2) -> None:
+def run_trainer(
+    main: Callable[[argparse.Namespace], Any],
+    parse_args: Callable[[], argparse.Namespace],
+    user_errors: tuple[type[Exception], ...],
+    error_code: int = 2,
+) -> None:
     """A trainer's command line: user errors as one line (exit ``error_code``); Ctrl-C or SIGTERM (a job
     scheduler's stop) saves the training state and exits 130 with how to continue, never a traceback."""
     import signal
@@ -69,12 +73,21 @@ def run_trainer(main: Callable[[argparse.Namespace], Any], parse_args: Callable[
 def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed: str) -> None:
     """The options every accelerate training script shares (diffusers' names): learning-rate schedule,
     mixed precision, checkpointing and resumption, trackers and the Hub."""
-    train.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...")
+    train.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...",
+    )
     train.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the learning-rate schedule")
     train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's")
     train.add_argument(
-        "--checkpointing_steps", type=int, default=checkpointing_steps, help="save the training state to output_dir/checkpoint-<step> every this many steps"
+        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's"
+    )
+    train.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=checkpointing_steps,
+        help="save the training state to output_dir/checkpoint-<step> every this many steps",
     )
     train.add_argument(
         "--checkpoints_total_limit",
@@ -82,7 +95,9 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
         default=DEFAULT_CHECKPOINTS_KEPT,
         help="keep only the newest this many checkpoints (0: keep all; one sd14 checkpoint is ~5.3 GB)",
     )
-    train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
+    train.add_argument(
+        "--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count"
+    )
     logging.add_argument(
         "--logging_steps",
         type=int,
@@ -92,7 +107,9 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
     logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
     logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
     logging.add_argument("--push_to_hub", action="store_true", help=f"upload {pushed} to the Hub")
-    logging.add_argument("--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)")
+    logging.add_argument(
+        "--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)"
+    )
 
 
 def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
@@ -101,7 +118,9 @@ def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
         # A shuffle seeded by (seed, epoch): a resumed run continues its epoch's order, not the first epoch's.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -123,7 +142,8 @@ def check_launch(accelerator: Accelerator) -> None:
     if world_size > 1 and accelerator.num_processes == 1:
         raise UsageError(
             f"{world_size} processes were launched but they are not connected (no distributed backend: each "
-            f"believes it is the main one and all would write the same --output_dir). Launch with a backend: {MISLAUNCH_FIX}"
+            "believes it is the main one and all would write the same --output_dir). Launch with a backend: "
+            f"{MISLAUNCH_FIX}"
         )
     asked = launcher_num_processes()
     if asked is not None and asked > 1 and accelerator.num_processes == 1:
@@ -202,8 +222,12 @@ class LoopOptions:
     def from_args(cls, args: argparse.Namespace, project: str) -> LoopOptions:
         names = {f.name for f in fields(cls)} - {"output_dir", "project", "tracker_config"}
         tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
-        return cls(output_dir=Path(args.output_dir), project=project, tracker_config=tracker_config,
-                   **{name: getattr(args, name) for name in names})
+        return cls(
+            output_dir=Path(args.output_dir),
+            project=project,
+            tracker_config=tracker_config,
+            **{name: getattr(args, name) for name in names},
+        )
 
 
 @dataclass

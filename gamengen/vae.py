@@ -52,13 +52,21 @@ def load_vae(
             if (root / "config.json").is_file():
                 hint = f" It looks like a {subfolder}/ folder itself: pass its parent folder."
             raise ModelLoadError(
-                f"{root} has no {subfolder}/ folder with a config.json. A model folder holds {subfolder}/ as written by "
-                f"AutoencoderKL.save_pretrained (e.g. the --output_dir of finetune_autoencoder.py, or a diffusers Stable Diffusion folder).{hint}"
+                f"{root} has no {subfolder}/ folder with a config.json. A model folder holds {subfolder}/ as written "
+                "by "
+                "AutoencoderKL.save_pretrained (e.g. the --output_dir of finetune_autoencoder.py, or a diffusers "
+                f"Stable Diffusion folder).{hint}"
             )
-        return read_weights(root / subfolder, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype))
+        return read_weights(
+            root / subfolder, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype)
+        )
     try:
         return AutoencoderKL.from_pretrained(
-            str(pretrained_model_name_or_path), subfolder=subfolder, revision=revision, torch_dtype=torch_dtype, cache_dir=cache_dir
+            str(pretrained_model_name_or_path),
+            subfolder=subfolder,
+            revision=revision,
+            torch_dtype=torch_dtype,
+            cache_dir=cache_dir,
         )
     except OSError as error:
         raise ModelLoadError(
@@ -118,7 +126,10 @@ def pad_frames(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     rows added at the bottom, black columns at the right (``unpad_frames`` crops them off)."""
     height, width = pixels.shape[-2:]
     if (height, width) != (config.frame_height, config.frame_width):
-        raise ValueError(f"frames are {width}x{height}, the {config.preset!r} preset expects {config.frame_width}x{config.frame_height}")
+        raise ValueError(
+            f"frames are {width}x{height}, the {config.preset!r} preset expects "
+            f"{config.frame_width}x{config.frame_height}"
+        )
     pad_right, pad_bottom = config.padded_width - width, config.padded_height - height
     if pad_right == 0 and pad_bottom == 0:
         return pixels
@@ -129,12 +140,19 @@ def unpad_frames(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """Crop padded pixels back to the frame size (the inverse of ``pad_frames``)."""
     height, width = pixels.shape[-2:]
     if (height, width) != (config.padded_height, config.padded_width):
-        raise ValueError(f"pixels are {width}x{height}, the {config.preset!r} preset pads to {config.padded_width}x{config.padded_height}")
+        raise ValueError(
+            f"pixels are {width}x{height}, the {config.preset!r} preset pads to "
+            f"{config.padded_width}x{config.padded_height}"
+        )
     return pixels[..., : config.frame_height, : config.frame_width]
 
 
 def encode_frames(
-    vae: AutoencoderKL, pixels: torch.Tensor, config: ModelConfig, sample: bool = False, generator: torch.Generator | None = None
+    vae: AutoencoderKL,
+    pixels: torch.Tensor,
+    config: ModelConfig,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Unpadded pixels ``(N, 3, H, W)`` -> scaled latents ``(N, C, h, w)`` (posterior mean, or a sample)."""
     posterior = vae.encode(pad_frames(pixels, config).to(vae.dtype)).latent_dist

@@ -38,8 +38,15 @@ def view(world: np.ndarray, row: int, column: int, flash: bool) -> np.ndarray:
 def write_toy_dataset(out: Path, episodes: int, length: int, actions_matter: bool, seed: int = 0) -> Path:
     """Episodes in this project's layout whose frame t+1 shows action t (or, with ``actions_matter``
     False, moves by a random action of its own that the recorded action says nothing about)."""
-    metadata = {"scenario": "toy", "wad": "none", "map": "MAP01", "frame_width": WIDTH, "frame_height": HEIGHT,
-                "frame_skip": 4, "action_names": ACTIONS}
+    metadata = {
+        "scenario": "toy",
+        "wad": "none",
+        "map": "MAP01",
+        "frame_width": WIDTH,
+        "frame_height": HEIGHT,
+        "frame_skip": 4,
+        "action_names": ACTIONS,
+    }
     writer = ShardWriter(out, metadata, run_id="toy", rows_per_shard=64)
     rng = np.random.default_rng(seed)
     for episode in range(episodes):

@@ -96,4 +96,6 @@ def test_read_with_our_timing_the_actions_would_be_one_step_late(tmp_path):
 def test_an_unknown_frame_timing_is_refused(tmp_path):
     write_seed_layout(tmp_path, episodes=1)
     with pytest.raises(DatasetError, match="frame_timing 'later'"):
-        open_dataset(tmp_path, columns=ColumnNames(frame="frames", action="actions", step="step_ids", frame_timing="later"))
+        open_dataset(
+            tmp_path, columns=ColumnNames(frame="frames", action="actions", step="step_ids", frame_timing="later")
+        )
