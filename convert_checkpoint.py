@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gamengen.checkpoint import save_world_model
 from gamengen.files import atomic_path
-from gamengen.model import ModelLoadError, save_world_model
+from gamengen.model import ModelLoadError
 from gamengen.peer import convert_peer_checkpoint, peer_model_card
 
 

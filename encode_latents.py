@@ -4,7 +4,7 @@ GameNGen (section 3.2) trains the UNet on VAE latents of the context frames and 
 frame; the encoder is frozen, so each frame's latent never changes. Encoding the N+1 frames of
 every sample on the fly costs far more than the rest of the data pipeline (benchmarks/
 bench_latent_cache.py); this script encodes each frame once (the posterior mean times the VAE's
-scaling factor, ``gamengen.model.encode_frames``) and ``train_text_to_image.py --latents_dir``
+scaling factor, ``gamengen.vae.encode_frames``) and ``train_text_to_image.py --latents_dir``
 then reads the windows from the cache (``gamengen.windows.LatentWindowDataset``).
 
 Output (``--output_dir``): ``manifest.json`` (the VAE and a fingerprint of its encoder, the preset,
@@ -46,7 +46,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
+from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import TMP_MARKER
 from gamengen.latent_cache import (
     MANIFEST_FILE,
@@ -57,28 +57,50 @@ from gamengen.latent_cache import (
     write_latent_manifest,
     write_latent_shard,
 )
-from gamengen.model import ModelLoadError, check_vae, encode_frames, load_vae
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
+from gamengen.model import ModelLoadError
+from gamengen.run_folder import UsageError
 from gamengen.samplers import FrameDataset
-from gamengen.training import UsageError
+from gamengen.vae import check_vae, encode_frames, load_vae
 from gamengen.windows import check_action_ids, check_frame_size
 
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Manifest entries a rerun must agree on: latents made under other settings cannot share a folder.
-MUST_MATCH = ("preset", "frame_width", "frame_height", "padded_width", "padded_height", "latent_shape", "latent_dtype", "columns")
+MUST_MATCH = (
+    "preset",
+    "frame_width",
+    "frame_height",
+    "padded_width",
+    "padded_height",
+    "latent_shape",
+    "latent_dtype",
+    "columns",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
+    )
     parser.add_argument(
         "--pretrained_vae_model_name_or_path",
         default=None,
-        help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for sd14; the tiny preset has none)",
+        help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for "
+        "sd14; the tiny preset has none)",
     )
-    parser.add_argument("--vae_subfolder", default="vae", help="subfolder of the VAE inside --pretrained_vae_model_name_or_path")
+    parser.add_argument(
+        "--vae_subfolder", default="vae", help="subfolder of the VAE inside --pretrained_vae_model_name_or_path"
+    )
     parser.add_argument("--revision", default=None, help="revision of a Hub model or dataset")
-    parser.add_argument("--output_dir", required=True, help="the latent cache folder (created; a rerun into it resumes)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and latent shape (gamengen/config.py)")
+    parser.add_argument(
+        "--output_dir", required=True, help="the latent cache folder (created; a rerun into it resumes)"
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and latent shape (gamengen/config.py)"
+    )
     parser.add_argument("--batch_size", type=int, default=32, help="frames per VAE forward pass")
     parser.add_argument(
         "--mixed_precision",
@@ -87,11 +109,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dtype of the VAE's weights while encoding (latents are stored as fp16)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="processes decoding PNG frames (0: in the main process)")
+    parser.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="processes decoding PNG frames (0: in the main process)"
+    )
     parser.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
     add_column_arguments(parser)
     parser.add_argument(
-        "--num_actions", type=int, default=None, help="number of actions, for datasets without action_names metadata (action ids are checked against it)"
+        "--num_actions",
+        type=int,
+        default=None,
+        help="number of actions, for datasets without action_names metadata (action ids are checked against it)",
     )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -104,14 +131,22 @@ def check_existing(
 ) -> None:
     """A rerun may finish the shards of the same dataset (or of new shards added to it) with the same
     VAE and preset; anything else would mix incompatible latents in one folder."""
-    differences = [f"{key}: {existing.get(key)!r} there, {manifest[key]!r} now" for key in MUST_MATCH if existing.get(key) != manifest[key]]
+    differences = [
+        f"{key}: {existing.get(key)!r} there, {manifest[key]!r} now"
+        for key in MUST_MATCH
+        if existing.get(key) != manifest[key]
+    ]
     for key in ("encoder_sha256", "scaling_factor"):
         if existing["vae"].get(key) != manifest["vae"][key]:
-            differences.append(f"VAE {key}: {existing['vae'].get(key)!r} ({existing['vae'].get('name_or_path')}) there, {manifest['vae'][key]!r} now")
+            differences.append(
+                f"VAE {key}: {existing['vae'].get(key)!r} ({existing['vae'].get('name_or_path')}) there, "
+                f"{manifest['vae'][key]!r} now"
+            )
     if differences:
         raise UsageError(
             f"{output_dir} already holds latents made with other settings ({'; '.join(differences)}). "
-            f"To finish or extend it, run with the VAE and --preset it was made with ({existing['vae'].get('name_or_path')}, --preset {existing.get('preset')}); "
+            "To finish or extend it, run with the VAE and --preset it was made with "
+            f"({existing['vae'].get('name_or_path')}, --preset {existing.get('preset')}); "
             "for this VAE or preset, pick a new --output_dir"
         )
     # The shards already encoded must be the dataset's (the reader's check); new shards are encoded next.
@@ -125,13 +160,21 @@ def is_encoded(output_dir: Path, shard: dict[str, Any], encoder_sha256: str) -> 
         return False
     with safe_open(str(path), framework="pt") as handle:
         info = handle.metadata() or {}
-    if (info.get("source"), info.get("source_size"), info.get("encoder_sha256")) != (shard["source"], str(shard["size"]), encoder_sha256):
-        raise UsageError(f"{path} was not written for this dataset shard and VAE: delete it (it is encoded again) or pick a new --output_dir")
+    if (info.get("source"), info.get("source_size"), info.get("encoder_sha256")) != (
+        shard["source"],
+        str(shard["size"]),
+        encoder_sha256,
+    ):
+        raise UsageError(
+            f"{path} was not written for this dataset shard and VAE: delete it (it is encoded again) or pick a new "
+            "--output_dir"
+        )
     return True
 
 
 def remove_stale_temporaries(output_dir: Path) -> None:
-    """Half-written files of interrupted runs (hidden ``.<name>.tmp-<pid>``, never read), unless their writer still runs."""
+    """Half-written files of interrupted runs (hidden ``.<name>.tmp-<pid>``, never read), unless their writer
+    still runs."""
     for path in output_dir.rglob(f".*{TMP_MARKER}*"):
         pid = path.name.rsplit("-", 1)[-1]
         if path.is_file() and not (pid.isdigit() and int(pid) != os.getpid() and process_exists(int(pid))):
@@ -149,8 +192,17 @@ def process_exists(pid: int) -> bool:
 
 
 @torch.no_grad()
-def encode_shard(vae, dataset: EpisodeDataset, shard: int, config: ModelConfig, args: argparse.Namespace, device: torch.device, progress) -> torch.Tensor:
-    """Latents (rows, C, h, w) of every row of parquet file ``dataset.files[shard]``, in row order, as fp16 on the CPU."""
+def encode_shard(
+    vae,
+    dataset: EpisodeDataset,
+    shard: int,
+    config: ModelConfig,
+    args: argparse.Namespace,
+    device: torch.device,
+    progress,
+) -> torch.Tensor:
+    """Latents (rows, C, h, w) of every row of parquet file ``dataset.files[shard]``, in row order, as fp16 on
+    the CPU."""
     rows = torch.utils.data.Subset(FrameDataset(dataset), dataset.shard_frame_indices(shard).tolist())
     loader = torch.utils.data.DataLoader(
         rows,
@@ -182,7 +234,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
     config = get_config(args.preset)
-    dataset = open_dataset(args.dataset_name, columns=columns_from_args(args), revision=args.revision, cache_dir=args.cache_dir, cache_row_groups=4)
+    dataset = open_dataset(
+        args.dataset_name,
+        columns=columns_from_args(args),
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        cache_row_groups=4,
+    )
     check_frame_size(dataset, config)
     if args.num_actions is not None or dataset.action_names:
         episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
@@ -192,7 +250,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     vae_path = args.pretrained_vae_model_name_or_path or config.pretrained_model_name_or_path
     if not vae_path:
         raise UsageError(
-            f"the {config.preset!r} preset has no pretrained VAE: pass --pretrained_vae_model_name_or_path (e.g. the --output_dir of finetune_autoencoder.py)"
+            f"the {config.preset!r} preset has no pretrained VAE: pass --pretrained_vae_model_name_or_path (e.g. the "
+            "--output_dir of finetune_autoencoder.py)"
         )
     vae = load_vae(vae_path, subfolder=args.vae_subfolder, revision=args.revision, cache_dir=args.cache_dir)
     check_vae(vae, config)
@@ -229,8 +288,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             # The manifest first: until every shard file it lists exists, readers call the cache unfinished.
             write_latent_manifest(output_dir, manifest)
         elif read_latent_manifest(output_dir) != manifest:
-            raise UsageError(f"process {state.process_index} does not see the manifest the main process wrote in "
-                             f"{output_dir}: every process needs the same --output_dir on shared storage")
+            raise UsageError(
+                f"process {state.process_index} does not see the manifest the main process wrote in "
+                f"{output_dir}: every process needs the same --output_dir on shared storage"
+            )
 
     shards = manifest["shards"]
     mine = list(range(state.process_index, len(shards), state.num_processes))
@@ -241,7 +302,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{who}skipping {skipped} of {len(mine)} shards already encoded in {output_dir}")
     frames = sum(shards[i]["num_rows"] for i in pending)
     print(
-        f"{who}encoding {frames} frames of {len(pending)} shards with {vae_path} ({config.preset} preset, latents {'x'.join(map(str, config.latent_shape))}) on {device}"
+        f"{who}encoding {frames} frames of {len(pending)} shards with {vae_path} ({config.preset} preset, latents "
+        f"{'x'.join(map(str, config.latent_shape))}) on {device}"
     )
     started = time.perf_counter()
     with tqdm(total=frames, desc="encoding", unit="frame", disable=not state.is_local_main_process) as progress:
@@ -259,7 +321,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_second": frames / seconds if frames and seconds > 0 else None,
     }
     rate = f" ({summary['frames_per_second']:.1f} frames/s)" if summary["frames_per_second"] else ""
-    print(f"{who}encoded {frames} frames in {seconds:.1f} s{rate}; the cache {output_dir} holds {len(dataset)} frames of {len(dataset.episodes)} episodes")
+    print(
+        f"{who}encoded {frames} frames in {seconds:.1f} s{rate}; the cache {output_dir} holds {len(dataset)} frames of "
+        f"{len(dataset.episodes)} episodes"
+    )
     return summary
 
 

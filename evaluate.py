@@ -53,13 +53,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gamengen.checkpoint import read_world_model_config
 from gamengen.cli import add_engine_arguments, engine_from_args
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
-from gamengen.engine import EngineError, GameEngine, default_device
-from gamengen.episodes import DatasetError, EpisodeDataset, columns_from_args, open_dataset
+from gamengen.devices import default_device
+from gamengen.engine import EngineError, GameEngine
+from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
 from gamengen.idm import IDM, IDMError, action_following, load_idm
+from gamengen.layout import DatasetError, columns_from_args
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import (
     LpipsMetric,
@@ -71,15 +74,18 @@ from gamengen.metrics import (
     ssim,
     status_bar_rows,
 )
-from gamengen.model import ModelLoadError, decode_latents, encode_frames, frames_to_tensor, read_world_model_config, tensor_to_frames
+from gamengen.model import ModelLoadError
+from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames
 
-# DESIGN.md section 6: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps, TPU-v5).
+# docs/evaluation.md#reference-numbers-the-paper: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps,
+# TPU-v5).
 PAPER = {
     "teacher_forced_psnr": 29.43,
     "teacher_forced_lpips": 0.249,
     "fps": 20.0,
     "drift_psnr_after_3s": 19.02,
-    "note": "SD v1.4 at 320x240, context 64, agent data, 4 DDIM steps on a TPU-v5; drift: PSNR after 3 s of autoregressive play",
+    "note": "SD v1.4 at 320x240, context 64, agent data, 4 DDIM steps on a TPU-v5; drift: PSNR after 3 s of "
+    "autoregressive play",
 }
 CATEGORIES = ("turning", "moving", "still", "other")
 REPORT_DRIFT_STEPS = (1, 8, 16, 32, 64)
@@ -87,23 +93,41 @@ OUTPUTS = ("metrics.json", "report.md", "drift.png", "examples.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_engine_arguments(parser)
-    parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL", help="more checkpoints (folders or Hub ids) evaluated on the same windows")
-    parser.add_argument("--names", nargs="+", default=None, help="labels of --model_folder and the --compare models in the report (default: folder names)")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="MODEL",
+        help="more checkpoints (folders or Hub ids) evaluated on the same windows",
+    )
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help="labels of --model_folder and the --compare models in the report (default: folder names)",
+    )
     what = parser.add_argument_group("what to evaluate on")
     what.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id")
     what.add_argument(
         "--episodes",
         nargs="+",
         default=None,
-        help="episodes (indices or ids); default: the held-out episodes recorded in --model_folder's checkpoint (all episodes when it records none)",
+        help="episodes (indices or ids); default: the held-out episodes recorded in --model_folder's checkpoint (all "
+        "episodes when it records none)",
     )
     what.add_argument("--num_episodes", type=int, default=8, help="use at most this many of those episodes")
-    what.add_argument("--max_windows", type=int, default=128, help="teacher-forced windows, spread evenly over the episodes' steps")
+    what.add_argument(
+        "--max_windows", type=int, default=128, help="teacher-forced windows, spread evenly over the episodes' steps"
+    )
     what.add_argument("--horizon", type=int, default=64, help="frames of each autoregressive (drift) rollout")
     what.add_argument("--batch_size", type=int, default=16, help="windows (or rollouts) generated together")
-    what.add_argument("--timing_frames", type=int, default=16, help="frames of the batch-1 rollout that measures frames/s")
+    what.add_argument(
+        "--timing_frames", type=int, default=16, help="frames of the batch-1 rollout that measures frames/s"
+    )
     what.add_argument("--num_examples", type=int, default=6, help="rows of examples.png")
     what.add_argument(
         "--idm",
@@ -121,7 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="outputs/eval", help="where metrics.json, report.md and the plots go")
-    output.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation in --output_dir")
+    output.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier evaluation in --output_dir"
+    )
     args = parser.parse_args(argv)
     for name in ("num_episodes", "max_windows", "horizon", "batch_size", "timing_frames"):
         if getattr(args, name) < 1:
@@ -172,22 +198,32 @@ def derangement(count: int, seed: int) -> np.ndarray:
     return order
 
 
-def choose_episodes(args: argparse.Namespace, dataset: EpisodeDataset, config: WorldModelConfig) -> tuple[list[int], str]:
+def choose_episodes(
+    args: argparse.Namespace, dataset: EpisodeDataset, config: WorldModelConfig
+) -> tuple[list[int], str]:
     """(episode indices, where they come from): --episodes, else the checkpoint's held-out episodes."""
     if args.episodes:
         indices, source = [find_episode(dataset, e) for e in args.episodes], "--episodes"
     else:
         heldout = [e for e in config.dataset.get("heldout_episodes", []) if e in set(dataset.episode_ids)]
         if heldout:
-            indices, source = [dataset.episode_ids.index(e) for e in heldout], "held out by the trainer (never trained on)"
+            indices, source = (
+                [dataset.episode_ids.index(e) for e in heldout],
+                "held out by the trainer (never trained on)",
+            )
         else:
             indices = list(range(len(dataset.episode_ids)))
-            source = "ALL episodes: the checkpoint records no held-out episode of this dataset, so training episodes may be included"
+            source = (
+                "ALL episodes: the checkpoint records no held-out episode of this dataset, "
+                "so training episodes may be included"
+            )
     indices = list(dict.fromkeys(indices))[: args.num_episodes]
     return indices, source
 
 
-def choose_windows(dataset: EpisodeDataset, episodes: list[int], context_length: int, max_windows: int, action_names: list[str]) -> list[Window]:
+def choose_windows(
+    dataset: EpisodeDataset, episodes: list[int], context_length: int, max_windows: int, action_names: list[str]
+) -> list[Window]:
     """Up to ``max_windows`` targets spread evenly over the episodes' steps. Targets with a full
     context (step >= N) are used when an episode has any; a shorter episode gives padded windows."""
     candidates = []
@@ -556,7 +592,10 @@ def teacher_forced(
                 for source in ("model", "shuffled"):
                     rows = [action_rows[i] if source == "model" else action_rows[order[i]][-size:] for i in chunk]
                     # another window's actions, aligned at the end (its last action produced its own target)
-                    rows = [np.concatenate([np.zeros(size - len(r), dtype=np.int64), r]) if len(r) < size else r for r in rows]
+                    rows = [
+                        np.concatenate([np.zeros(size - len(r), dtype=np.int64), r]) if len(r) < size else r
+                        for r in rows
+                    ]
                     engine.reset(frames, np.stack([r[:-1] for r in rows]), seed=args.seed + batch_number)
                     generated = engine.step([int(r[-1]) for r in rows])
                     for i, frame in zip(chunk, generated, strict=True):
@@ -567,8 +606,12 @@ def teacher_forced(
     reconstruction = []
     with torch.inference_mode():
         for _, chunk in batches(list(truth), args.batch_size):
-            latents = encode_frames(engine.vae, torch.stack(chunk).to(engine.device, engine.vae.dtype), engine.config.model)
-            reconstruction.append(frames_to_tensor(tensor_to_frames(decode_latents(engine.vae, latents, engine.config.model))))
+            latents = encode_frames(
+                engine.vae, torch.stack(chunk).to(engine.device, engine.vae.dtype), engine.config.model
+            )
+            reconstruction.append(
+                frames_to_tensor(tensor_to_frames(decode_latents(engine.vae, latents, engine.config.model)))
+            )
     model_frames, shuffled_frames = np.stack(predictions["model"]), np.stack(predictions["shuffled"])
     return TeacherForced(
         model=scorer(frames_to_tensor(model_frames), truth),
@@ -601,12 +644,16 @@ def drift(
     with tqdm(total=horizon * len(usable), desc=f"{label}: drift", unit="frame", leave=False) as bar:
         for number, chunk in batches(usable, args.batch_size):
             contexts = [episode_context(dataset, e, start, engine.context_length) for e in chunk]
-            engine.reset(np.stack([c[0] for c in contexts]), np.stack([c[1] for c in contexts]), seed=args.seed + 1000 + number)
+            engine.reset(
+                np.stack([c[0] for c in contexts]), np.stack([c[1] for c in contexts]), seed=args.seed + 1000 + number
+            )
             recorded = [dataset.actions(e) for e in chunk]
             lengths = [dataset.episodes[e].length - start for e in chunk]
             previous = None
             for i in range(horizon):
-                actions = [int(actions[start - 1 + i]) if i < n else 0 for actions, n in zip(recorded, lengths, strict=True)]
+                actions = [
+                    int(actions[start - 1 + i]) if i < n else 0 for actions, n in zip(recorded, lengths, strict=True)
+                ]
                 generated = engine.step(actions)
                 alive = [b for b, n in enumerate(lengths) if i < n]
                 if previous is not None and alive:
@@ -751,14 +798,19 @@ def report_markdown(evaluation: Evaluation) -> str:
         f"Dataset `{evaluation.dataset['name']}`: {len(evaluation.episodes)} episodes ({evaluation.episode_source}), "
         f"{len(evaluation.windows)} teacher-forced windows, "
         f"drift over {settings['horizon']} frames from step {copy_last.drift.start_step}.",
-        f"Sampling: {settings['num_inference_steps']} DDIM steps, CFG {settings['guidance_scale']}, context noise bucket {settings['noise_bucket']}, "
+        f"Sampling: {settings['num_inference_steps']} DDIM steps, CFG {settings['guidance_scale']}, context noise "
+        f"bucket {settings['noise_bucket']}, "
         f"seed {settings['seed']}, {settings['dtype']} on {settings['device']}.",
         "",
         "PSNR in dB (higher is better), SSIM in [0, 1] (higher is better), LPIPS (lower is better). "
         "Turning / moving / still: the windows whose target was produced by that kind of action.",
         "",
     ]
-    header = ["", "PSNR", "SSIM", "LPIPS", "PSNR turning", "PSNR moving", "PSNR still"] + [f"drift PSNR @{s}" for s in steps] + ["frames/s"]
+    header = (
+        ["", "PSNR", "SSIM", "LPIPS", "PSNR turning", "PSNR moving", "PSNR still"]
+        + [f"drift PSNR @{s}" for s in steps]
+        + ["frames/s"]
+    )
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(name: str, summary: PassSummary, curve: list[float] | None, fps: float | None) -> str:
@@ -772,7 +824,11 @@ def report_markdown(evaluation: Evaluation) -> str:
     paper = evaluation.paper
     lines.append(
         "| paper (SD v1.4, 320x240, TPU-v5) | "
-        + " | ".join([fmt(paper["teacher_forced_psnr"]), "–", fmt(paper["teacher_forced_lpips"], 3), "–", "–", "–"] + ["–"] * len(steps) + [fmt(paper["fps"], 1)])
+        + " | ".join(
+            [fmt(paper["teacher_forced_psnr"]), "–", fmt(paper["teacher_forced_lpips"], 3), "–", "–", "–"]
+            + ["–"] * len(steps)
+            + [fmt(paper["fps"], 1)]
+        )
         + " |"
     )
     for model in models:
@@ -782,7 +838,13 @@ def report_markdown(evaluation: Evaluation) -> str:
     lines.append(row("copy last context frame", copy_last.teacher_forced, copy_last.drift.curve("psnr"), None))
     for model in models:
         lines.append(row(f"{model.name}: VAE reconstruction (upper bound)", model.vae_reconstruction, None, None))
-    lines += ["", f"The paper's autoregressive PSNR after 3 s of play: {paper['drift_psnr_after_3s']} dB.", "", "## Does the model beat the baselines?", ""]
+    lines += [
+        "",
+        f"The paper's autoregressive PSNR after 3 s of play: {paper['drift_psnr_after_3s']} dB.",
+        "",
+        "## Does the model beat the baselines?",
+        "",
+    ]
     for model in models:
         tf, shuffled, copy = model.teacher_forced, model.shuffled_actions, copy_last.teacher_forced
         gaps = [f"all windows {tf.overall.psnr - shuffled.overall.psnr:+.2f} dB"]
@@ -988,7 +1050,10 @@ def main(args: argparse.Namespace) -> Evaluation:
     output_dir = Path(args.output_dir)
     earlier = [name for name in OUTPUTS if (output_dir / name).exists()]
     if earlier and not args.overwrite:
-        raise EngineError(f"--output_dir {output_dir} already holds an evaluation ({', '.join(earlier)}): choose another --output_dir, or pass --overwrite")
+        raise EngineError(
+            f"--output_dir {output_dir} already holds an evaluation ({', '.join(earlier)}): choose another "
+            "--output_dir, or pass --overwrite"
+        )
     began = time.perf_counter()
     folders = [args.model_folder, *args.compare]
     configs = [read_world_model_config(folder, args.revision) for folder in folders]
@@ -999,7 +1064,10 @@ def main(args: argparse.Namespace) -> Evaluation:
         except DatasetError as error:
             raise DatasetError(f"{folder}: {error}") from None
         if list(config.action_names) != list(configs[0].action_names):
-            raise ModelLoadError(f"{folder} has other actions than {folders[0]}: --compare needs checkpoints of the same game and action set")
+            raise ModelLoadError(
+                f"{folder} has other actions than {folders[0]}: --compare needs checkpoints of the same game and "
+                "action set"
+            )
     episodes, episode_source = choose_episodes(args, dataset, configs[0])
     longest_context = max(c.context_length for c in configs)
     windows = choose_windows(dataset, episodes, longest_context, args.max_windows, list(configs[0].action_names))
@@ -1017,12 +1085,17 @@ def main(args: argparse.Namespace) -> Evaluation:
     perceptual, lpips_status = perceptual_metric(args)
     scorer = Scorer(perceptual, hud_rows=0 if recorded_without_status_bar(dataset) else None)
     print(
-        f"evaluating {len(folders)} model(s) on {len(episodes)} episodes ({episode_source}): {len(windows)} teacher-forced windows, "
+        f"evaluating {len(folders)} model(s) on {len(episodes)} episodes ({episode_source}): {len(windows)} "
+        "teacher-forced windows, "
         f"drift over {args.horizon} frames from step {drift_start}; {lpips_status.describe()}"
     )
 
-    copy_last_frames = frames_to_tensor(np.stack([episode_frames(dataset, w.episode, w.step - 1, w.step)[0] for w in windows]))
-    truth_frames = frames_to_tensor(np.stack([episode_frames(dataset, w.episode, w.step, w.step + 1)[0] for w in windows]))
+    copy_last_frames = frames_to_tensor(
+        np.stack([episode_frames(dataset, w.episode, w.step - 1, w.step)[0] for w in windows])
+    )
+    truth_frames = frames_to_tensor(
+        np.stack([episode_frames(dataset, w.episode, w.step, w.step + 1)[0] for w in windows])
+    )
     copy_last = CopyLastBaseline(
         teacher_forced=PassSummary.of(scorer(copy_last_frames, truth_frames), windows),
         drift=copy_last_drift(dataset, episodes, drift_start, args.horizon, scorer),
@@ -1032,7 +1105,9 @@ def main(args: argparse.Namespace) -> Evaluation:
     taken: set[str] = set()
     for number, folder in enumerate(folders):
         label = args.names[number] if args.names else model_label(folder, taken)
-        model = evaluate_model(folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer, idm)
+        model = evaluate_model(
+            folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer, idm
+        )
         models.append(model)
         tf, curve = model.teacher_forced.overall, model.drift.curve("psnr")
         copy_psnr = copy_last.teacher_forced.overall.psnr

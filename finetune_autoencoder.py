@@ -41,36 +41,52 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
 from gamengen.config import PRESETS, ModelConfig, get_config
-from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args, open_dataset
+from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_json_atomic
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
-from gamengen.model import ModelLoadError, build_vae, check_vae, decode_latents, encode_frames, load_vae, pad_frames, save_vae, tensor_to_frames, unpad_frames
+from gamengen.model import ModelLoadError
+from gamengen.run_folder import UsageError, check_run_dir
 from gamengen.samplers import FrameDataset, LocalShuffleSampler
 from gamengen.training import (
     Hooks,
     LoopOptions,
     TrainingRun,
-    UsageError,
     add_run_arguments,
-    check_run_dir,
     make_accelerator,
     make_lr_scheduler,
     push_to_hub,
     run_trainer,
     train,
 )
+from gamengen.vae import (
+    build_vae,
+    check_vae,
+    decode_latents,
+    encode_frames,
+    load_vae,
+    pad_frames,
+    save_vae,
+    tensor_to_frames,
+    unpad_frames,
+)
 
 SUMMARY_FILE = "vae_training.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and VAE size (gamengen/config.py)")
+    model.add_argument(
+        "--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and VAE size (gamengen/config.py)"
+    )
     model.add_argument(
         "--pretrained_model_name_or_path",
         default=None,
-        help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for sd14; the tiny preset has none)",
+        help="Hub id or local folder with a vae/ subfolder (default: the preset's, CompVis/stable-diffusion-v1-4 for "
+        "sd14; the tiny preset has none)",
     )
     model.add_argument(
         "--hf_model_folder",
@@ -79,32 +95,97 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the same as --pretrained_model_name_or_path (the seed repository's name for it)",
     )
     model.add_argument("--revision", default=None, help="revision of a Hub model")
-    model.add_argument("--train_encoder", action="store_true", help="train the whole VAE (from scratch when there is no pretrained one); default: decoder only")
+    model.add_argument(
+        "--train_encoder",
+        action="store_true",
+        help="train the whole VAE (from scratch when there is no pretrained one); default: decoder only",
+    )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
+    data.add_argument(
+        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
+    )
     data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
     add_column_arguments(data)
-    data.add_argument("--holdout_fraction", type=float, default=0.1, help="fraction of episodes held out for evaluation (at least one)")
-    data.add_argument("--num_validation_frames", type=int, default=64, help="held-out frames (evenly spaced) the PSNR is measured on")
-    data.add_argument("--num_validation_images", type=int, default=4, help="held-out frames shown in each reconstruction grid")
-    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process)")
-    train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="outputs/autoencoder", help="where vae/, checkpoints, samples and logs go")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation (tiny), data order and posterior samples")
-    train.add_argument("--train_batch_size", type=int, default=16, help="frames per device per step")
-    train.add_argument("--max_train_steps", type=int, default=2000, help="total optimisation steps (a resumed run counts from its checkpoint)")
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
-    train.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in the backward pass to save memory")
-    train.add_argument("--learning_rate", type=float, default=None, help="AdamW learning rate (default: 1e-4 decoder-only, 1e-3 with --train_encoder)")
-    train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
-    train.add_argument("--kl_weight", type=float, default=1e-6, help="--train_encoder: weight of the KL term (summed over latent elements, mean over frames)")
-    train.add_argument(
-        "--lpips_weight", type=float, default=0.0, help="weight of an LPIPS term (needs the lpips package and its weights; the paper uses MSE only)"
+    data.add_argument(
+        "--holdout_fraction",
+        type=float,
+        default=0.1,
+        help="fraction of episodes held out for evaluation (at least one)",
     )
-    train.add_argument("--validation_steps", type=int, default=250, help="log held-out PSNR and a reconstruction grid every this many steps")
-    add_run_arguments(train, parser.add_argument_group("logging and hub"), checkpointing_steps=500, pushed="output_dir/vae and the run summary")
+    data.add_argument(
+        "--num_validation_frames", type=int, default=64, help="held-out frames (evenly spaced) the PSNR is measured on"
+    )
+    data.add_argument(
+        "--num_validation_images", type=int, default=4, help="held-out frames shown in each reconstruction grid"
+    )
+    data.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes (0: load in the main process)",
+    )
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--output_dir", default="outputs/autoencoder", help="where vae/, checkpoints, samples and logs go"
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialisation (tiny), data order and posterior samples"
+    )
+    train.add_argument("--train_batch_size", type=int, default=16, help="frames per device per step")
+    train.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=2000,
+        help="total optimisation steps (a resumed run counts from its checkpoint)",
+    )
+    train.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step"
+    )
+    train.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass to save memory",
+    )
+    train.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="AdamW learning rate (default: 1e-4 decoder-only, 1e-3 with --train_encoder)",
+    )
+    train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    train.add_argument(
+        "--kl_weight",
+        type=float,
+        default=1e-6,
+        help="--train_encoder: weight of the KL term (summed over latent elements, mean over frames)",
+    )
+    train.add_argument(
+        "--lpips_weight",
+        type=float,
+        default=0.0,
+        help="weight of an LPIPS term (needs the lpips package and its weights; the paper uses MSE only)",
+    )
+    train.add_argument(
+        "--validation_steps",
+        type=int,
+        default=250,
+        help="log held-out PSNR and a reconstruction grid every this many steps",
+    )
+    add_run_arguments(
+        train,
+        parser.add_argument_group("logging and hub"),
+        checkpointing_steps=500,
+        pushed="output_dir/vae and the run summary",
+    )
     args = parser.parse_args(argv)
-    for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "num_validation_frames"):
+    for name in (
+        "train_batch_size",
+        "max_train_steps",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "num_validation_frames",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if not 0.0 < args.holdout_fraction < 1.0:
@@ -155,7 +236,9 @@ def perceptual_loss_network(weight: float, device: torch.device) -> torch.nn.Mod
     try:
         import lpips  # optional: not in the requirements, and it fetches VGG weights on first use
     except ImportError as error:
-        raise UsageError("--lpips_weight needs the lpips package (pip install lpips) and access to its pretrained weights") from error
+        raise UsageError(
+            "--lpips_weight needs the lpips package (pip install lpips) and access to its pretrained weights"
+        ) from error
     model = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
     model.requires_grad_(False)
     return model
@@ -183,7 +266,9 @@ def reconstruction_loss(
 
 
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKL, pixels: torch.Tensor, config: ModelConfig, accelerator: Accelerator, batch_size: int) -> torch.Tensor:
+def reconstruct(
+    vae: AutoencoderKL, pixels: torch.Tensor, config: ModelConfig, accelerator: Accelerator, batch_size: int
+) -> torch.Tensor:
     """Deterministic reconstructions (posterior mean) of unpadded pixels, clamped to [-1, 1], on the CPU."""
     was_training = vae.training
     vae.eval()
@@ -197,7 +282,9 @@ def reconstruct(vae: AutoencoderKL, pixels: torch.Tensor, config: ModelConfig, a
 
 
 @torch.no_grad()
-def measure_scaling_factor(vae: AutoencoderKL, dataset: EpisodeDataset, config: ModelConfig, device: torch.device, num_frames: int = 256) -> float:
+def measure_scaling_factor(
+    vae: AutoencoderKL, dataset: EpisodeDataset, config: ModelConfig, device: torch.device, num_frames: int = 256
+) -> float:
     """1 / std of the (unscaled) latents of training frames, so the diffusion model sees unit variance."""
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(num_frames, len(dataset))).round().astype(int))
     frames = FrameDataset(dataset)
@@ -227,8 +314,13 @@ class HeldOutReconstructions:
     calling it with a step logs the current held-out PSNR and a truth | reference | current grid."""
 
     def __init__(
-        self, args: argparse.Namespace, heldout: EpisodeDataset, vae: AutoencoderKL, config: ModelConfig,
-        accelerator: Accelerator, pretrained: bool,
+        self,
+        args: argparse.Namespace,
+        heldout: EpisodeDataset,
+        vae: AutoencoderKL,
+        config: ModelConfig,
+        accelerator: Accelerator,
+        pretrained: bool,
     ) -> None:
         frames = FrameDataset(heldout)
         self.pixels = torch.stack([frames[i] for i in evenly_spaced(len(frames), args.num_validation_frames)])
@@ -291,7 +383,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     accelerator.print(
         f"model: {'pretrained ' + str(pretrained) if pretrained else 'new ' + config.preset + ' VAE'}; "
         f"training {'whole VAE' if args.train_encoder else 'decoder only'} "
-        f"({sum(p.numel() for p in trainable) / 1e6:.2f}M of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters)"
+        f"({sum(p.numel() for p in trainable) / 1e6:.2f}M of {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M "
+        "parameters)"
     )
 
     # Before any training (and before a checkpoint is loaded): the reference for PSNR and images.
@@ -311,7 +404,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         drop_last=False,
     )
     model = Reconstruction(vae, config, args.train_encoder)
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
     vae = accelerator.unwrap_model(model).vae
 
     def loss_of_batch(pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -324,7 +419,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         if args.train_encoder:
-            vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_episodes, config, accelerator.device))
+            vae.register_to_config(
+                scaling_factor=measure_scaling_factor(vae, train_episodes, config, accelerator.device)
+            )
         psnr_after = validation(run.step)  # with the final weights (and scaling factor)
         vae_dir = save_vae(vae, output_dir)
         summary = {

@@ -105,12 +105,31 @@ class QuickstartError(RuntimeError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output_dir", default=None, help="run folder (default: runs/quickstart, runs/smoke for --smoke)")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="20min", help="sizes of every stage (smoke: minutes; 20min / 60min on 2 CPU cores)")
-    parser.add_argument("--smoke", action="store_true", help="the same pipeline at the smallest sizes (= --budget smoke)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "sd14"], help="world-model preset (sd14: the paper's, for GPUs)")
-    parser.add_argument("--redo", nargs="+", choices=STAGES, default=[], help="run these stages (and the ones after them) again; old outputs are moved aside")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="run folder (default: runs/quickstart, runs/smoke for --smoke)"
+    )
+    parser.add_argument(
+        "--budget",
+        choices=sorted(BUDGETS),
+        default="20min",
+        help="sizes of every stage (smoke: minutes; 20min / 60min on 2 CPU cores)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="the same pipeline at the smallest sizes (= --budget smoke)"
+    )
+    parser.add_argument(
+        "--preset", default="tiny", choices=["tiny", "sd14"], help="world-model preset (sd14: the paper's, for GPUs)"
+    )
+    parser.add_argument(
+        "--redo",
+        nargs="+",
+        choices=STAGES,
+        default=[],
+        help="run these stages (and the ones after them) again; old outputs are moved aside",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument(
         "--seeds",
@@ -123,12 +142,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads of each stage (OMP_NUM_THREADS). 1: with anything else on the cores, torch's spin-waiting threads made training steps "
-        "10x slower here (DESIGN.md section 7); 0 = torch's default (one per core), for an otherwise idle machine",
+        help="CPU threads of each stage (OMP_NUM_THREADS). 1: with anything else on the cores, torch's spin-waiting "
+        "threads made training steps "
+        "10x slower here (docs/architecture.md#environment-facts); 0 = torch's default (one per core), for an "
+        "otherwise idle machine",
     )
     sizes = parser.add_argument_group("sizes (override the budget's)")
     for item in fields(Budget):
-        sizes.add_argument(f"--{item.name}", type=type(item.default) if not isinstance(item.default, str) else str, default=None)
+        sizes.add_argument(
+            f"--{item.name}", type=type(item.default) if not isinstance(item.default, str) else str, default=None
+        )
     args = parser.parse_args(argv)
     if args.smoke:
         args.budget = "smoke"
@@ -157,7 +180,16 @@ def frame_size(preset: str) -> str:
 
 def game_options(budget: Budget, preset: str) -> list[str]:
     tics = budget.episode_steps * budget.frame_skip
-    return ["--scenario", budget.scenario, "--frame_size", frame_size(preset), "--frame_skip", str(budget.frame_skip), "--episode_timeout", str(tics)]
+    return [
+        "--scenario",
+        budget.scenario,
+        "--frame_size",
+        frame_size(preset),
+        "--frame_skip",
+        str(budget.frame_skip),
+        "--episode_timeout",
+        str(tics),
+    ]
 
 
 def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[str, list[list[str]]]:
@@ -169,14 +201,48 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
     n_steps = max(32, min(256, budget.ppo_steps // 4))
     return {
         "ppo": [
-            ["ViZDoomPPO/train_ppo_parallel.py", "--total_timesteps", str(budget.ppo_steps), "--n_envs", "2", "--n_steps", str(n_steps)]
-            + ["--batch_size", "64", "--n_epochs", "4", "--log_dir", str(agent), "--run_name", "quickstart", "--record_dir", str(data)]
+            [
+                "ViZDoomPPO/train_ppo_parallel.py",
+                "--total_timesteps",
+                str(budget.ppo_steps),
+                "--n_envs",
+                "2",
+                "--n_steps",
+                str(n_steps),
+            ]
+            + [
+                "--batch_size",
+                "64",
+                "--n_epochs",
+                "4",
+                "--log_dir",
+                str(agent),
+                "--run_name",
+                "quickstart",
+                "--record_dir",
+                str(data),
+            ]
             + ["--checkpoint_freq", str(max(budget.ppo_steps // 2, 256)), "--seed", seed]
             + game_options(budget, args.preset)
         ],
         "generate": [
-            ["ViZDoomPPO/load_model_generate_dataset.py", "--model_path", str(policy), "--episodes", str(budget.episodes), "--num_workers", "2"]
-            + ["--max_steps_per_episode", str(budget.episode_steps), "--out_dir", str(data), "--seed", str(args.seed + 1000)]
+            [
+                "ViZDoomPPO/load_model_generate_dataset.py",
+                "--model_path",
+                str(policy),
+                "--episodes",
+                str(budget.episodes),
+                "--num_workers",
+                "2",
+            ]
+            + [
+                "--max_steps_per_episode",
+                str(budget.episode_steps),
+                "--out_dir",
+                str(data),
+                "--seed",
+                str(args.seed + 1000),
+            ]
             + game_options(budget, args.preset)
         ],
         "idm": [
@@ -184,31 +250,118 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
             + ["--max_train_steps", str(budget.idm_steps)]
         ],
         "vae": [
-            ["finetune_autoencoder.py", "--preset", args.preset, "--train_encoder", "--dataset_name", str(data), "--output_dir", str(run / "vae")]
-            + ["--max_train_steps", str(budget.vae_steps), "--train_batch_size", str(budget.vae_batch_size), "--seed", seed]
-            + ["--validation_steps", str(max(budget.vae_steps // 2, 1)), "--checkpointing_steps", str(max(budget.vae_steps // 3, 1))]
+            [
+                "finetune_autoencoder.py",
+                "--preset",
+                args.preset,
+                "--train_encoder",
+                "--dataset_name",
+                str(data),
+                "--output_dir",
+                str(run / "vae"),
+            ]
+            + [
+                "--max_train_steps",
+                str(budget.vae_steps),
+                "--train_batch_size",
+                str(budget.vae_batch_size),
+                "--seed",
+                seed,
+            ]
+            + [
+                "--validation_steps",
+                str(max(budget.vae_steps // 2, 1)),
+                "--checkpointing_steps",
+                str(max(budget.vae_steps // 3, 1)),
+            ]
         ],
         "latents": [
-            ["encode_latents.py", "--preset", args.preset, "--dataset_name", str(data), "--pretrained_vae_model_name_or_path", str(run / "vae")]
+            [
+                "encode_latents.py",
+                "--preset",
+                args.preset,
+                "--dataset_name",
+                str(data),
+                "--pretrained_vae_model_name_or_path",
+                str(run / "vae"),
+            ]
             + ["--output_dir", str(run / "latents")]
         ],
         "world": [
-            ["train_text_to_image.py", "--preset", args.preset, "--dataset_name", str(data), "--latents_dir", str(run / "latents")]
-            + ["--pretrained_vae_model_name_or_path", str(run / "vae"), "--output_dir", str(run / "world_model"), "--seed", seed]
-            + ["--max_train_steps", str(budget.wm_steps), "--train_batch_size", str(budget.wm_batch_size), "--context_length", str(budget.context_length)]
-            + ["--validation_steps", str(max(budget.wm_steps // 2, 1)), "--checkpointing_steps", str(max(budget.wm_steps // 3, 1))]
+            [
+                "train_text_to_image.py",
+                "--preset",
+                args.preset,
+                "--dataset_name",
+                str(data),
+                "--latents_dir",
+                str(run / "latents"),
+            ]
+            + [
+                "--pretrained_vae_model_name_or_path",
+                str(run / "vae"),
+                "--output_dir",
+                str(run / "world_model"),
+                "--seed",
+                seed,
+            ]
+            + [
+                "--max_train_steps",
+                str(budget.wm_steps),
+                "--train_batch_size",
+                str(budget.wm_batch_size),
+                "--context_length",
+                str(budget.context_length),
+            ]
+            + [
+                "--validation_steps",
+                str(max(budget.wm_steps // 2, 1)),
+                "--checkpointing_steps",
+                str(max(budget.wm_steps // 3, 1)),
+            ]
             + shlex.split(budget.wm_args)
         ],
         "evaluate": [
-            ["evaluate.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), "--output_dir", str(run / "eval")]
-            + ["--max_windows", str(budget.eval_windows), "--num_episodes", str(budget.eval_episodes), "--horizon", str(budget.eval_horizon)]
+            [
+                "evaluate.py",
+                "--model_folder",
+                str(run / "world_model"),
+                "--dataset_name",
+                str(data),
+                "--output_dir",
+                str(run / "eval"),
+            ]
+            + [
+                "--max_windows",
+                str(budget.eval_windows),
+                "--num_episodes",
+                str(budget.eval_episodes),
+                "--horizon",
+                str(budget.eval_horizon),
+            ]
             + ["--idm", str(run / "idm"), "--seed", seed]
         ],
         "rollouts": [
             ["run_autoregressive.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), heldout]
-            + ["--num_frames", str(budget.rollout_frames), "--output_dir", str(run / "rollouts" / "recorded"), "--no_mp4", "--seed", seed],
+            + [
+                "--num_frames",
+                str(budget.rollout_frames),
+                "--output_dir",
+                str(run / "rollouts" / "recorded"),
+                "--no_mp4",
+                "--seed",
+                seed,
+            ],
             ["run_autoregressive.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), heldout]
-            + ["--actions", budget.script, "--num_frames", str(budget.rollout_frames), "--output_dir", str(run / "rollouts" / "scripted"), "--no_mp4"]
+            + [
+                "--actions",
+                budget.script,
+                "--num_frames",
+                str(budget.rollout_frames),
+                "--output_dir",
+                str(run / "rollouts" / "scripted"),
+                "--no_mp4",
+            ]
             + ["--seed", seed],
         ],
     }
@@ -246,10 +399,16 @@ def heldout_episode(run: Path) -> str:
 
 def run_logged(command: list[str], log: Path, threads: int | None = None) -> int:
     """Run a script with this interpreter; its output goes to the terminal and to the log file."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads and threads > 0 else {})}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        **({"OMP_NUM_THREADS": str(threads)} if threads and threads > 0 else {}),
+    }
     with open(log, "ab") as sink:
         sink.write(f"\n$ {shlex.join(command)}\n".encode())
-        process = subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         try:
             while chunk := os.read(process.stdout.fileno(), 4096):
                 sys.stdout.buffer.write(chunk)
@@ -334,13 +493,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         save_state(run, state)
 
     total_estimate = sum(estimate(s, budget) for s in STAGES if s not in state["stages"])
-    print(f"[quickstart] {args.budget} budget, preset {args.preset}, run folder {run}: about {fmt_seconds(total_estimate)} of work left")
+    print(
+        f"[quickstart] {args.budget} budget, preset {args.preset}, run folder {run}: about "
+        f"{fmt_seconds(total_estimate)} of work left"
+    )
     state["budget"], state["budget_name"], state["preset"] = asdict(budget), args.budget, args.preset
     began = time.perf_counter()
     for number, stage in enumerate(STAGES, 1):
         done = state["stages"].get(stage)
         if done and (not outputs[stage] or outputs[stage][0].exists()):
-            print(f"[quickstart] {number}/{len(STAGES)} {stage}: done earlier ({fmt_seconds(done['seconds'])}), skipped")
+            print(
+                f"[quickstart] {number}/{len(STAGES)} {stage}: done earlier ({fmt_seconds(done['seconds'])}), skipped"
+            )
             continue
         if stage == "generate" and "ppo" not in state["stages"]:
             raise QuickstartError("the generate stage needs the ppo stage's agent")
@@ -356,7 +520,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         elif stage != "generate" and outputs[stage][1].exists():
             print(f"[quickstart] moved the interrupted {outputs[stage][1]} aside to {move_aside(outputs[stage][1])}")
         expected = estimate(stage, budget)
-        print(f"\n[quickstart] {number}/{len(STAGES)} {stage}: estimated {fmt_seconds(expected)} (log: {run / 'logs' / (stage + '.log')})", flush=True)
+        print(
+            f"\n[quickstart] {number}/{len(STAGES)} {stage}: estimated {fmt_seconds(expected)} (log: "
+            f"{run / 'logs' / (stage + '.log')})",
+            flush=True,
+        )
         started = time.perf_counter()
         ran = []
         for command in commands[stage]:
@@ -369,16 +537,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[quickstart] $ python {shlex.join(full)}", flush=True)
             code = run_logged(full, run / "logs" / f"{stage}.log", args.threads)
             if code != 0:
-                raise QuickstartError(f"stage '{stage}' failed (exit {code}): see {run / 'logs' / (stage + '.log')}; rerun the quickstart to continue from there")
+                raise QuickstartError(
+                    f"stage '{stage}' failed (exit {code}): see {run / 'logs' / (stage + '.log')}; rerun the "
+                    "quickstart to continue from there"
+                )
         seconds = time.perf_counter() - started
-        state["stages"][stage] = {"seconds": seconds, "estimate": expected, "commands": [shlex.join(c) for c in commands[stage]], "ran": ran}
+        state["stages"][stage] = {
+            "seconds": seconds,
+            "estimate": expected,
+            "commands": [shlex.join(c) for c in commands[stage]],
+            "ran": ran,
+        }
         save_state(run, state)
-        print(f"[quickstart] {stage} finished in {fmt_seconds(seconds)} (estimated {fmt_seconds(expected)})", flush=True)
+        print(
+            f"[quickstart] {stage} finished in {fmt_seconds(seconds)} (estimated {fmt_seconds(expected)})", flush=True
+        )
 
     state["seconds_this_run"] = time.perf_counter() - began
     save_state(run, state)
     summary = write_summary(run, state, budget, args)
-    print(f"\n[quickstart] all stages done; total {fmt_seconds(sum(s['seconds'] for s in state['stages'].values()))}. Results in {run}:")
+    print(
+        f"\n[quickstart] all stages done; total {fmt_seconds(sum(s['seconds'] for s in state['stages'].values()))}. "
+        f"Results in {run}:"
+    )
     print(f"  {summary}  (stage times, metrics, gifs)")
     print(f"  {run / 'eval' / 'report.md'}, drift.png, examples.png")
     print(f"  {run / 'rollouts'}/*/*.gif")
@@ -394,7 +575,9 @@ def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
     states = {}
     for number, seed in enumerate(seeds, 1):
         print(f"\n[quickstart] seed {seed} ({number} of {len(seeds)}) -> {run / f'seed-{seed}'}", flush=True)
-        states[seed] = main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": 1, "output_dir": str(run / f"seed-{seed}")}))
+        states[seed] = main(
+            argparse.Namespace(**{**vars(args), "seed": seed, "seeds": 1, "output_dir": str(run / f"seed-{seed}")})
+        )
     path = write_seeds_summary(run, seeds, args)
     print(f"\n[quickstart] {len(seeds)} seeds done: mean and spread of every headline number in {path}")
     return {"seeds": states, "summary": str(path)}
@@ -404,8 +587,16 @@ def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
 HEADLINES: list[tuple[str, Any, int]] = [
     ("PSNR (dB)", lambda m: m["models"][0]["teacher_forced"]["psnr"], 2),
     ("copy-last PSNR (dB)", lambda m: m["baselines"]["copy_last"]["teacher_forced"]["psnr"], 2),
-    ("PSNR minus copy-last", lambda m: m["models"][0]["teacher_forced"]["psnr"] - m["baselines"]["copy_last"]["teacher_forced"]["psnr"], 2),
-    ("true minus shuffled actions (dB)", lambda m: m["models"][0]["teacher_forced"]["psnr"] - m["models"][0]["shuffled_actions"]["psnr"], 2),
+    (
+        "PSNR minus copy-last",
+        lambda m: m["models"][0]["teacher_forced"]["psnr"] - m["baselines"]["copy_last"]["teacher_forced"]["psnr"],
+        2,
+    ),
+    (
+        "true minus shuffled actions (dB)",
+        lambda m: m["models"][0]["teacher_forced"]["psnr"] - m["models"][0]["shuffled_actions"]["psnr"],
+        2,
+    ),
     ("SSIM", lambda m: m["models"][0]["teacher_forced"]["ssim"], 3),
     ("GMSD (lower is better)", lambda m: m["models"][0]["teacher_forced"]["gmsd"], 3),
     ("copy-last GMSD", lambda m: m["baselines"]["copy_last"]["teacher_forced"]["gmsd"], 3),
@@ -433,7 +624,10 @@ def headline_numbers(metrics: dict[str, Any]) -> dict[str, float]:
 def write_seeds_summary(run: Path, seeds: list[int], args: argparse.Namespace) -> Path:
     import statistics
 
-    per_seed = {seed: headline_numbers(json.loads((run / f"seed-{seed}" / "eval" / "metrics.json").read_text())) for seed in seeds}
+    per_seed = {
+        seed: headline_numbers(json.loads((run / f"seed-{seed}" / "eval" / "metrics.json").read_text()))
+        for seed in seeds
+    }
     lines = [
         f"# Quickstart over {len(seeds)} seeds ({args.budget} budget, preset {args.preset})",
         "",
@@ -450,7 +644,8 @@ def write_seeds_summary(run: Path, seeds: list[int], args: argparse.Namespace) -
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         cells = " | ".join(f"{per_seed[s][label]:.{decimals}f}" if label in per_seed[s] else "–" for s in seeds)
         lines.append(
-            f"| {label} | {statistics.mean(values):.{decimals}f} ± {spread:.{decimals}f} | {min(values):.{decimals}f} | "
+            f"| {label} | {statistics.mean(values):.{decimals}f} ± {spread:.{decimals}f} | {min(values):.{decimals}f} "
+            "| "
             f"{max(values):.{decimals}f} | {cells} |"
         )
     beats = [s for s in seeds if per_seed[s].get("PSNR minus copy-last", float("-inf")) > 0]
@@ -476,9 +671,17 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
     ]
     for stage in STAGES:
         info = state["stages"][stage]
-        lines.append(f"| {stage} | `{info['commands'][0].split()[0]}` | {info['seconds']:.0f} | {info['estimate']:.0f} |")
+        lines.append(
+            f"| {stage} | `{info['commands'][0].split()[0]}` | {info['seconds']:.0f} | {info['estimate']:.0f} |"
+        )
     total = sum(state["stages"][s]["seconds"] for s in STAGES)
-    lines += [f"| **total** | | **{total:.0f}** ({total / 60:.1f} min) | |", "", "The commands (`quickstart.json` has them too):", "", "```bash"]
+    lines += [
+        f"| **total** | | **{total:.0f}** ({total / 60:.1f} min) | |",
+        "",
+        "The commands (`quickstart.json` has them too):",
+        "",
+        "```bash",
+    ]
     lines += [f"python {command}" for stage in STAGES for command in state["stages"][stage]["ran"]]
     lines += ["```", ""]
 
@@ -501,25 +704,30 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
         else "Action following: not measured."
     )
     lines += [
-        f"## Quality on {len(metrics['episodes'])} held-out episodes ({len(metrics['windows'])} windows; `eval/report.md` has everything)",
+        f"## Quality on {len(metrics['episodes'])} held-out episodes ({len(metrics['windows'])} windows; "
+        "`eval/report.md` has everything)",
         "",
         "| | PSNR (dB) | SSIM | sharpness | GMSD | PSNR turning | PSNR moving | drift PSNR, last frame |",
         "|---|---|---|---|---|---|---|---|",
-        f"| world model | {tf['psnr']:.2f} | {tf['ssim']:.3f} | {tf['sharpness']:.2f} | {tf['gmsd']:.3f} | {cat(tf, 'turning')} | "
-        f"{cat(tf, 'moving')} | {drift[-1] if drift else float('nan'):.2f} |",
+        f"| world model | {tf['psnr']:.2f} | {tf['ssim']:.3f} | {tf['sharpness']:.2f} | {tf['gmsd']:.3f} | "
+        f"{cat(tf, 'turning')} | {cat(tf, 'moving')} | {drift[-1] if drift else float('nan'):.2f} |",
         f"| same, shuffled actions | {shuffled['psnr']:.2f} | {shuffled['ssim']:.3f} | {shuffled['sharpness']:.2f} | "
         f"{shuffled['gmsd']:.3f} | {cat(shuffled, 'turning')} | {cat(shuffled, 'moving')} | |",
-        f"| copy last frame | {copy_tf['psnr']:.2f} | {copy_tf['ssim']:.3f} | {copy_tf['sharpness']:.2f} | {copy_tf['gmsd']:.3f} | "
-        f"{cat(copy_tf, 'turning')} | {cat(copy_tf, 'moving')} | {drift_copy[-1] if drift_copy else float('nan'):.2f} |",
-        f"| VAE reconstruction (ceiling) | {vae['psnr']:.2f} | {vae['ssim']:.3f} | {vae['sharpness']:.2f} | {vae['gmsd']:.3f} | | | |",
+        f"| copy last frame | {copy_tf['psnr']:.2f} | {copy_tf['ssim']:.3f} | {copy_tf['sharpness']:.2f} | "
+        f"{copy_tf['gmsd']:.3f} | {cat(copy_tf, 'turning')} | {cat(copy_tf, 'moving')} | "
+        f"{drift_copy[-1] if drift_copy else float('nan'):.2f} |",
+        f"| VAE reconstruction (ceiling) | {vae['psnr']:.2f} | {vae['ssim']:.3f} | {vae['sharpness']:.2f} | "
+        f"{vae['gmsd']:.3f} | | | |",
         f"| paper (SD v1.4, 320x240) | {metrics['paper']['teacher_forced_psnr']} | | | | | | |",
         "",
         "Sharpness: 1.00 = as sharp as the game's frames, below = blur. GMSD: lower is better.",
         "",
         idm_line,
         "",
-        f"The model {'beats' if tf['psnr'] > copy_tf['psnr'] else 'does NOT beat'} copy-last ({tf['psnr'] - copy_tf['psnr']:+.2f} dB); "
-        f"true minus shuffled actions: {tf['psnr'] - shuffled['psnr']:+.2f} dB; {model['timing'].get('fps', 0):.1f} frames/s on this machine.",
+        f"The model {'beats' if tf['psnr'] > copy_tf['psnr'] else 'does NOT beat'} copy-last "
+        f"({tf['psnr'] - copy_tf['psnr']:+.2f} dB); "
+        f"true minus shuffled actions: {tf['psnr'] - shuffled['psnr']:+.2f} dB; {model['timing'].get('fps', 0):.1f} "
+        "frames/s on this machine.",
         "",
         "![drift](eval/drift.png)",
         "",
@@ -531,8 +739,10 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
     lines += [
         "## Next",
         "",
-        f"- play it: `python run_playable_env.py --model_folder {run / 'world_model'} --dataset_name {run / 'dataset'}`",
-        f"- evaluate again with other sampling: `python evaluate.py --model_folder {run / 'world_model'} --dataset_name {run / 'dataset'} "
+        f"- play it: `python run_playable_env.py --model_folder {run / 'world_model'} "
+        f"--dataset_name {run / 'dataset'}`",
+        f"- evaluate again with other sampling: `python evaluate.py --model_folder {run / 'world_model'} "
+        f"--dataset_name {run / 'dataset'} "
         "--num_inference_steps 8 --output_dir <folder>`",
         "",
     ]

@@ -30,58 +30,81 @@ from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.context import episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError, GameEngine
-from gamengen.episodes import DatasetError
 from gamengen.files import write_json_atomic
+from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale, realtime_fps, write_gif, write_video
 from gamengen.metrics import psnr
-from gamengen.model import ModelLoadError, frames_to_tensor
+from gamengen.model import ModelLoadError
+from gamengen.vae import frames_to_tensor
 
 DEFAULT_NUM_FRAMES = 32
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_engine_arguments(parser)
     what = parser.add_argument_group("what to roll out")
     what.add_argument(
         "--dataset_name",
         default=None,
-        help="dataset folder or Hub id: the start frames (and recorded actions); default: the checkpoint's training data",
+        help="dataset folder or Hub id: the start frames (and recorded actions); default: the checkpoint's data",
     )
-    what.add_argument("--episodes", nargs="+", default=["0"], help="episodes to start from: indices into the dataset's episodes, or episode ids")
+    what.add_argument(
+        "--episodes",
+        nargs="+",
+        default=["0"],
+        help="episodes to start from: indices into the dataset's episodes, or episode ids",
+    )
     what.add_argument(
         "--start_step",
         type=int,
         default=None,
-        help="the first generated frame is this step of the episode, after frames start-N .. start-1 as context (default: the context length N)",
+        help="the first generated frame is this step of the episode, after frames start-N .. start-1 as context "
+        "(default: the context length N)",
     )
     what.add_argument(
         "--num_frames",
         type=int,
         default=None,
-        help=f"frames to generate per rollout (default: {DEFAULT_NUM_FRAMES} with recorded actions, the script's length with --actions; a shorter script repeats)",
+        help=f"frames to generate per rollout (default: {DEFAULT_NUM_FRAMES} with recorded actions, the script's "
+        "length with --actions; a shorter script repeats)",
     )
     what.add_argument(
         "--actions",
         nargs="+",
         default=None,
         metavar="SCRIPT",
-        help='scripted actions instead of the recorded ones, e.g. "FORWARD*16,TURN_LEFT*8,ATTACK"; several scripts = several rollouts per episode',
+        help='scripted actions instead of the recorded ones, e.g. "FORWARD*16,TURN_LEFT*8,ATTACK"; several scripts = '
+        "several rollouts per episode",
     )
     what.add_argument(
         "--actions_file",
         nargs="+",
         default=None,
         metavar="PATH",
-        help="scripted actions from files (names separated by commas or lines, e.g. the .actions.txt that run_playable_env.py records); one rollout per file",
+        help="scripted actions from files (names separated by commas or lines, e.g. the .actions.txt that "
+        "run_playable_env.py records); one rollout per file",
     )
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="outputs/rollouts", help="where the gifs/mp4s and rollouts.json go")
-    output.add_argument("--gif_fps", type=float, default=None, help="playback speed (default: the game's, 35 tics/s / the dataset's frame skip)")
-    output.add_argument("--scale", type=int, default=None, help="integer upscaling of the frames (default: ~256 pixels wide)")
+    output.add_argument(
+        "--gif_fps",
+        type=float,
+        default=None,
+        help="playback speed (default: the game's, 35 tics/s / the dataset's frame skip)",
+    )
+    output.add_argument(
+        "--scale", type=int, default=None, help="integer upscaling of the frames (default: ~256 pixels wide)"
+    )
     output.add_argument("--no_mp4", action="store_true", help="write only gifs")
-    output.add_argument("--overwrite", action="store_true", help="replace the rollouts of an earlier run in --output_dir")
-    output.add_argument("--save_arrays", action="store_true", help="also save each rollout's frames and actions as <name>.npz")
+    output.add_argument(
+        "--overwrite", action="store_true", help="replace the rollouts of an earlier run in --output_dir"
+    )
+    output.add_argument(
+        "--save_arrays", action="store_true", help="also save each rollout's frames and actions as <name>.npz"
+    )
     args = parser.parse_args(argv)
     if args.actions_file:
         if args.actions:
@@ -103,14 +126,19 @@ def plan_rollouts(args: argparse.Namespace, engine: GameEngine, dataset) -> list
         episode_id, length = dataset.episode_ids[episode], dataset.episodes[episode].length
         start = args.start_step if args.start_step is not None else min(engine.context_length, length - 1)
         if not 1 <= start < length:
-            raise DatasetError(f"--start_step {start} is outside episode {episode_id!r}, whose steps are 0..{length - 1} (the context needs steps before it)")
+            raise DatasetError(
+                f"--start_step {start} is outside episode {episode_id!r}, whose steps are 0..{length - 1} (the context "
+                "needs steps before it)"
+            )
         for number, script in enumerate(scripts):
             if script is None:
                 num_frames = args.num_frames or DEFAULT_NUM_FRAMES
                 if start + num_frames > length:
                     raise DatasetError(
-                        f"episode {episode_id!r} has {length} steps: with recorded actions, {num_frames} frames from step {start} need {start + num_frames} "
-                        f"(at most --num_frames {length - start} from --start_step {start}); pick a longer episode, an earlier --start_step, or --actions"
+                        f"episode {episode_id!r} has {length} steps: with recorded actions, {num_frames} frames from "
+                        f"step {start} need {start + num_frames} "
+                        f"(at most --num_frames {length - start} from --start_step {start}); pick a longer episode, an "
+                        "earlier --start_step, or --actions"
                     )
                 actions = [int(a) for a in dataset.actions(episode)[start - 1 : start - 1 + num_frames]]
                 name = f"ep{episode}_recorded"
@@ -118,7 +146,16 @@ def plan_rollouts(args: argparse.Namespace, engine: GameEngine, dataset) -> list
                 num_frames = args.num_frames or len(script)
                 actions = [script[i % len(script)] for i in range(num_frames)]
                 name = f"ep{episode}_script{number}"
-            plans.append({"name": name, "episode": episode, "episode_id": episode_id, "start_step": start, "actions": actions, "recorded": script is None})
+            plans.append(
+                {
+                    "name": name,
+                    "episode": episode,
+                    "episode_id": episode_id,
+                    "start_step": start,
+                    "actions": actions,
+                    "recorded": script is None,
+                }
+            )
     return plans
 
 
@@ -143,7 +180,8 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = engine.describe()
     print(
-        f"{len(plans)} rollouts on {settings['device']} ({settings['dtype']}): {engine.num_inference_steps} DDIM steps, CFG {engine.guidance_scale:g}, "
+        f"{len(plans)} rollouts on {settings['device']} ({settings['dtype']}): {engine.num_inference_steps} DDIM "
+        f"steps, CFG {engine.guidance_scale:g}, "
         f"context noise bucket {engine.noise_bucket}, context {engine.context_length} frames"
     )
 
@@ -163,7 +201,10 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         titles = ["generated", "truth"] if truth is not None else ["generated"]
         canvas = [
             captioned_row(
-                [frame] + ([truth[i]] if truth is not None else []), titles, f"frame {i + 1}/{len(actions)} (step {start + i}) after {names[i]}", scale
+                [frame] + ([truth[i]] if truth is not None else []),
+                titles,
+                f"frame {i + 1}/{len(actions)} (step {start + i}) after {names[i]}",
+                scale,
             )
             for i, frame in enumerate(generated)
         ]
@@ -174,8 +215,14 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         if truth is not None:
             scores = psnr(frames_to_tensor(np.stack(generated)), frames_to_tensor(truth)).tolist()
         if args.save_arrays:
-            arrays = {"generated": np.stack(generated), "actions": np.asarray(actions), "context_frames": context_frames}
-            np.savez_compressed(output_dir / f"{plan['name']}.npz", **arrays, **({"truth": truth} if truth is not None else {}))
+            arrays = {
+                "generated": np.stack(generated),
+                "actions": np.asarray(actions),
+                "context_frames": context_frames,
+            }
+            np.savez_compressed(
+                output_dir / f"{plan['name']}.npz", **arrays, **({"truth": truth} if truth is not None else {})
+            )
 
         result = {
             **{k: plan[k] for k in ("name", "episode_id", "start_step", "recorded")},
@@ -191,16 +238,28 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         }
         results.append(result)
         source = "recorded actions" if plan["recorded"] else "scripted actions"
-        quality = f"; PSNR vs truth: first {scores[0]:.2f} dB, last {scores[-1]:.2f} dB, mean {np.mean(scores):.2f} dB" if scores else ""
+        quality = (
+            f"; PSNR vs truth: first {scores[0]:.2f} dB, last {scores[-1]:.2f} dB, mean {np.mean(scores):.2f} dB"
+            if scores
+            else ""
+        )
         print(
-            f"{plan['name']} (episode {plan['episode_id']!r} from step {start}, {source}): {len(generated)} frames in {seconds:.2f} s = {result['fps']:.1f} FPS "
-            f"(after the first frame: {timing['fps']:.1f} FPS; per frame unet {timing['unet_ms']:.1f} ms, decode {timing['decode_ms']:.1f} ms, "
+            f"{plan['name']} (episode {plan['episode_id']!r} from step {start}, {source}): {len(generated)} frames in "
+            f"{seconds:.2f} s = {result['fps']:.1f} FPS "
+            f"(after the first frame: {timing['fps']:.1f} FPS; per frame unet {timing['unet_ms']:.1f} ms, decode "
+            f"{timing['decode_ms']:.1f} ms, "
             f"total {timing['total_ms']:.1f} ms){quality}"
         )
         print(f"  -> {gif}" + (f", {mp4}" if mp4 else ""))
     if mp4_missing:
         print("no mp4 written: install imageio-ffmpeg (pip install imageio-ffmpeg) for mp4 files next to the gifs")
-    summary = {"model_folder": str(args.model_folder), "dataset_name": str(args.dataset_name), "seed": args.seed, "engine": settings, "rollouts": results}
+    summary = {
+        "model_folder": str(args.model_folder),
+        "dataset_name": str(args.dataset_name),
+        "seed": args.seed,
+        "engine": settings,
+        "rollouts": results,
+    }
     write_json_atomic(output_dir / "rollouts.json", summary)
     return results
 

@@ -32,7 +32,7 @@ from typing import Any
 from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.engine import EngineError
-from gamengen.episodes import DatasetError
+from gamengen.layout import DatasetError
 from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
 from gamengen.play import PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings
@@ -42,39 +42,83 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_engine_arguments(parser)
     start = parser.add_argument_group("where the game starts")
     start.add_argument(
         "--dataset_name",
         default=None,
-        help="dataset folder or Hub id: the start context is taken from one of its episodes (default: the first frame of a fresh ViZDoom game)",
+        help="dataset folder or Hub id: the start context is taken from one of its episodes (default: the first frame "
+        "of a fresh ViZDoom game)",
     )
     start.add_argument("--episode", default="0", help="the episode (index or id) whose frames are the start context")
-    start.add_argument("--start_step", type=int, default=None, help="the first generated frame is this step of the episode (default: the context length)")
+    start.add_argument(
+        "--start_step",
+        type=int,
+        default=None,
+        help="the first generated frame is this step of the episode (default: the context length)",
+    )
     ui = parser.add_argument_group("how to play")
-    ui.add_argument("--ui", choices=["web", "pygame", "headless"], default="web", help="browser page, desktop window, or scripted actions -> gif")
-    ui.add_argument("--fps", type=float, default=None, help="frames per second to aim for (default: as fast as the engine goes)")
-    ui.add_argument("--side_by_side", action="store_true", help="play the real ViZDoom game with the same actions beside the model (PSNR per frame)")
-    ui.add_argument("--host", default="127.0.0.1", help="web: the address to listen on (127.0.0.1: this machine only; use SSH port forwarding from elsewhere)")
+    ui.add_argument(
+        "--ui",
+        choices=["web", "pygame", "headless"],
+        default="web",
+        help="browser page, desktop window, or scripted actions -> gif",
+    )
+    ui.add_argument(
+        "--fps", type=float, default=None, help="frames per second to aim for (default: as fast as the engine goes)"
+    )
+    ui.add_argument(
+        "--side_by_side",
+        action="store_true",
+        help="play the real ViZDoom game with the same actions beside the model (PSNR per frame)",
+    )
+    ui.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="web: the address to listen on (127.0.0.1: this machine only; use SSH port forwarding from elsewhere)",
+    )
     ui.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
     ui.add_argument(
         "--idle_action",
         default=None,
         help="the action (name or id) played while no key is held (default: the model's no-op, else action 0)",
     )
-    ui.add_argument("--record", action="store_true", help="record from the first frame (C toggles recording while playing)")
-    ui.add_argument("--max_frames", type=int, default=None, help="pygame: stop after this many frames (benchmarks, tests)")
-    scripted = parser.add_argument_group("headless")
-    scripted.add_argument("--actions", default=None, metavar="SCRIPT", help='the actions to play, e.g. "FORWARD*16,TURN_LEFT*8,ATTACK"')
-    scripted.add_argument(
-        "--actions_file", default=None, help="the actions to play from a file (the .actions.txt a recording writes, or names separated by commas/lines)"
+    ui.add_argument(
+        "--record", action="store_true", help="record from the first frame (C toggles recording while playing)"
     )
-    scripted.add_argument("--num_frames", type=int, default=None, help="frames to generate (default: the script's length; a shorter script repeats)")
+    ui.add_argument(
+        "--max_frames", type=int, default=None, help="pygame: stop after this many frames (benchmarks, tests)"
+    )
+    scripted = parser.add_argument_group("headless")
+    scripted.add_argument(
+        "--actions", default=None, metavar="SCRIPT", help='the actions to play, e.g. "FORWARD*16,TURN_LEFT*8,ATTACK"'
+    )
+    scripted.add_argument(
+        "--actions_file",
+        default=None,
+        help="the actions to play from a file (the .actions.txt a recording writes, "
+        "or names separated by commas/lines)",
+    )
+    scripted.add_argument(
+        "--num_frames",
+        type=int,
+        default=None,
+        help="frames to generate (default: the script's length; a shorter script repeats)",
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", default="outputs/play", help="where recordings go (gif, mp4, .actions.txt, .json)")
+    output.add_argument(
+        "--output_dir", default="outputs/play", help="where recordings go (gif, mp4, .actions.txt, .json)"
+    )
     output.add_argument("--name", default=None, help="file name of the headless recording (default: headless)")
-    output.add_argument("--gif_fps", type=float, default=None, help="playback speed of recordings (default: the game's, 35 tics/s / frame skip)")
+    output.add_argument(
+        "--gif_fps",
+        type=float,
+        default=None,
+        help="playback speed of recordings (default: the game's, 35 tics/s / frame skip)",
+    )
     args = parser.parse_args(argv)
     if args.ui == "headless" and (args.actions is None) == (args.actions_file is None):
         parser.error("--ui headless plays scripted actions: give --actions SCRIPT or --actions_file PATH (one of them)")
@@ -95,15 +139,27 @@ def make_session(args: argparse.Namespace) -> PlaySession:
     settings = game_settings(engine.frame_size, dataset, engine.config.dataset)
     real_game = RealGame(settings, engine.action_names, seed=args.seed) if args.side_by_side else None
     if real_game is not None:
-        start = StartContext.from_frame(real_game.reset(), f"the first frame of a fresh {settings.get('scenario', 'ViZDoom')} game, played beside the model")
+        start = StartContext.from_frame(
+            real_game.reset(),
+            f"the first frame of a fresh {settings.get('scenario', 'ViZDoom')} game, played beside the model",
+        )
     elif dataset is not None:
         start = StartContext.from_dataset(dataset, args.episode, args.start_step, engine.context_length)
     else:
-        start = StartContext.from_frame(first_game_frame(settings, seed=args.seed), f"the first frame of a fresh {settings.get('scenario', 'ViZDoom')} game")
+        start = StartContext.from_frame(
+            first_game_frame(settings, seed=args.seed),
+            f"the first frame of a fresh {settings.get('scenario', 'ViZDoom')} game",
+        )
     frame_skip = settings.get("frame_skip") or 4
     replay = {"model_folder": args.model_folder, **({"dataset_name": args.dataset_name} if args.dataset_name else {})}
     return PlaySession(
-        engine, start, seed=args.seed, real_game=real_game, record_dir=args.output_dir, replay=replay, gif_fps=args.gif_fps or realtime_fps(frame_skip),
+        engine,
+        start,
+        seed=args.seed,
+        real_game=real_game,
+        record_dir=args.output_dir,
+        replay=replay,
+        gif_fps=args.gif_fps or realtime_fps(frame_skip),
         idle_action=args.idle_action,
     )
 
@@ -111,14 +167,17 @@ def make_session(args: argparse.Namespace) -> PlaySession:
 def describe(session: PlaySession) -> None:
     settings = session.engine.describe()
     print(
-        f"engine on {settings['device']} ({settings['dtype']}): {settings['num_inference_steps']} DDIM steps, CFG {settings['guidance_scale']:g}, "
+        f"engine on {settings['device']} ({settings['dtype']}): {settings['num_inference_steps']} DDIM steps, CFG "
+        f"{settings['guidance_scale']:g}, "
         f"context {settings['context_length']} frames; start: {session.start.description}"
     )
     print("keys: " + "; ".join(session.keymap.help_lines()))
 
 
 def play_headless(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
-    script = parse_action_script(args.actions if args.actions is not None else read_actions_file(args.actions_file), session.engine.action_names)
+    script = parse_action_script(
+        args.actions if args.actions is not None else read_actions_file(args.actions_file), session.engine.action_names
+    )
     count = args.num_frames or len(script)
     actions = [script[i % len(script)] for i in range(count)]
     session.toggle_recording()
@@ -138,7 +197,8 @@ def play_headless(args: argparse.Namespace, session: PlaySession) -> dict[str, A
         **saved,
     }
     print(
-        f"{count} frames in {seconds:.2f} s = {result['fps']:.1f} FPS (after the first: {timing['fps']:.1f} FPS; unet {timing['unet_ms']:.1f} ms, "
+        f"{count} frames in {seconds:.2f} s = {result['fps']:.1f} FPS (after the first: {timing['fps']:.1f} FPS; unet "
+        f"{timing['unet_ms']:.1f} ms, "
         f"decode {timing['decode_ms']:.1f} ms per frame)"
     )
     print(f"  -> {saved['gif']}, actions {saved['actions_file']}")
@@ -168,11 +228,17 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
         print(f"serving the game at {url} (Ctrl-C stops)", flush=True)
         port = url.rstrip("/").rsplit(":", 1)[1]
         if args.host in LOOPBACK_HOSTS:
-            print(f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}/ there", flush=True)
+            print(
+                f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}/ "
+                "there",
+                flush=True,
+            )
         else:
             print(
-                f"warning: --host {args.host} exposes this server, which has no authentication, to every machine that can "
-                "reach this one: anyone may play it and write recordings into --output_dir. Prefer the default 127.0.0.1 "
+                f"warning: --host {args.host} exposes this server, which has no authentication, to every machine that "
+                "can "
+                "reach this one: anyone may play it and write recordings into --output_dir. Prefer the default "
+                "127.0.0.1 "
                 "with SSH port forwarding.",
                 file=sys.stderr,
                 flush=True,
@@ -200,7 +266,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if saved.get("gif") and args.ui != "headless":
             print(f"recording: {saved['gif']}, actions {saved['actions_file']}")
     if args.ui == "headless":
-        Path(args.output_dir, f"{args.name or 'headless'}.result.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        Path(args.output_dir, f"{args.name or 'headless'}.result.json").write_text(
+            json.dumps(result, indent=1, default=str) + "\n"
+        )
     return result
 
 

@@ -25,18 +25,11 @@ from typing import Any
 
 import torch
 
-from gamengen.episodes import DatasetError, add_column_arguments, columns_from_args, open_dataset, split_episode_ids
-from gamengen.idm import (
-    CATEGORIES,
-    IDMError,
-    action_category,
-    check_idm_output,
-    load_transitions,
-    save_idm,
-    score_transitions,
-    train_idm,
-)
+from gamengen.episodes import open_dataset, split_episode_ids
+from gamengen.idm import CATEGORIES, IDMError, action_category, check_idm_output, save_idm
+from gamengen.idm_training import load_transitions, score_transitions, train_idm
 from gamengen.latent_cache import dataset_fingerprint
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 from gamengen.windows import check_action_ids
 
 
@@ -45,29 +38,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", required=True,
-                      help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
+    data.add_argument(
+        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
+    )
     data.add_argument("--cache_dir", default=None, help="where Hub datasets are cached")
     add_column_arguments(data)
-    data.add_argument("--holdout_fraction", type=float, default=0.1,
-                      help="fraction of episodes held out for the accuracy (use the world model's value, "
-                           "so the IDM never saw its held-out episodes)")
-    data.add_argument("--max_frames", type=int, default=50_000,
-                      help="decode at most this many training frames into memory "
-                           "(whole episodes, picked at random by --seed)")
+    data.add_argument(
+        "--holdout_fraction",
+        type=float,
+        default=0.1,
+        help="fraction of episodes held out for the accuracy (use the world model's value, "
+        "so the IDM never saw its held-out episodes)",
+    )
+    data.add_argument(
+        "--max_frames",
+        type=int,
+        default=50_000,
+        help="decode at most this many training frames into memory (whole episodes, picked at random by --seed)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True, help="the IDM folder to write")
     train.add_argument("--overwrite", action="store_true", help="replace an existing IDM folder at --output_dir")
     train.add_argument("--max_train_steps", type=int, default=500, help="optimizer steps")
     train.add_argument("--train_batch_size", type=int, default=64, help="transitions per step")
-    train.add_argument("--learning_rate", type=float, default=1e-3,
-                       help="peak AdamW learning rate (one-cycle schedule)")
-    train.add_argument("--seed", type=int, default=0,
-                       help="seed of the initialization, the batches and the --max_frames subset")
+    train.add_argument(
+        "--learning_rate", type=float, default=1e-3, help="peak AdamW learning rate (one-cycle schedule)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialization, the batches and the --max_frames subset"
+    )
     train.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    train.add_argument("--num_threads", type=int, default=1,
-                       help="torch CPU threads (1: OpenMP spin-waiting on shared cores made training "
-                            "up to 100x slower)")
+    train.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: OpenMP spin-waiting on shared cores made training up to 100x slower)",
+    )
     args = parser.parse_args(argv)
     for name in ("max_train_steps", "train_batch_size", "max_frames", "num_threads"):
         if getattr(args, name) < 1:
@@ -95,12 +101,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     train = load_transitions(dataset.subset(train_ids), max_frames=args.max_frames, seed=args.seed)
     heldout = load_transitions(dataset.subset(heldout_ids))
-    print(f"decoded {len(train.frames)} training frames ({len(train)} transitions) and "
-          f"{len(heldout)} held-out transitions "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(
+        f"decoded {len(train.frames)} training frames ({len(train)} transitions) and "
+        f"{len(heldout)} held-out transitions "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     started = time.perf_counter()
-    idm = train_idm(train, action_names, args.max_train_steps, args.train_batch_size, args.learning_rate, args.seed,
-                    device)
+    idm = train_idm(
+        train, action_names, args.max_train_steps, args.train_batch_size, args.learning_rate, args.seed, device
+    )
     train_seconds = time.perf_counter() - started
     train_scores, heldout_scores = score_transitions(idm, train), score_transitions(idm, heldout)
     idm.info = {
@@ -112,15 +121,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "heldout_episodes": heldout_ids,
             "metadata": {key: value for key, value in (dataset.metadata or {}).items() if key != "env_config"},
         },
-        "training": {"steps": args.max_train_steps, "batch_size": args.train_batch_size,
-                     "learning_rate": args.learning_rate,
-                     "seed": args.seed, "transitions": len(train), "seconds": round(train_seconds, 1),
-                     "train_action_accuracy": train_scores.action_accuracy},
+        "training": {
+            "steps": args.max_train_steps,
+            "batch_size": args.train_batch_size,
+            "learning_rate": args.learning_rate,
+            "seed": args.seed,
+            "transitions": len(train),
+            "seconds": round(train_seconds, 1),
+            "train_action_accuracy": train_scores.action_accuracy,
+        },
         "heldout": heldout_scores.to_dict(),
     }
     save_idm(idm, args.output_dir, overwrite=args.overwrite)
-    print(f"trained {args.max_train_steps} steps in {train_seconds:.1f} s; "
-          f"training-set action accuracy {train_scores.action_accuracy:.3f}")
+    print(
+        f"trained {args.max_train_steps} steps in {train_seconds:.1f} s; "
+        f"training-set action accuracy {train_scores.action_accuracy:.3f}"
+    )
     print("held-out real transitions (the ceiling for generated ones):")
     print(heldout_scores.summary())
     missing = [name for name in CATEGORIES if name not in heldout_scores.per_category]

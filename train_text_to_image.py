@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
+from gamengen.checkpoint import CONFIG_FILE, save_world_model
 from gamengen.config import (
     DEFAULT_CONTEXT_LENGTH,
     PRESETS,
@@ -41,46 +42,35 @@ from gamengen.config import (
     get_config,
     get_world_model_config,
 )
-from gamengen.episodes import (
-    PEER_COLUMNS,
-    DatasetError,
-    add_column_arguments,
-    columns_from_args,
-    open_dataset,
-    split_episode_ids,
-)
+from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
+from gamengen.layout import PEER_COLUMNS, DatasetError, add_column_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import (
-    CONFIG_FILE,
     ModelLoadError,
     WorldModel,
     build_world_model,
-    check_vae,
     corrupt_context,
     drop_context,
     load_pretrained_unet,
-    load_vae,
     make_scheduler,
     residual_base,
-    save_world_model,
 )
 from gamengen.peer import PEER_ACTION_NAMES
+from gamengen.run_folder import UsageError, check_run_dir, find_checkpoint
 from gamengen.training import (
     Hooks,
     LoopOptions,
     TrainingRun,
-    UsageError,
     add_run_arguments,
-    check_run_dir,
-    find_checkpoint,
     make_accelerator,
     make_lr_scheduler,
     push_to_hub,
     run_trainer,
     train,
 )
+from gamengen.vae import check_vae, load_vae
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, check_action_ids, encode_pixel_windows
 
 SUMMARY_FILE = "training_summary.json"
@@ -99,6 +89,7 @@ HUB_FILES = [
 
 def by_preset(option: str) -> str:
     """An option's per-preset default, for its help (``gamengen.config.WORLD_MODEL_TRAINING_DEFAULTS``)."""
+
     def show(value: Any) -> str:
         return {True: "on", False: "off", None: "none"}[value] if isinstance(value, bool | None) else str(value)
 
@@ -106,9 +97,16 @@ def by_preset(option: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(PRESETS), default="sd14", help="sd14 (the paper) or tiny (a laptop CPU); gamengen/config.py")
+    model.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="sd14",
+        help="sd14 (the paper) or tiny (a laptop CPU); gamengen/config.py",
+    )
     model.add_argument(
         "--pretrained_model_name_or_path",
         default=None,
@@ -118,21 +116,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--pretrained_vae_model_name_or_path",
         default=None,
-        help="folder or Hub id with vae/ (finetune_autoencoder.py's --output_dir); default: --pretrained_model_name_or_path (sd14). Required for tiny",
+        help="folder or Hub id with vae/ (finetune_autoencoder.py's --output_dir); default: "
+        "--pretrained_model_name_or_path (sd14). Required for tiny",
     )
     model.add_argument("--revision", default=None, help="revision of Hub models")
-    model.add_argument("--context_length", type=int, default=None, help=f"past frames/actions in the context (default: {DEFAULT_CONTEXT_LENGTH})")
+    model.add_argument(
+        "--context_length",
+        type=int,
+        default=None,
+        help=f"past frames/actions in the context (default: {DEFAULT_CONTEXT_LENGTH})",
+    )
     model.add_argument("--noise_buckets", type=int, default=10, help="context noise-augmentation levels (paper: 10)")
-    model.add_argument("--max_noise_level", type=float, default=0.7, help="largest context noise std (paper: 0.7); 0 disables noise augmentation")
-    model.add_argument("--context_dropout", type=float, default=0.1, help="probability of dropping ALL context frames (paper: 0.1; CFG needs it)")
+    model.add_argument(
+        "--max_noise_level",
+        type=float,
+        default=0.7,
+        help="largest context noise std (paper: 0.7); 0 disables noise augmentation",
+    )
+    model.add_argument(
+        "--context_dropout",
+        type=float,
+        default=0.1,
+        help="probability of dropping ALL context frames (paper: 0.1; CFG needs it)",
+    )
     model.add_argument(
         "--guidance_scale",
         type=float,
         default=None,
         help=f"CFG scale on the context stored in the checkpoint (default: {by_preset('guidance_scale')}; "
-        "docs/tiny_learning.md)",
+        "docs/research_log.md)",
     )
-    model.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)")
+    model.add_argument(
+        "--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)"
+    )
     model.add_argument(
         "--action_positions",
         action=argparse.BooleanOptionalAction,
@@ -152,11 +168,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="generate the change from the last context latent instead of the frame "
-        f"(default: {by_preset('residual')}; docs/tiny_learning.md)",
+        f"(default: {by_preset('residual')}; docs/research_log.md#residual-parameterisation-precisely)",
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)")
-    data.add_argument("--latents_dir", default=None, help="latents cached by encode_latents.py: training then never runs the VAE encoder")
+    data.add_argument(
+        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
+    )
+    data.add_argument(
+        "--latents_dir",
+        default=None,
+        help="latents cached by encode_latents.py: training then never runs the VAE encoder",
+    )
     data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
     add_column_arguments(data)
     data.add_argument(
@@ -166,10 +188,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rows of the action embedding, for datasets without action_names metadata (default: the latent cache's, "
         "18 for the seed repository's layout, else the largest action id + 1)",
     )
-    data.add_argument("--holdout_fraction", type=float, default=0.1, help="fraction of episodes held out for validation (at least one)")
+    data.add_argument(
+        "--holdout_fraction",
+        type=float,
+        default=0.1,
+        help="fraction of episodes held out for validation (at least one)",
+    )
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes")
     train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="outputs/world_model", help="the checkpoint folder (unet/, vae/, scheduler/, ...) plus checkpoints and samples")
+    train.add_argument(
+        "--output_dir",
+        default="outputs/world_model",
+        help="the checkpoint folder (unet/, vae/, scheduler/, ...) plus checkpoints and samples",
+    )
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
     train.add_argument(
         "--train_batch_size",
@@ -185,10 +216,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "wins over --num_train_epochs",
     )
     train.add_argument(
-        "--num_train_epochs", type=int, default=None, help="passes over the training windows, when --max_train_steps is not given"
+        "--num_train_epochs",
+        type=int,
+        default=None,
+        help="passes over the training windows, when --max_train_steps is not given",
     )
     train.add_argument(
-        "--max_train_samples", type=int, default=None, help="train on this many windows only (chosen with --seed; debugging)"
+        "--max_train_samples",
+        type=int,
+        default=None,
+        help="train on this many windows only (chosen with --seed; debugging)",
     )
     train.add_argument(
         "--use_cfg",
@@ -196,11 +233,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="accepted for the seed repository's commands: the context dropout that classifier-free guidance needs "
         "(--context_dropout 0.1, the paper's) is already the default; --context_dropout 0 turns it off",
     )
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step")
-    train.add_argument("--gradient_checkpointing", action="store_true", help="recompute UNet activations in the backward pass to save memory")
+    train.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step"
+    )
+    train.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute UNet activations in the backward pass to save memory",
+    )
     paper = "(sd14: the paper's)"
     optimizer_help = f"default: {by_preset('optimizer')} {paper}"
-    train.add_argument("--optimizer", choices=["adafactor", "adafactor_torch", "adamw"], default=None, help=optimizer_help)
+    train.add_argument(
+        "--optimizer", choices=["adafactor", "adafactor_torch", "adamw"], default=None, help=optimizer_help
+    )
     learning_rate_help = f"default: {by_preset('learning_rate')} {paper}"
     train.add_argument("--learning_rate", type=float, default=None, help=learning_rate_help)
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (paper: 1.0)")
@@ -208,7 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--snr_gamma",
         type=float,
         default=None,
-        help="min-SNR loss weighting over timesteps with this gamma (e.g. 5; Hang et al. 2023); default: uniform (paper)",
+        help="min-SNR loss weighting over timesteps with this gamma (e.g. 5; Hang et al. 2023); default: uniform "
+        "(paper)",
     )
     train.add_argument(
         "--num_threads",
@@ -218,11 +264,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default threads 2.3-4.9 samples/s, 1 thread 50 (spin-waiting)",
     )
     train.add_argument(
-        "--ema_decay", type=float, default=None, help="keep an EMA of the weights with this decay (e.g. 0.999) and save it; default: none (paper)"
+        "--ema_decay",
+        type=float,
+        default=None,
+        help="keep an EMA of the weights with this decay (e.g. 0.999) and save it; default: none (paper)",
     )
-    train.add_argument("--validation_steps", type=int, default=500, help="sample held-out next frames (engine, CFG) every this many steps")
-    train.add_argument("--num_validation_samples", type=int, default=4, help="held-out windows sampled at each validation")
-    add_run_arguments(train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder")
+    train.add_argument(
+        "--validation_steps",
+        type=int,
+        default=500,
+        help="sample held-out next frames (engine, CFG) every this many steps",
+    )
+    train.add_argument(
+        "--num_validation_samples", type=int, default=4, help="held-out windows sampled at each validation"
+    )
+    add_run_arguments(
+        train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder"
+    )
     args = parser.parse_args(argv)
     preset_defaults = WORLD_MODEL_TRAINING_DEFAULTS[args.preset]
     for name, value in preset_defaults.items():
@@ -230,7 +288,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.max_train_steps is None and args.num_train_epochs is None:
         args.max_train_steps = 700_000
-    counts = ["train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps", "noise_buckets"]
+    counts = [
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "noise_buckets",
+    ]
     for name in [*counts, "max_train_steps", "num_train_epochs", "max_train_samples"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -259,7 +323,14 @@ def make_optimizer(name: str, parameters, learning_rate: float, weight_decay: fl
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(parameters, lr=learning_rate, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=weight_decay)
+        return Adafactor(
+            parameters,
+            lr=learning_rate,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+            weight_decay=weight_decay,
+        )
     if name == "adafactor_torch":
         return torch.optim.Adafactor(parameters, lr=learning_rate, weight_decay=weight_decay, foreach=True)
     return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
@@ -301,7 +372,9 @@ def diffusion_loss(
     return (per_sample * weights).mean()
 
 
-def load_windows(args: argparse.Namespace, vae) -> tuple[list[str], torch.utils.data.Dataset, torch.utils.data.Dataset, dict[str, Any]]:
+def load_windows(
+    args: argparse.Namespace, vae
+) -> tuple[list[str], torch.utils.data.Dataset, torch.utils.data.Dataset, dict[str, Any]]:
     """(action names, training windows, held-out windows, dataset provenance) for the preset.
 
     With ``--latents_dir`` the windows are read from the latent cache (checked against this dataset,
@@ -310,13 +383,17 @@ def load_windows(args: argparse.Namespace, vae) -> tuple[list[str], torch.utils.
     dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
     model_config = get_config(args.preset)
     context_length = args.context_length or DEFAULT_CONTEXT_LENGTH[args.preset]
-    cache = open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae) if args.latents_dir else None
+    cache = (
+        open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae) if args.latents_dir else None
+    )
     action_names = dataset_action_names(args, dataset, cache)
     train_ids, heldout_ids = split_episode_ids(dataset.episode_ids, args.holdout_fraction)
     if cache is not None:
         make = lambda ids: LatentWindowDataset(cache, context_length, num_actions=len(action_names), episode_ids=ids)  # noqa: E731
     else:
-        make = lambda ids: PixelWindowDataset(dataset.subset(ids), context_length, num_actions=len(action_names), config=model_config)  # noqa: E731
+        make = lambda ids: PixelWindowDataset(  # noqa: E731
+            dataset.subset(ids), context_length, num_actions=len(action_names), config=model_config
+        )
     provenance = {
         "name": str(args.dataset_name),
         "episodes": len(dataset.episode_ids),
@@ -343,9 +420,16 @@ def dataset_action_names(args: argparse.Namespace, dataset, cache) -> list[str]:
         seed_layout = dataset.columns == PEER_COLUMNS
         cached = cache.manifest.get("num_actions") if cache is not None else None
         count = args.num_actions or cached or (len(PEER_ACTION_NAMES) if seed_layout else largest + 1)
-        names = list(PEER_ACTION_NAMES[:count]) if seed_layout and count <= len(PEER_ACTION_NAMES) else [f"ACTION_{i}" for i in range(count)]
+        names = (
+            list(PEER_ACTION_NAMES[:count])
+            if seed_layout and count <= len(PEER_ACTION_NAMES)
+            else [f"ACTION_{i}" for i in range(count)]
+        )
         if args.num_actions is None and cached is None and not seed_layout:
-            print(f"note: the dataset names no actions: {count} actions (its largest id + 1); pass --num_actions to reserve more")
+            print(
+                f"note: the dataset names no actions: {count} actions (its largest id + 1); pass --num_actions to "
+                "reserve more"
+            )
     episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
     fix = "pass --num_actions N to give the model N actions"
     check_action_ids(dataset.episode_ids, episode_actions, len(names), dataset.action_names or names, too_few_fix=fix)
@@ -353,11 +437,14 @@ def dataset_action_names(args: argparse.Namespace, dataset, cache) -> list[str]:
 
 
 @torch.no_grad()
-def validate(model: WorldModel, vae, scheduler, config: WorldModelConfig, windows: list[dict[str, torch.Tensor]], seed: int) -> tuple[float, Image.Image]:
+def validate(
+    model: WorldModel, vae, scheduler, config: WorldModelConfig, windows: list[dict[str, torch.Tensor]], seed: int
+) -> tuple[float, Image.Image]:
     """Sample the next frame of held-out windows through the engine (4 DDIM steps, CFG on the
     context) and return the mean PSNR against the truth and a prediction | truth grid."""
+    from gamengen.checkpoint import WorldModelBundle
     from gamengen.engine import GameEngine
-    from gamengen.model import WorldModelBundle, decode_latents, tensor_to_frames
+    from gamengen.vae import decode_latents, tensor_to_frames
 
     was_training = model.training
     model.eval()
@@ -366,7 +453,9 @@ def validate(model: WorldModel, vae, scheduler, config: WorldModelConfig, window
     for window in windows:
         engine.reset(latents=window["context"], actions=window["actions"][:-1])
         predictions.append(engine.step(int(window["actions"][-1])))
-        truths.append(tensor_to_frames(decode_latents(vae, window["target"][None].to(vae.device, vae.dtype), config.model))[0])
+        truths.append(
+            tensor_to_frames(decode_latents(vae, window["target"][None].to(vae.device, vae.dtype), config.model))[0]
+        )
     model.train(was_training)
     prediction_tensor = torch.from_numpy(np.stack(predictions)).movedim(-1, 1).float() / 127.5 - 1
     truth_tensor = torch.from_numpy(np.stack(truths)).movedim(-1, 1).float() / 127.5 - 1
@@ -406,7 +495,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         batches = len(train_windows) // args.train_batch_size if len(train_windows) >= args.train_batch_size else 1
         per_process = math.ceil(batches / accelerator.num_processes)
         args.max_train_steps = args.num_train_epochs * max(1, math.ceil(per_process / args.gradient_accumulation_steps))
-        accelerator.print(f"{args.num_train_epochs} epochs of {len(train_windows)} windows: {args.max_train_steps} steps")
+        accelerator.print(
+            f"{args.num_train_epochs} epochs of {len(train_windows)} windows: {args.max_train_steps} steps"
+        )
 
     # The UNet: widened from a pretrained one (sd14) or new (tiny).
     pretrained_unet = None
@@ -434,7 +525,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         drop_last=len(train_windows) >= args.train_batch_size,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
     ema = make_ema(args.ema_decay, accelerator, model)
 
     def loss_of_batch(batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -444,8 +537,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     def validate_now(step: int) -> float:
         with ema_weights(ema, accelerator.unwrap_model(model)):
-            return log_validation(accelerator, model, vae, scheduler, config, validation_windows, output_dir, step,
-                                  args.seed)
+            return log_validation(
+                accelerator, model, vae, scheduler, config, validation_windows, output_dir, step, args.seed
+            )
 
     hooks = Hooks(
         check_checkpoint=lambda checkpoint: check_resumable(checkpoint, config),
@@ -545,7 +639,7 @@ def write_summary(
         f"{run.validation:.2f} dB; "
         "evaluate.py measures against the real frames, with baselines"
     )
-    print(f"saved the world model to {output_dir} (load it with gamengen.model.load_world_model)")
+    print(f"saved the world model to {output_dir} (load it with gamengen.checkpoint.load_world_model)")
     return summary
 
 
@@ -571,22 +665,28 @@ def check_resumable(checkpoint: Path, config: WorldModelConfig) -> None:
     saved = WorldModelConfig.from_dict(json.loads(saved_path.read_text()))
     if saved.context_length != config.context_length:
         raise UsageError(
-            f"{checkpoint} has context length {saved.context_length}, this run {config.context_length}: pass --context_length {saved.context_length}"
+            f"{checkpoint} has context length {saved.context_length}, this run {config.context_length}: pass "
+            f"--context_length {saved.context_length}"
         )
     if saved.action_names != config.action_names:
         raise UsageError(
-            f"{checkpoint} was trained with {saved.num_actions} actions {saved.action_names[:4]}..., this dataset has {config.num_actions} {config.action_names[:4]}...: "
+            f"{checkpoint} was trained with {saved.num_actions} actions {saved.action_names[:4]}..., this dataset has "
+            f"{config.num_actions} {config.action_names[:4]}...: "
             "resume on a dataset with the same action set, or start a new --output_dir"
         )
     if saved.model.preset != config.model.preset:
-        raise UsageError(f"{checkpoint} is a {saved.model.preset!r} model, this run uses --preset {config.model.preset}")
+        raise UsageError(
+            f"{checkpoint} is a {saved.model.preset!r} model, this run uses --preset {config.model.preset}"
+        )
     for name in ("residual", "action_positions", "action_class"):
         if getattr(saved, name) != getattr(config, name):
             flag = name if getattr(saved, name) else f"no-{name}"
             raise UsageError(f"{checkpoint} was trained with {name}={getattr(saved, name)}: pass --{flag} to resume it")
 
 
-def log_validation(accelerator, model, vae, scheduler, config, windows, output_dir: Path, step: int, seed: int) -> float:
+def log_validation(
+    accelerator, model, vae, scheduler, config, windows, output_dir: Path, step: int, seed: int
+) -> float:
     score, grid = validate(accelerator.unwrap_model(model), vae, scheduler, config, windows, seed)
     samples = output_dir / "samples"
     samples.mkdir(parents=True, exist_ok=True)

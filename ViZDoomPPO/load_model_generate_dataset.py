@@ -2,7 +2,7 @@
 
 GameNGen section 4.1: the world model is trained on recorded agent play. Each of ``--num_workers``
 worker processes runs its own game; the frames (PNG) and actions are written as parquet shards in
-the dataset format of DESIGN.md section 3, or as captioned QA gifs (``--output gif``).
+the dataset format of docs/data.md#the-dataset-format, or as captioned QA gifs (``--output gif``).
 ``--upload --hf_repo USER/NAME`` pushes the parquet dataset to the Hugging Face Hub, so that
 ``datasets.load_dataset("USER/NAME")`` loads it.
 
@@ -49,7 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument(
         "--model_path",
@@ -62,20 +64,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     policy.add_argument("--random_policy", action="store_true", help="uniformly random actions instead of an agent")
     parser.add_argument("--episodes", type=int, default=8, help="number of episodes to record, over all workers")
-    parser.add_argument("--max_steps_per_episode", type=int, default=1000, help="agent steps after which an episode is cut (done=False)")
+    parser.add_argument(
+        "--max_steps_per_episode", type=int, default=1000, help="agent steps after which an episode is cut (done=False)"
+    )
     parser.add_argument("--num_workers", type=int, default=2, help="worker processes, each with its own game")
-    parser.add_argument("--output", choices=["parquet", "gif"], default="parquet", help="parquet dataset shards, or one captioned QA gif per episode")
+    parser.add_argument(
+        "--output",
+        choices=["parquet", "gif"],
+        default="parquet",
+        help="parquet dataset shards, or one captioned QA gif per episode",
+    )
     parser.add_argument(
         "--out_dir",
-        help="output folder (created; existing shards are kept; default: outputs/dataset, or outputs/gifs with --output gif, "
+        help="output folder (created; existing shards are kept; default: outputs/dataset, or outputs/gifs with "
+        "--output gif, "
         "in the repository)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="base seed; worker w plays with a seed derived from (seed, w)")
-    parser.add_argument("--deterministic", action="store_true", help="take the policy's most likely action instead of sampling")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="base seed; worker w plays with a seed derived from (seed, w)"
+    )
+    parser.add_argument(
+        "--deterministic", action="store_true", help="take the policy's most likely action instead of sampling"
+    )
     parser.add_argument("--frame_codec", choices=["png", "jpeg"], default="png", help="frame encoding (png: lossless)")
-    parser.add_argument("--png_level", type=int, default=1, help="PNG compression level 0-9 (1: fast, ~43 KB at 320x240)")
+    parser.add_argument(
+        "--png_level", type=int, default=1, help="PNG compression level 0-9 (1: fast, ~43 KB at 320x240)"
+    )
     parser.add_argument("--rows_per_shard", type=int, default=2048, help="rows per parquet shard (whole episodes)")
-    parser.add_argument("--upload", action="store_true", help="push the parquet dataset to the Hugging Face Hub (needs --hf_repo)")
+    parser.add_argument(
+        "--upload", action="store_true", help="push the parquet dataset to the Hugging Face Hub (needs --hf_repo)"
+    )
     parser.add_argument("--hf_repo", help="Hub dataset repo id for --upload, e.g. USER/vizdoom-e1m1")
     parser.add_argument("--private", action="store_true", help="create the Hub dataset repo as private")
     add_env_args(parser)
@@ -117,7 +135,7 @@ def run_worker(worker_id: int, num_episodes: int, job: dict, messages) -> None:
     """Play ``num_episodes`` episodes in this process and write them; report progress on ``messages``."""
     import torch
 
-    torch.set_num_threads(1)  # DESIGN.md section 7: OpenMP spin-waiting stalls parallel workers
+    torch.set_num_threads(1)  # docs/architecture.md#environment-facts: OpenMP spin-waiting stalls parallel workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
 
     def stop(signum, frame):
@@ -128,7 +146,15 @@ def run_worker(worker_id: int, num_episodes: int, job: dict, messages) -> None:
     if job["output"] == "gif":
         writer = GifWriter(job["out_dir"], list(ACTION_NAMES), job["run_id"], worker_id)
     else:
-        writer = ShardWriter(job["out_dir"], job["metadata"], job["run_id"], worker_id, job["rows_per_shard"], job["frame_codec"], job["png_level"])
+        writer = ShardWriter(
+            job["out_dir"],
+            job["metadata"],
+            job["run_id"],
+            worker_id,
+            job["rows_per_shard"],
+            job["frame_codec"],
+            job["png_level"],
+        )
     env = RecordEpisodes(DoomEnv(config), writer)
     try:
         agent = load_agent(job["model_path"], env.observation_space, env.action_space.n) if job["model_path"] else None
@@ -174,7 +200,14 @@ def upload_dataset(out_dir: Path, repo_id: str, metadata: dict, private: bool) -
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
     card = dataset_card(repo_id, metadata)
     api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="dataset")
-    api.upload_folder(folder_path=str(out_dir), path_in_repo="data", repo_id=repo_id, repo_type="dataset", allow_patterns=["*.parquet"], ignore_patterns=[".*"])
+    api.upload_folder(
+        folder_path=str(out_dir),
+        path_in_repo="data",
+        repo_id=repo_id,
+        repo_type="dataset",
+        allow_patterns=["*.parquet"],
+        ignore_patterns=[".*"],
+    )
     return f"https://huggingface.co/datasets/{repo_id}"
 
 
@@ -183,7 +216,8 @@ def dataset_card(repo_id: str, metadata: dict) -> str:
     return (
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*.parquet\n"
         "tags:\n- vizdoom\n- gamengen\n- world-model\n---\n\n"
-        f"# {repo_id}\n\nDOOM episodes recorded with ViZDoom for training a GameNGen world model. One row per agent step: "
+        f"# {repo_id}\n\nDOOM episodes recorded with ViZDoom for training a GameNGen world model. One row per agent "
+        "step: "
         "`frame` (PNG of the screen before the action), `action` (index into `action_names`), `reward`, `done`, "
         "`episode_id`, `step_id`. Action `t` produced frame `t+1`.\n\n"
         f"```json\n{json.dumps({k: v for k, v in metadata.items() if k != 'env_config'}, indent=2)}\n```\n"
@@ -216,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         policy = str(Path(args.model_path).resolve()) if args.model_path else "random"
         metadata = dataset_metadata(config, policy=policy, seed=args.seed)
         out_dir = Path(args.out_dir)
-        existing = check_output_dir(out_dir, {**metadata, "format_version": 1, "frame_codec": args.frame_codec}) if args.output == "parquet" else 0
+        existing = (
+            check_output_dir(out_dir, {**metadata, "format_version": 1, "frame_codec": args.frame_codec})
+            if args.output == "parquet"
+            else 0
+        )
     except (ScenarioError, AgentLoadError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -238,11 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         "png_level": args.png_level,
     }
     plan = split_episodes(args.episodes, args.num_workers)
-    print(f"run {run_id}: {args.episodes} episodes on {len(plan)} workers -> {out_dir}" + (f" (joining {existing} existing shards)" if existing else ""))
+    print(
+        f"run {run_id}: {args.episodes} episodes on {len(plan)} workers -> {out_dir}"
+        + (f" (joining {existing} existing shards)" if existing else "")
+    )
 
     context = mp.get_context("spawn")  # no fork of a process that holds threads or a game
     messages = context.Queue()
-    workers = [context.Process(target=run_worker, args=(w, n, job, messages), name=f"doom-worker-{w}") for w, n in enumerate(plan)]
+    workers = [
+        context.Process(target=run_worker, args=(w, n, job, messages), name=f"doom-worker-{w}")
+        for w, n in enumerate(plan)
+    ]
     started, started_wall = time.perf_counter(), time.time()
     frames = 0
     failed: str | None = None
@@ -303,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {failed}\nshards written so far are complete and kept in {out_dir}", file=sys.stderr)
         return 1
     steady = sum(worker_rates)  # the workers' rates add up while they run side by side
-    print(f"recorded {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s; {steady:.1f} frames/s after start-up) -> {out_dir}")
+    print(
+        f"recorded {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s; {steady:.1f} frames/s after "
+        f"start-up) -> {out_dir}"
+    )
     if args.upload:
         url = upload_dataset(out_dir, args.hf_repo, metadata, args.private)
         print(f"uploaded to {url}")

@@ -3,7 +3,7 @@
 GameNGen section 4.1 / appendix A.5: a PPO agent (CNN over the 160x120 frame + automap, and the
 last 32 actions) plays DOOM with a shaped reward; the world model is trained on the episodes the
 agent plays WHILE it learns, so ``--record_dir DIR`` writes every training episode of every game as
-parquet shards (DESIGN.md section 3). The defaults are the paper's hyperparameters: 8 games, rollout
+parquet shards (docs/data.md#the-dataset-format). The defaults are the paper's hyperparameters: 8 games, rollout
 buffer 512 per game, batch 64, 10 epochs, lr 1e-4, gamma 0.99, entropy 0.1 (50M env steps).
 
 Example (a smoke run on 2 games that records its episodes):
@@ -51,8 +51,12 @@ from common.utils import DatasetError, ShardWriter, check_output_dir, new_run_id
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--total_timesteps", type=int, default=50_000_000, help="total agent steps over all games (paper: 50M)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--total_timesteps", type=int, default=50_000_000, help="total agent steps over all games (paper: 50M)"
+    )
     parser.add_argument("--n_envs", type=int, default=8, help="parallel games, each in its own process (paper: 8)")
     parser.add_argument("--n_steps", type=int, default=512, help="rollout buffer per game between updates (paper: 512)")
     parser.add_argument("--batch_size", type=int, default=64, help="minibatch size (paper: 64)")
@@ -64,18 +68,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reward_scale",
         type=float,
         default=0.01,
-        help="multiply rewards by this for the optimiser only (the shaped reward is in the hundreds); recorded and logged rewards are unscaled",
+        help="multiply rewards by this for the optimiser only (the shaped reward is in the hundreds); recorded and "
+        "logged rewards are unscaled",
     )
     parser.add_argument("--run_name", default=None, help="name of this run (default: a new time-stamped id)")
-    parser.add_argument("--log_dir", default=str(Path(__file__).parent / "logs"), help="where models/ and tensorboard/ go")
-    parser.add_argument("--checkpoint_freq", type=int, default=100_000, help="save a checkpoint every this many total agent steps")
-    parser.add_argument("--best_window", type=int, default=20, help="episodes in the rolling mean that decides the best model")
-    parser.add_argument("--resume", default=None, help="checkpoint .zip to continue from, or 'latest' (newest checkpoint of --run_name)")
-    parser.add_argument("--record_dir", default=None, help="record every training episode of every game to parquet shards here")
+    parser.add_argument(
+        "--log_dir", default=str(Path(__file__).parent / "logs"), help="where models/ and tensorboard/ go"
+    )
+    parser.add_argument(
+        "--checkpoint_freq", type=int, default=100_000, help="save a checkpoint every this many total agent steps"
+    )
+    parser.add_argument(
+        "--best_window", type=int, default=20, help="episodes in the rolling mean that decides the best model"
+    )
+    parser.add_argument(
+        "--resume", default=None, help="checkpoint .zip to continue from, or 'latest' (newest checkpoint of --run_name)"
+    )
+    parser.add_argument(
+        "--record_dir", default=None, help="record every training episode of every game to parquet shards here"
+    )
     parser.add_argument("--png_level", type=int, default=1, help="PNG compression level of recorded frames")
     parser.add_argument("--seed", type=int, default=0, help="random seed (game i plays with seed + i)")
     parser.add_argument("--device", default="auto", help="torch device for the policy (auto, cpu, cuda)")
-    parser.add_argument("--torch_threads", type=int, default=1, help="torch CPU threads (DESIGN.md section 7: 1 is fastest beside busy game processes)")
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (docs/architecture.md#environment-facts: 1 is fastest beside busy game processes)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_env_args(parser)
     args = parser.parse_args(argv)
@@ -98,7 +118,9 @@ class ScaleReward(gym.RewardWrapper):
         return reward * self.scale
 
 
-def make_env(rank: int, config: DoomConfig, seed: int, reward_scale: float, record: dict | None) -> Callable[[], gym.Env]:
+def make_env(
+    rank: int, config: DoomConfig, seed: int, reward_scale: float, record: dict | None
+) -> Callable[[], gym.Env]:
     """A picklable factory for game ``rank``; it runs inside the SubprocVecEnv worker process."""
 
     def init() -> gym.Env:
@@ -106,7 +128,9 @@ def make_env(rank: int, config: DoomConfig, seed: int, reward_scale: float, reco
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the trainer, which then closes us
         env: gym.Env = DoomEnv(config)
         if record is not None:
-            writer = ShardWriter(record["dir"], record["metadata"], record["run_id"], rank, png_level=record["png_level"])
+            writer = ShardWriter(
+                record["dir"], record["metadata"], record["run_id"], rank, png_level=record["png_level"]
+            )
             env = RecordEpisodes(env, writer)
         env = Monitor(env)
         env = ScaleReward(env, reward_scale)
@@ -154,7 +178,10 @@ class ProgressCallback(BaseCallback):
     def _on_step(self) -> bool:
         self.bar.update(self.training_env.num_envs)
         if self.n_calls % 64 == 0 and self.model.ep_info_buffer:
-            self.bar.set_postfix(ep_reward=f"{np.mean([e['r'] for e in self.model.ep_info_buffer]):.0f}", episodes=len(self.model.ep_info_buffer))
+            self.bar.set_postfix(
+                ep_reward=f"{np.mean([e['r'] for e in self.model.ep_info_buffer]):.0f}",
+                episodes=len(self.model.ep_info_buffer),
+            )
         return True
 
     def _on_training_end(self) -> None:
@@ -211,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if resume_path is not None:
             load_agent(resume_path, vec_env.observation_space, vec_env.action_space.n)  # clear error on a mismatch
-            model = PPO.load(resume_path, env=vec_env, device=args.device, tensorboard_log=str(Path(args.log_dir) / "tensorboard"))
+            model = PPO.load(
+                resume_path, env=vec_env, device=args.device, tensorboard_log=str(Path(args.log_dir) / "tensorboard")
+            )
             print(f"resumed from {resume_path} at step {model.num_timesteps}")
         else:
             model = PPO(
@@ -232,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         start_steps = model.num_timesteps
         remaining = args.total_timesteps - start_steps
         callbacks = [
-            CheckpointCallback(save_freq=max(args.checkpoint_freq // args.n_envs, 1), save_path=str(run_dir / "checkpoints"), name_prefix="ppo"),
+            CheckpointCallback(
+                save_freq=max(args.checkpoint_freq // args.n_envs, 1),
+                save_path=str(run_dir / "checkpoints"),
+                name_prefix="ppo",
+            ),
             BestModelCallback(run_dir / "best_model.zip", args.best_window),
         ]
         if not args.no_progress:
@@ -241,12 +274,20 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = False
         if remaining > 0:
             try:
-                model.learn(remaining, callback=CallbackList(callbacks), tb_log_name=run_name, reset_num_timesteps=resume_path is None)
+                model.learn(
+                    remaining,
+                    callback=CallbackList(callbacks),
+                    tb_log_name=run_name,
+                    reset_num_timesteps=resume_path is None,
+                )
             except KeyboardInterrupt:
                 interrupted = True
                 print("interrupted: saving the model and the recorded episodes", file=sys.stderr)
         else:
-            print(f"nothing to do: the model is already at {model.num_timesteps} >= --total_timesteps {args.total_timesteps}")
+            print(
+                f"nothing to do: the model is already at {model.num_timesteps} >= --total_timesteps "
+                f"{args.total_timesteps}"
+            )
         elapsed = time.perf_counter() - started
         model.save(run_dir / "final_model.zip")
         if not (run_dir / "best_model.zip").exists():  # no finished episode yet: the latest is the best we know
@@ -254,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close_games(vec_env, games_tag)
     done_steps = model.num_timesteps - start_steps
-    print(f"trained {done_steps} steps in {elapsed:.1f} s ({done_steps / max(elapsed, 1e-9):.0f} steps/s); model in {run_dir}")
+    print(
+        f"trained {done_steps} steps in {elapsed:.1f} s ({done_steps / max(elapsed, 1e-9):.0f} steps/s); model in "
+        f"{run_dir}"
+    )
     if record is not None:
         print(f"recorded episodes in {args.record_dir}")
     return 130 if interrupted else 0

@@ -36,9 +36,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from gamengen.checkpoint import WorldModelBundle  # noqa: E402
 from gamengen.config import get_world_model_config  # noqa: E402
 from gamengen.engine import GameEngine  # noqa: E402
-from gamengen.model import WorldModel, WorldModelBundle, build_vae, build_world_model, make_scheduler  # noqa: E402
+from gamengen.model import WorldModel, build_world_model, make_scheduler  # noqa: E402
+from gamengen.vae import build_vae  # noqa: E402
 
 ACTIONS = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "STRAFE_LEFT", "STRAFE_RIGHT", "ATTACK", "USE"]
 
@@ -61,7 +63,9 @@ SD14_UNET_CONFIG: dict[str, Any] = {
 def tiny_bundle() -> WorldModelBundle:
     torch.manual_seed(0)
     config = get_world_model_config("tiny", ACTIONS)
-    return WorldModelBundle(build_world_model(config).eval(), build_vae(config.model).eval(), make_scheduler(config), config)
+    return WorldModelBundle(
+        build_world_model(config).eval(), build_vae(config.model).eval(), make_scheduler(config), config
+    )
 
 
 def sd14_bundle() -> WorldModelBundle:
@@ -70,8 +74,12 @@ def sd14_bundle() -> WorldModelBundle:
 
     torch.manual_seed(0)
     config = get_world_model_config("sd14", ACTIONS)
-    unet = UNet2DConditionModel(**{**SD14_UNET_CONFIG, "in_channels": config.unet_in_channels, "num_class_embeds": config.noise_buckets})
-    return WorldModelBundle(WorldModel(unet, config.num_actions).eval(), build_vae(config.model).eval(), make_scheduler(config), config)
+    unet = UNet2DConditionModel(
+        **{**SD14_UNET_CONFIG, "in_channels": config.unet_in_channels, "num_class_embeds": config.noise_buckets}
+    )
+    return WorldModelBundle(
+        WorldModel(unet, config.num_actions).eval(), build_vae(config.model).eval(), make_scheduler(config), config
+    )
 
 
 def on(bundle: WorldModelBundle, device: str, dtype: torch.dtype) -> WorldModelBundle:
@@ -94,7 +102,9 @@ def measure(bundle: WorldModelBundle, frames: int, warmup: int, **engine_options
     engine.timings.clear()
     for index in range(frames):
         engine.step(ACTIONS[index % len(ACTIONS)])
-    median = {key: float(np.median([getattr(t, key) for t in engine.timings])) for key in ("unet_ms", "decode_ms", "total_ms")}
+    median = {
+        key: float(np.median([getattr(t, key) for t in engine.timings])) for key in ("unet_ms", "decode_ms", "total_ms")
+    }
     return {
         **median,
         "fps": 1000.0 / median["total_ms"],
@@ -110,7 +120,8 @@ def measure(bundle: WorldModelBundle, frames: int, warmup: int, **engine_options
 
 def row(name: str, result: dict[str, Any]) -> str:
     return (
-        f"| {name} | {result['unet_ms']:.1f} ({result['unet_ms_per_ddim_step']:.1f} per step) | {result['decode_ms']:.1f} | "
+        f"| {name} | {result['unet_ms']:.1f} ({result['unet_ms_per_ddim_step']:.1f} per step) | "
+        f"{result['decode_ms']:.1f} | "
         f"{result['total_ms']:.1f} | **{result['fps']:.3g}** |"
     )
 
@@ -119,8 +130,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=40, help="measured frames per configuration (tiny)")
     parser.add_argument("--warmup", type=int, default=3, help="frames generated before measuring")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd tiny engines (CPU: ~1 min of compilation each)")
-    parser.add_argument("--sd14", action="store_true", help="also measure the paper-sized model (CUDA: full matrix; CPU: one frame)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure torch.compile'd tiny engines (CPU: ~1 min of compilation each)",
+    )
+    parser.add_argument(
+        "--sd14", action="store_true", help="also measure the paper-sized model (CUDA: full matrix; CPU: one frame)"
+    )
     parser.add_argument("--sd14_frames", type=int, default=30, help="measured frames per sd14 configuration on a GPU")
     parser.add_argument("--skip_tiny", action="store_true", help="only the sd14 part")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/engine.json"))
@@ -154,8 +171,13 @@ def main() -> None:
         for threads, dtype, scale, compiled in configurations:
             torch.set_num_threads(threads)
             torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-            result = measure(on(bundle, "cpu", torch_dtype), args.frames, args.warmup, guidance_scale=scale, compile=compiled)
-            name = f"tiny, CPU {threads} thread{'s' if threads > 1 else ''}, {dtype}, {'CFG 1.5' if scale != 1 else 'no CFG'}{', compiled' if compiled else ''}"
+            result = measure(
+                on(bundle, "cpu", torch_dtype), args.frames, args.warmup, guidance_scale=scale, compile=compiled
+            )
+            name = (
+                f"tiny, CPU {threads} thread{'s' if threads > 1 else ''}, {dtype}, "
+                f"{'CFG 1.5' if scale != 1 else 'no CFG'}{', compiled' if compiled else ''}"
+            )
             results["tiny_cpu"][name] = {**result, "threads": threads}
             table.append(row(name, result))
             print(table[-1], flush=True)
@@ -165,8 +187,13 @@ def main() -> None:
             for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
                 bundle = on(sd14_bundle(), "cuda", dtype)
                 for compiled, mode in ((False, None), (True, None), (True, "max-autotune-no-cudagraphs")):
-                    result = measure(bundle, args.sd14_frames, 10 if compiled else 3, compile=compiled, compile_mode=mode)
-                    name = f"sd14 320x256 ctx 64, {results['machine']['cuda']}, {dtype_name}{', compiled' if compiled else ''}{f' ({mode})' if mode else ''}"
+                    result = measure(
+                        bundle, args.sd14_frames, 10 if compiled else 3, compile=compiled, compile_mode=mode
+                    )
+                    name = (
+                        f"sd14 320x256 ctx 64, {results['machine']['cuda']}, {dtype_name}"
+                        f"{', compiled' if compiled else ''}{f' ({mode})' if mode else ''}"
+                    )
                     results["sd14"][name] = result
                     table.append(row(name, result))
                     print(table[-1], flush=True)

@@ -76,13 +76,27 @@ def trained_size_policy(path: Path) -> Path:
         observation_space = spaces_of_the_game
         action_space = gym.spaces.Discrete(len(ACTIONS))
 
-    PPO("MultiInputPolicy", Spaces(), n_steps=64, batch_size=64, policy_kwargs={"features_extractor_class": DoomFeatureExtractor}, device="cpu").save(path)
+    PPO(
+        "MultiInputPolicy",
+        Spaces(),
+        n_steps=64,
+        batch_size=64,
+        policy_kwargs={"features_extractor_class": DoomFeatureExtractor},
+        device="cpu",
+    ).save(path)
     return path
 
 
 def recorded_frames_per_second(model: Path, workers: int, steps_per_worker: int, out_dir: Path) -> float:
     episodes_per_worker = 2
-    command = [sys.executable, str(REPO / "ViZDoomPPO/load_model_generate_dataset.py"), "--model_path", str(model), "--out_dir", str(out_dir)]
+    command = [
+        sys.executable,
+        str(REPO / "ViZDoomPPO/load_model_generate_dataset.py"),
+        "--model_path",
+        str(model),
+        "--out_dir",
+        str(out_dir),
+    ]
     command += ["--episodes", str(workers * episodes_per_worker), "--num_workers", str(workers)]
     command += ["--max_steps_per_episode", str(steps_per_worker // episodes_per_worker), "--episode_timeout", "1000000"]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -98,14 +112,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    results = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread, {__import__('os').cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    results = {
+        "machine": (
+            f"{platform.machine()}, {torch.get_num_threads()} torch thread, {__import__('os').cpu_count()} cores"
+        ),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     results["raw_vizdoom_steps_per_s"] = raw_vizdoom_steps_per_second(args.raw_steps)
     results["doom_env_steps_per_s"] = env_steps_per_second(args.raw_steps)
     with tempfile.TemporaryDirectory() as tmp:
         model = trained_size_policy(Path(tmp) / "policy.zip")
         for workers in (1, 2):
-            results[f"recorded_frames_per_s_{workers}_workers"] = recorded_frames_per_second(model, workers, args.steps_per_worker, Path(tmp) / f"ds{workers}")
-    results["speedup_2_vs_1_workers"] = results["recorded_frames_per_s_2_workers"] / results["recorded_frames_per_s_1_workers"]
+            results[f"recorded_frames_per_s_{workers}_workers"] = recorded_frames_per_second(
+                model, workers, args.steps_per_worker, Path(tmp) / f"ds{workers}"
+            )
+    results["speedup_2_vs_1_workers"] = (
+        results["recorded_frames_per_s_2_workers"] / results["recorded_frames_per_s_1_workers"]
+    )
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2))

@@ -45,14 +45,32 @@ from gamengen.latent_cache import (  # noqa: E402
     write_latent_manifest,
     write_latent_shard,
 )
-from gamengen.model import build_vae, build_world_model, encode_frames, load_vae, save_vae  # noqa: E402
+from gamengen.model import build_world_model  # noqa: E402
+from gamengen.vae import build_vae, encode_frames, load_vae, save_vae  # noqa: E402
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows  # noqa: E402
 
 
 def record_dataset(out: Path, episodes: int, steps: int, frame_size: str = "64x48") -> Path:
     """Real E1M1 frames, random policy (as the README's quickstart records them)."""
-    command = [sys.executable, str(REPO / "ViZDoomPPO/load_model_generate_dataset.py"), "--random_policy", "--episodes", str(episodes)]
-    command += ["--num_workers", "2", "--max_steps_per_episode", str(steps), "--out_dir", str(out), "--frame_size", frame_size, "--seed", "0"]
+    command = [
+        sys.executable,
+        str(REPO / "ViZDoomPPO/load_model_generate_dataset.py"),
+        "--random_policy",
+        "--episodes",
+        str(episodes),
+    ]
+    command += [
+        "--num_workers",
+        "2",
+        "--max_steps_per_episode",
+        str(steps),
+        "--out_dir",
+        str(out),
+        "--frame_size",
+        frame_size,
+        "--seed",
+        "0",
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return out
 
@@ -120,7 +138,8 @@ def samples_per_second(loader, num_batches: int, prepare=None, train_step=None) 
 
 
 def make_train_step(context_length: int, action_names: list[str]):
-    """One optimisation step of the tiny world model (v-prediction loss shape; exact targets do not matter for timing)."""
+    """One optimisation step of the tiny world model (v-prediction loss shape; exact targets do not matter for
+    timing)."""
     torch.manual_seed(0)
     config = get_world_model_config("tiny", action_names, context_length=context_length)
     model = build_world_model(config).train()
@@ -142,12 +161,16 @@ def make_train_step(context_length: int, action_names: list[str]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_name", default=None, help="a 64x48 dataset folder (default: record 4 episodes x 150 steps)")
+    parser.add_argument(
+        "--dataset_name", default=None, help="a 64x48 dataset folder (default: record 4 episodes x 150 steps)"
+    )
     parser.add_argument("--context_lengths", type=int, nargs="+", default=[DEFAULT_CONTEXT_LENGTH["tiny"], 16])
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_batches", type=int, default=20, help="timed batches per measurement")
     parser.add_argument("--torch_threads", type=int, default=2)
-    parser.add_argument("--sd14_encoder_frames", type=int, default=4, help="frames timed through the sd14-size VAE encoder")
+    parser.add_argument(
+        "--sd14_encoder_frames", type=int, default=4, help="frames timed through the sd14-size VAE encoder"
+    )
     parser.add_argument("--skip_sd14", action="store_true", help="skip the sd14-size measurements (~40 s)")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/latent_cache.json"))
     args = parser.parse_args()
@@ -163,7 +186,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        dataset_dir = Path(args.dataset_name) if args.dataset_name else record_dataset(tmp / "ds", episodes=4, steps=150)
+        dataset_dir = (
+            Path(args.dataset_name) if args.dataset_name else record_dataset(tmp / "ds", episodes=4, steps=150)
+        )
         torch.manual_seed(0)
         save_vae(build_vae(config), tmp / "vae")
         vae = load_vae(tmp / "vae").eval().requires_grad_(False)
@@ -171,7 +196,9 @@ def main() -> None:
         results["dataset_frames"] = len(episodes)
 
         started = time.perf_counter()
-        encode_latents.main(encode_latents.parse_args(["--preset", "tiny", "--dataset_name", str(dataset_dir), "--pretrained_vae_model_name_or_path", str(tmp / "vae"), "--output_dir", str(tmp / "latents"), "--batch_size", "64"]))  # fmt: skip
+        options = ["--preset", "tiny", "--dataset_name", str(dataset_dir), "--batch_size", "64"]
+        options += ["--pretrained_vae_model_name_or_path", str(tmp / "vae"), "--output_dir", str(tmp / "latents")]
+        encode_latents.main(encode_latents.parse_args(options))
         results["cache_build_seconds"] = time.perf_counter() - started
         results["cache_build_frames_per_s"] = len(episodes) / results["cache_build_seconds"]
         cache = LatentCache(tmp / "latents")
@@ -180,15 +207,22 @@ def main() -> None:
             pixel_windows = PixelWindowDataset(episodes, context_length=context_length, config=config)
             latent_windows = LatentWindowDataset(cache, context_length=context_length)
             on_the_fly = samples_per_second(
-                batches(pixel_windows, args.batch_size, 0), args.num_batches, prepare=lambda b: encode_pixel_windows(vae, b, config)
+                batches(pixel_windows, args.batch_size, 0),
+                args.num_batches,
+                prepare=lambda b: encode_pixel_windows(vae, b, config),
             )
             decode_only = samples_per_second(batches(pixel_windows, args.batch_size, 0), args.num_batches)
             cached = samples_per_second(batches(latent_windows, args.batch_size, 0), args.num_batches * 5)
             step = make_train_step(context_length, episodes.action_names)
             train_on_the_fly = samples_per_second(
-                batches(pixel_windows, args.batch_size, 1), args.num_batches // 2, prepare=lambda b: encode_pixel_windows(vae, b, config), train_step=step
+                batches(pixel_windows, args.batch_size, 1),
+                args.num_batches // 2,
+                prepare=lambda b: encode_pixel_windows(vae, b, config),
+                train_step=step,
             )
-            train_cached = samples_per_second(batches(latent_windows, args.batch_size, 1), args.num_batches // 2, train_step=step)
+            train_cached = samples_per_second(
+                batches(latent_windows, args.batch_size, 1), args.num_batches // 2, train_step=step
+            )
             row = {
                 "context_length": context_length,
                 "batch_ready_on_the_fly_samples_per_s": on_the_fly,
@@ -207,13 +241,17 @@ def main() -> None:
             # The paper's size: what encoding on the fly would cost per sample, and what reading the cache costs.
             context_length = DEFAULT_CONTEXT_LENGTH["sd14"]
             encoder_rate = sd14_encoder_frames_per_second(args.sd14_encoder_frames)
-            sd14_cache = sd14_shaped_cache(record_dataset(tmp / "ds320", episodes=2, steps=200, frame_size="320x240"), tmp / "latents320")
+            sd14_cache = sd14_shaped_cache(
+                record_dataset(tmp / "ds320", episodes=2, steps=200, frame_size="320x240"), tmp / "latents320"
+            )
             sd14_windows = LatentWindowDataset(sd14_cache, context_length=context_length)
             results["sd14"] = {
                 "context_length": context_length,
                 "vae_encoder_frames_per_s_this_cpu": encoder_rate,
                 "on_the_fly_encode_seconds_per_sample_this_cpu": (context_length + 1) / encoder_rate,
-                "batch_ready_cached_samples_per_s": samples_per_second(batches(sd14_windows, args.batch_size, 0), args.num_batches * 5),
+                "batch_ready_cached_samples_per_s": samples_per_second(
+                    batches(sd14_windows, args.batch_size, 0), args.num_batches * 5
+                ),
             }
             print(f"sd14: {results['sd14']}", flush=True)
 
@@ -221,23 +259,29 @@ def main() -> None:
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{results['machine']}; tiny preset (64x48 frames, latents 4x12x16), batch {args.batch_size}, main process")
     print(
-        f"cache build (one time): {results['dataset_frames']} frames in {results['cache_build_seconds']:.1f} s ({results['cache_build_frames_per_s']:.0f} frames/s)\n"
+        f"cache build (one time): {results['dataset_frames']} frames in {results['cache_build_seconds']:.1f} s "
+        f"({results['cache_build_frames_per_s']:.0f} frames/s)\n"
     )
     print(
-        "| context N | batch ready: on the fly | (PNG decode alone) | batch ready: cached | speedup | train step: on the fly | train step: cached | speedup |"
+        "| context N | batch ready: on the fly | (PNG decode alone) | batch ready: cached | speedup | train step: on "
+        "the fly | train step: cached | speedup |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['context_length']} | {row['batch_ready_on_the_fly_samples_per_s']:.0f} samples/s | {row['of_which_png_decode_only_samples_per_s']:.0f} | "
+            f"| {row['context_length']} | {row['batch_ready_on_the_fly_samples_per_s']:.0f} samples/s | "
+            f"{row['of_which_png_decode_only_samples_per_s']:.0f} | "
             f"{row['batch_ready_cached_samples_per_s']:.0f} samples/s | **{row['batch_ready_speedup']:.1f}x** | "
-            f"{row['train_step_on_the_fly_samples_per_s']:.0f} samples/s | {row['train_step_cached_samples_per_s']:.0f} samples/s | {row['train_step_speedup']:.1f}x |"
+            f"{row['train_step_on_the_fly_samples_per_s']:.0f} samples/s | "
+            f"{row['train_step_cached_samples_per_s']:.0f} samples/s | {row['train_step_speedup']:.1f}x |"
         )
     if "sd14" in results:
         sd14 = results["sd14"]
         print(
-            f"\nsd14 (320x240 -> latents 4x32x40, N={sd14['context_length']}): the VAE encoder runs at {sd14['vae_encoder_frames_per_s_this_cpu']:.2f} frames/s "
-            f"on this CPU, so encoding on the fly costs {sd14['on_the_fly_encode_seconds_per_sample_this_cpu']:.0f} s per sample; "
+            f"\nsd14 (320x240 -> latents 4x32x40, N={sd14['context_length']}): the VAE encoder runs at "
+            f"{sd14['vae_encoder_frames_per_s_this_cpu']:.2f} frames/s "
+            f"on this CPU, so encoding on the fly costs {sd14['on_the_fly_encode_seconds_per_sample_this_cpu']:.0f} s "
+            "per sample; "
             f"the cache serves {sd14['batch_ready_cached_samples_per_s']:.0f} samples/s"
         )
 

@@ -42,14 +42,23 @@ from gamengen.engine import GameEngine  # noqa: E402
 from gamengen.play import PlaySession, RealGame, StartContext, doom_env_module, first_game_frame, game_settings  # noqa: E402
 
 CHROMIUM = os.environ.get("GAMENGEN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+]
 CHROMIUM_ARGS += ["--disable-component-update", "--disable-sync"]
 WARMUP = 5
 
 
 def tiny_checkpoint(folder: Path) -> Path:
+    from gamengen.checkpoint import save_world_model
     from gamengen.config import get_world_model_config
-    from gamengen.model import build_vae, build_world_model, save_world_model
+    from gamengen.model import build_world_model
+    from gamengen.vae import build_vae
 
     torch.manual_seed(0)
     config = get_world_model_config("tiny", list(doom_env_module().ACTION_NAMES))
@@ -60,7 +69,11 @@ def measured(name: str, function, frames: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     result = function(frames)
     result.update(ui=name, load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
-    print(f"{name}: {result['fps']:.2f} FPS over {result['frames']} frames (load {result['load_before']} -> {result['load_after']})", flush=True)
+    print(
+        f"{name}: {result['fps']:.2f} FPS over {result['frames']} frames (load {result['load_before']} -> "
+        f"{result['load_after']})",
+        flush=True,
+    )
     return result
 
 
@@ -78,7 +91,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=60, help="frames measured per UI (after warm-up)")
     parser.add_argument("--model_folder", default=None, help="a checkpoint (default: a random-init tiny one)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["engine", "headless", "headless_side_by_side", "pygame", "web"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["engine", "headless", "headless_side_by_side", "pygame", "web"]
+    )
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "playable.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -116,9 +131,17 @@ def main() -> None:
         if "web" not in args.skip:
             results.append(measured("web", lambda n: web_fps(model, n), args.frames))
 
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"machine": machine, "engine": engine.describe(), "torch_threads": 1, "results": results}, indent=1) + "\n")
+    Path(args.output).write_text(
+        json.dumps({"machine": machine, "engine": engine.describe(), "torch_threads": 1, "results": results}, indent=1)
+        + "\n"
+    )
     print("\n| UI | frames/s | load average (before -> after) |\n|---|---|---|")
     for result in results:
         print(f"| {result['ui']} | {result['fps']:.1f} | {result['load_before']} -> {result['load_after']} |")
@@ -129,8 +152,24 @@ def web_fps(model: Path, frames: int) -> dict[str, Any]:
     """Frames/s a real browser receives from ``run_playable_env.py --ui web`` while it holds W."""
     from playwright.sync_api import sync_playwright
 
-    command = [sys.executable, str(REPO / "run_playable_env.py"), "--model_folder", str(model), "--port", "0", "--output_dir", tempfile.mkdtemp()]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        str(REPO / "run_playable_env.py"),
+        "--model_folder",
+        str(model),
+        "--port",
+        "0",
+        "--output_dir",
+        tempfile.mkdtemp(),
+    ]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     try:
         url = None
         while url is None:
@@ -153,7 +192,12 @@ def web_fps(model: Path, frames: int) -> dict[str, Any]:
             actions = page.evaluate(f"window.play.frames.slice({first + 1}).map((f) => f.action)")
             browser.close()
         assert set(actions) == {"FORWARD"}, f"the held key did not reach the server: {set(actions)}"
-        return {"frames": frames, "seconds": round(seconds, 3), "fps": frames / seconds, "server_reported_fps": reported}
+        return {
+            "frames": frames,
+            "seconds": round(seconds, 3),
+            "fps": frames / seconds,
+            "server_reported_fps": reported,
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -208,7 +208,8 @@ def build_models(preset: str, device, with_vae: bool, **overrides: Any):
     """(world model, VAE or None, scheduler, config) with random weights, created on ``device`` directly."""
     import torch
 
-    from gamengen.model import build_vae, build_world_model, make_scheduler
+    from gamengen.model import build_world_model, make_scheduler
+    from gamengen.vae import build_vae
 
     config = world_model_config(preset, **overrides)
     torch.manual_seed(0)
@@ -394,8 +395,8 @@ def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: st
     import torch
     from diffusers.utils import logging as diffusers_logging
 
+    from gamengen.checkpoint import WorldModelBundle
     from gamengen.engine import GameEngine
-    from gamengen.model import WorldModelBundle
 
     diffusers_logging.set_verbosity_error()  # casting the VAE to bf16 warns, as intended here
     device = compute_device(options)
@@ -720,12 +721,12 @@ def number(value: Any, digits: int = 3) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
     return str(value)
 
 
 def outcome(measurement: Any) -> str | None:
-    """"error: ..." or "not measured: ..." for a measurement that has no numbers, else None."""
+    """ "error: ..." or "not measured: ..." for a measurement that has no numbers, else None."""
     if isinstance(measurement, dict):
         if "error" in measurement:
             return f"error: {measurement['error']}"
@@ -803,7 +804,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += [f"## Training step: sd14 world model, bf16 autocast, Adafactor + clipping{stand_in}", ""]
     rows = []
     for mode, measurements in results.get("train_sd14", {}).items():
-        for key, measurement in (measurements.items() if outcome(measurements) is None else [("", measurements)]):
+        for key, measurement in measurements.items() if outcome(measurements) is None else [("", measurements)]:
             if outcome(measurement) is None:
                 measurement = {**measurement, "mfu": percent(measurement.get("mfu"))}
             rows.append(rows_of(measurement, [mode, key.removeprefix("batch_")], train_columns, len(train_header)))

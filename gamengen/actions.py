@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,9 +62,7 @@ def parse_action_script(script: str, action_names: Sequence[str]) -> list[int]:
         name = name.strip()
         ids += [action_id(int(name) if name.isdigit() else name, action_names)] * count
     if not ids:
-        raise EngineError(
-            f"the action script {script!r} names no action (example: FORWARD*16,TURN_LEFT*8,ATTACK)"
-        )
+        raise EngineError(f"the action script {script!r} names no action (example: FORWARD*16,TURN_LEFT*8,ATTACK)")
     return ids
 
 
@@ -97,3 +96,26 @@ def read_actions_file(path: str | Path) -> str:
     if not items:
         raise EngineError(f"--actions_file {path} names no action (example content: FORWARD*16,TURN_LEFT*8,ATTACK)")
     return ",".join(items)
+
+
+def context_action_ids(
+    actions: Any, action_names: Sequence[str], batch: int, count: int, batched: bool
+) -> list[list[int]]:
+    """The ids of the actions taken at every context frame but the newest: ``count - 1`` per context, for
+    ``batch`` contexts (``actions``: one row per context when ``batched``, else one row; None: no actions)."""
+    expected = count - 1
+    if actions is None:
+        actions = np.zeros((batch, 0), dtype=np.int64) if batched else []
+    rows = list(actions) if batched else [actions]
+    if len(rows) != batch:
+        raise EngineError(f"{len(rows)} action rows for a batch of {batch} contexts")
+    ids = []
+    for row in rows:
+        row = list(np.asarray(row).reshape(-1)) if not isinstance(row, (list, tuple)) else list(row)
+        if len(row) != expected:
+            raise EngineError(
+                f"{count} context frames need {expected} actions (those taken at every frame but the newest; "
+                f"the newest frame's action is the one step() takes), got {len(row)}"
+            )
+        ids.append([action_id(a, action_names) for a in row])
+    return ids

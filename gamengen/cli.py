@@ -14,8 +14,10 @@ import torch
 
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model
-from gamengen.engine import DTYPES, GameEngine
-from gamengen.episodes import DatasetError, EpisodeDataset, add_column_arguments, columns_from_args
+from gamengen.devices import DTYPES
+from gamengen.engine import GameEngine
+from gamengen.episodes import EpisodeDataset
+from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

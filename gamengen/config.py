@@ -71,10 +71,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.padded_width < self.frame_width or self.padded_height < self.frame_height:
-            raise ValueError(f"padded size {self.padded_width}x{self.padded_height} is smaller than the frame size {self.frame_width}x{self.frame_height}")
+            raise ValueError(
+                f"padded size {self.padded_width}x{self.padded_height} is smaller than the frame size "
+                f"{self.frame_width}x{self.frame_height}"
+            )
         factor = self.vae_scale_factor
         if self.padded_width % factor or self.padded_height % factor:
-            raise ValueError(f"padded size {self.padded_width}x{self.padded_height} is not a multiple of the VAE's downsampling factor {factor}")
+            raise ValueError(
+                f"padded size {self.padded_width}x{self.padded_height} is not a multiple of the VAE's downsampling "
+                f"factor {factor}"
+            )
 
     @property
     def vae_scale_factor(self) -> int:
@@ -203,12 +209,14 @@ class WorldModelConfig:
     # A learned embedding of each action's slot in the context (oldest .. newest) added to its token.
     # Without it the UNet's cross-attention sees the N action tokens as an unordered set and cannot
     # tell the action that produced the target (the newest) from older ones. Off for the paper
-    # (which does not describe one); on for tiny (docs/tiny_learning.md).
+    # (which does not describe one); on for tiny
+    # (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked).
     action_positions: bool = False
     # The newest action (the one that produced the target) also goes through the UNet's class
     # embedding, which is added to the timestep embedding and so reaches every ResNet block: the class
     # label becomes ``noise_bucket * num_actions + action`` (noise_buckets * num_actions labels). Off
-    # for the paper (actions only through cross-attention); on for tiny (docs/tiny_learning.md).
+    # for the paper (actions only through cross-attention); on for tiny
+    # (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked).
     action_class: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)  # provenance: name, fingerprint, metadata
     format_version: int = 1
@@ -221,7 +229,9 @@ class WorldModelConfig:
         if not self.action_names:
             raise ValueError("action_names is empty: a world model needs the dataset's action list")
         if not 0 <= self.inference_noise_bucket < self.noise_buckets:
-            raise ValueError(f"inference_noise_bucket {self.inference_noise_bucket} is not in 0..{self.noise_buckets - 1}")
+            raise ValueError(
+                f"inference_noise_bucket {self.inference_noise_bucket} is not in 0..{self.noise_buckets - 1}"
+            )
 
     @property
     def num_actions(self) -> int:
@@ -252,7 +262,9 @@ class WorldModelConfig:
         return cls(**values)
 
 
-def get_world_model_config(preset: str, action_names: list[str], context_length: int | None = None, **overrides: Any) -> WorldModelConfig:
+def get_world_model_config(
+    preset: str, action_names: list[str], context_length: int | None = None, **overrides: Any
+) -> WorldModelConfig:
     """The world-model config of a preset for a dataset's action list (fields overridable)."""
     model = get_config(preset)
     unet = copy.deepcopy(TINY_UNET_CONFIG) if preset == "tiny" else {}
@@ -268,7 +280,7 @@ def get_world_model_config(preset: str, action_names: list[str], context_length:
 # ----------------------------------------------------------------------------------------------
 # World-model training defaults per preset: train_text_to_image.py fills each of these options (the keys
 # are its option names) that the command line leaves unset. sd14 follows the paper; tiny's choices were
-# measured on a CPU (docs/tiny_learning.md).
+# measured on a CPU (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked).
 WORLD_MODEL_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd14": {
         "pretrained_model_name_or_path": SD14_MODEL_ID,  # the UNet to widen (and, by default, the VAE)

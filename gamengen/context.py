@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from gamengen.config import WorldModelConfig
-from gamengen.episodes import DatasetError, EpisodeDataset
+from gamengen.episodes import EpisodeDataset
+from gamengen.layout import DatasetError
 from gamengen.windows import check_action_ids, check_frame_size
 
 

@@ -4,39 +4,14 @@ Training validation, ``run_inference.py``, ``run_autoregressive.py``, evaluation
 generate frames through ``GameEngine``:
 
     engine = GameEngine.from_pretrained("/tmp/wm", dtype="fp32")
-    engine.reset(frames, actions)          # frames f_{t-k} .. f_{t-1} (uint8, oldest first), actions a_{t-k} .. a_{t-2}
-    frame = engine.step("FORWARD")         # a_{t-1}: the action pressed at the newest frame -> f_t (uint8 HxWx3)
+    engine.reset(frames, actions)   # frames f_{t-k} .. f_{t-1} (uint8, oldest first), actions a_{t-k} .. a_{t-2}
+    frame = engine.step("FORWARD")  # a_{t-1}: the action pressed at the newest frame -> f_t (uint8 HxWx3)
 
-**Window semantics** (the same as training, docs/engine.md). The model predicts frame ``t`` from
-the latents of frames ``t-N .. t-1`` and the actions ``t-N .. t-1``; action ``t-1`` (pressed while
-frame ``t-1`` was on screen) produced frame ``t``. The engine keeps a ring buffer of N latents and N
-action slots; the last action slot belongs to the newest frame and is filled by ``step(action)``,
-which then generates the next frame and pushes its latent (never re-encoded by the VAE: the VAE
-encoder runs only in ``reset`` when it is given frames). So ``reset`` takes k context frames and the
-k-1 actions taken at all of them but the newest. A context shorter than N is padded exactly as in
-training (``gamengen.windows.pad_context``: the first frame repeated, action id 0 = NOOP), or refused
-with ``pad_short_context=False``; a longer one keeps its last N frames.
-
-**Sampling.** ``num_inference_steps`` DDIM steps (default 4, the paper's; eta 0) with the
-checkpoint's scheduler (v-prediction, "trailing" timesteps so that sampling starts from pure noise).
-Classifier-free guidance on the context: the unconditional branch sees ALL context latents zeroed,
-which is exactly what training's context dropout (``gamengen.model.drop_context``) shows the model,
-with the same actions and noise bucket; both branches run as one batch of 2B through the UNet, and
-``v = v_uncond + scale * (v_cond - v_uncond)``. Scale 1.0 skips the unconditional branch.
-
-**Noise augmentation at inference.** The context is corrupted with the noise of bucket
-``noise_bucket`` (``gamengen.model.corrupt_context``) and the bucket is the UNet's class label, as
-in training. The default is the checkpoint's ``inference_noise_bucket`` (0, clean): a generated frame
-already carries the model's own small errors, which is the corruption noise augmentation teaches the
-model to tolerate, so adding more noise only blurs; raise it when rollouts drift.
-
-**Residual checkpoints** (``config.residual``, docs/tiny_learning.md): the sampler generates the change
-from the last context latent as the UNet sees it (after the inference noise), and that latent is added
-back to the sample before the frame is decoded and pushed into the buffer (``gamengen.model.residual_base``,
-the same base as in training; both CFG branches share it).
-
-Batches: ``reset`` with a leading batch axis (``(B, k, ...)``) runs B rollouts side by side;
-``step`` then takes B actions and returns ``(B, H, W, 3)``.
+The window semantics are training's: a short context is padded by ``gamengen.windows.pad_context``, and a
+generated frame's latent is pushed into the context without being re-encoded by the VAE. How a frame is
+sampled (DDIM steps of ``gamengen.ddim``, classifier-free guidance on the context, the inference noise
+bucket, residual checkpoints) is described in docs/engine.md, section "Sampling" and those after it.
+``reset`` with a leading batch axis (``(B, k, ...)``) runs B rollouts side by side.
 
 Around the engine: ``gamengen.actions`` (action ids and scripts), ``gamengen.context`` (recorded
 episodes as context), ``gamengen.cli`` (the scripts' engine options), ``gamengen.media`` (gifs, videos).
@@ -44,8 +19,6 @@ episodes as context), ``gamengen.cli`` (the scripts' engine options), ``gamengen
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import time
 import warnings
@@ -56,34 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from gamengen.actions import EngineError, action_id
-from gamengen.model import (
-    WorldModelBundle,
-    corrupt_context,
-    decode_latents,
-    encode_frames,
-    frames_to_tensor,
-    load_world_model,
-    residual_base,
-    tensor_to_frames,
-    unpad_frames,
-)
+from gamengen.actions import EngineError, action_id, context_action_ids
+from gamengen.checkpoint import WorldModelBundle, load_world_model
+from gamengen.ddim import ddim_schedule, ddim_update, guidance_conditioning, guided_prediction
+from gamengen.devices import default_device, parse_dtype
+from gamengen.model import corrupt_context, residual_base
+from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
 from gamengen.windows import pad_context
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """``"fp32" | "fp16" | "bf16"`` (or a torch dtype) -> torch dtype."""
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise EngineError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -97,19 +49,11 @@ class FrameTiming:
     batch_size: int
 
 
-@dataclass
-class _DDIMStep:
-    timestep: int
-    alpha: float  # alpha_cumprod at this timestep
-    alpha_prev: float  # alpha_cumprod of the step it lands on
-    timestep_tensor: torch.Tensor  # (1,) on the engine's device, made once
-
-
 class GameEngine:
     """A world-model checkpoint played as a game: ``reset`` with a real context, then ``step(action)``.
 
     Args:
-        bundle: what ``gamengen.model.load_world_model`` returns (model, vae, scheduler, config); the
+        bundle: what ``gamengen.checkpoint.load_world_model`` returns (model, vae, scheduler, config); the
             engine uses the model's device and dtype as they are (``from_pretrained`` sets them).
         guidance_scale: CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1.0
             turns guidance off (one UNet branch).
@@ -150,16 +94,25 @@ class GameEngine:
         self.guidance_scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
         self.noise_bucket = int(self.config.inference_noise_bucket if noise_bucket is None else noise_bucket)
         if not 0 <= self.noise_bucket < self.config.noise_buckets:
-            raise EngineError(f"noise bucket {self.noise_bucket} is out of range: the model has buckets 0..{self.config.noise_buckets - 1} (0 = clean context)")
+            raise EngineError(
+                f"noise bucket {self.noise_bucket} is out of range: the model has buckets "
+                f"0..{self.config.noise_buckets - 1} (0 = clean context)"
+            )
         self.pad_short_context = pad_short_context
         if encode_batch_size < 1:
             raise EngineError(f"encode_batch_size must be at least 1, got {encode_batch_size}")
         self.encode_batch_size = int(encode_batch_size)
         self.sync_timing = sync_timing and self.device.type == "cuda"
-        self.num_inference_steps = int(self.config.num_inference_steps if num_inference_steps is None else num_inference_steps)
-        self._schedule = self._make_schedule(self.num_inference_steps)
-        self._denoiser = torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
-        self._compiled_decode = torch.compile(self.vae.decode, mode=compile_mode, backend=compile_backend) if compile else None
+        self.num_inference_steps = int(
+            self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        )
+        self._prediction_type, self._schedule = ddim_schedule(self.scheduler, self.num_inference_steps, self.device)
+        self._denoiser = (
+            torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
+        )
+        self._compiled_decode = (
+            torch.compile(self.vae.decode, mode=compile_mode, backend=compile_backend) if compile else None
+        )
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.timings: list[FrameTiming] = []
@@ -182,7 +135,10 @@ class GameEngine:
         device = torch.device(device or default_device())
         dtype = parse_dtype(dtype)
         if device.type == "cpu" and dtype == torch.float16:
-            warnings.warn("fp16 on a CPU has no fast kernels (measured ~60x slower than fp32 here): use fp32 or bf16 on a CPU", stacklevel=2)
+            warnings.warn(
+                "fp16 on a CPU has no fast kernels (measured ~60x slower than fp32 here): use fp32 or bf16 on a CPU",
+                stacklevel=2,
+            )
         bundle = load_world_model(name_or_path, device=device, dtype=dtype, revision=revision)
         return cls(bundle, **engine_options)
 
@@ -250,15 +206,22 @@ class GameEngine:
         if frames is not None:
             context = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
             if context.dtype != torch.uint8 or context.ndim not in (4, 5) or context.shape[-1] != 3:
-                raise EngineError(f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} {context.dtype}")
+                raise EngineError(
+                    f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} "
+                    f"{context.dtype}"
+                )
             height, width = context.shape[-3:-1]
             if (width, height) != self.frame_size:
-                raise EngineError(f"context frames are {width}x{height}, the checkpoint's frames are {self.frame_size[0]}x{self.frame_size[1]}")
+                raise EngineError(
+                    f"context frames are {width}x{height}, the checkpoint's frames are "
+                    f"{self.frame_size[0]}x{self.frame_size[1]}"
+                )
         else:
             context = torch.as_tensor(latents)
             if context.ndim not in (4, 5) or tuple(context.shape[-3:]) != tuple(self.config.model.latent_shape):
                 raise EngineError(
-                    f"context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = {self.config.model.latent_shape}, got {tuple(context.shape)}"
+                    "context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = "
+                    f"{self.config.model.latent_shape}, got {tuple(context.shape)}"
                 )
         batched = context.ndim == 5
         if not batched:
@@ -268,8 +231,10 @@ class GameEngine:
         pad = self.pad_short_context if pad_short_context is None else pad_short_context
         if count < self.context_length and not pad:
             raise EngineError(
-                f"the context has {count} frames, the model's context is {self.context_length}: give at least {self.context_length} frames, "
-                "or allow padding (it repeats the first frame and uses action 0, NOOP, for the missing slots, as training does)"
+                f"the context has {count} frames, the model's context is {self.context_length}: give at least "
+                f"{self.context_length} frames, "
+                "or allow padding (it repeats the first frame and uses action 0, NOOP, for the missing slots, as "
+                "training does)"
             )
         # Frames are encoded once, here (the VAE encoder's only use); latents are taken as they are.
         context = self._encode(context) if frames is not None else context.to(self.device, torch.float32)
@@ -296,24 +261,10 @@ class GameEngine:
         return torch.cat(chunks).unflatten(0, (batch, count))
 
     def _action_tensor(self, actions: Any, batch: int, count: int, batched: bool) -> torch.Tensor:
-        expected = count - 1
-        if actions is None:
-            actions = np.zeros((batch, 0), dtype=np.int64) if batched else []
         if isinstance(actions, torch.Tensor):
             actions = actions.cpu().numpy()
-        rows = list(actions) if batched else [actions]
-        if len(rows) != batch:
-            raise EngineError(f"{len(rows)} action rows for a batch of {batch} contexts")
-        ids = []
-        for row in rows:
-            row = list(np.asarray(row).reshape(-1)) if not isinstance(row, (list, tuple)) else list(row)
-            if len(row) != expected:
-                raise EngineError(
-                    f"{count} context frames need {expected} actions (those taken at every frame but the newest; "
-                    f"the newest frame's action is the one step() takes), got {len(row)}"
-                )
-            ids.append([action_id(a, self.config.action_names) for a in row])
-        return torch.tensor(ids, dtype=torch.int64).reshape(batch, expected)
+        ids = context_action_ids(actions, self.config.action_names, batch, count, batched)
+        return torch.tensor(ids, dtype=torch.int64).reshape(batch, count - 1)
 
     # -- step -----------------------------------------------------------------------------------
     def step(self, action: int | str | Sequence[int | str]) -> np.ndarray:
@@ -324,14 +275,24 @@ class GameEngine:
         decode_started = time.perf_counter()
         frames = self.decode(latent)
         finished = time.perf_counter()
-        self.timings.append(FrameTiming(unet_ms, 1000 * (finished - decode_started), 1000 * (finished - started), self._unet_calls, latent.shape[0]))
+        self.timings.append(
+            FrameTiming(
+                unet_ms,
+                1000 * (finished - decode_started),
+                1000 * (finished - started),
+                self._unet_calls,
+                latent.shape[0],
+            )
+        )
         return frames if self._batched else frames[0]
 
     def step_latent(self, action: int | str | Sequence[int | str]) -> torch.Tensor:
         """``step`` without decoding: the next frame's latent ``(C, h, w)`` (``(B, C, h, w)``), float32."""
         started = time.perf_counter()
         latent, unet_ms = self._generate(action)
-        self.timings.append(FrameTiming(unet_ms, 0.0, 1000 * (time.perf_counter() - started), self._unet_calls, latent.shape[0]))
+        self.timings.append(
+            FrameTiming(unet_ms, 0.0, 1000 * (time.perf_counter() - started), self._unet_calls, latent.shape[0])
+        )
         return self._squeeze(latent.clone())
 
     def rollout(self, actions: Sequence[int | str] | Sequence[Sequence[int | str]]) -> np.ndarray:
@@ -347,40 +308,39 @@ class GameEngine:
         if self._compiled_decode is None:
             pixels = decode_latents(self.vae, latents, self.config.model)
         else:  # decode_latents, through the compiled decoder
-            pixels = unpad_frames(self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model)
+            pixels = unpad_frames(
+                self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model
+            )
         return tensor_to_frames(pixels)
 
     @torch.inference_mode()
-    def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, context_latents: torch.Tensor, context_actions: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timestep: torch.Tensor,
+        context_latents: torch.Tensor,
+        context_actions: torch.Tensor,
+    ) -> torch.Tensor:
         """The guided v-prediction (float32) for noisy latents ``(B, C, h, w)``: with CFG, one UNet call
         on a batch of 2B, the real context first and the all-zero context (dropped as in training)
         second, same actions and noise bucket; ``v_uncond + scale * (v_cond - v_uncond)``."""
         return self._guided(noisy_latents, timestep, self._conditioning(context_latents, context_actions))
 
-    def _conditioning(self, context_latents: torch.Tensor, context_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The UNet's context inputs for a frame (the same at every DDIM step): with CFG, the real context
-        then the all-zero one, the actions twice, the noise bucket for all."""
-        context_latents = context_latents.to(self.device, self.dtype)
-        context_actions = context_actions.to(self.device)
-        if self.guidance_scale != 1.0:
-            context_latents = torch.cat([context_latents, torch.zeros_like(context_latents)])
-            context_actions = torch.cat([context_actions, context_actions])
-        buckets = torch.full((context_latents.shape[0],), self.noise_bucket, dtype=torch.int64, device=self.device)
-        return context_latents, context_actions, buckets
+    def _conditioning(
+        self, context_latents: torch.Tensor, context_actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The UNet's context inputs for a frame (the same at every DDIM step): see ``guidance_conditioning``."""
+        guided = self.guidance_scale != 1.0
+        return guidance_conditioning(
+            context_latents, context_actions, self.noise_bucket, guided, self.device, self.dtype
+        )
 
-    def _guided(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditioning: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        context_latents, context_actions, buckets = conditioning
-        batch, guided = noisy_latents.shape[0], self.guidance_scale != 1.0
-        unet_input = noisy_latents.to(self.dtype)
-        if guided:
-            unet_input = torch.cat([unet_input, unet_input])
-        timesteps = timestep.to(self.device).expand(unet_input.shape[0])
-        prediction = self._denoiser(unet_input, timesteps, context_latents, context_actions, buckets).float()
+    def _guided(
+        self, noisy_latents: torch.Tensor, timestep: torch.Tensor, conditioning: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        prediction = guided_prediction(self._denoiser, noisy_latents, timestep, conditioning, self.guidance_scale)
         self._unet_calls += 1
-        if not guided:
-            return prediction
-        conditional, unconditional = prediction[:batch], prediction[batch:]
-        return unconditional + self.guidance_scale * (conditional - unconditional)
+        return prediction
 
     @torch.inference_mode()
     def _generate(self, action: Any) -> tuple[torch.Tensor, float]:
@@ -396,10 +356,14 @@ class GameEngine:
             buckets = torch.full((batch,), self.noise_bucket, dtype=torch.int64, device=self.device)
             context = corrupt_context(context, buckets, self.config, generator=self.generator)
         shape = (batch, *self.config.model.latent_shape)
-        sample = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32) * float(self.scheduler.init_noise_sigma)
+        sample = torch.randn(shape, generator=self.generator, device=self.device, dtype=torch.float32) * float(
+            self.scheduler.init_noise_sigma
+        )
         conditioning = self._conditioning(context, actions)
         for step in self._schedule:
-            sample = self._ddim_update(sample, self._guided(sample, step.timestep_tensor, conditioning), step)
+            sample = ddim_update(
+                sample, self._guided(sample, step.timestep_tensor, conditioning), step, self._prediction_type
+            )
         if self.config.residual:  # the sample is the change from the last context latent the model saw
             sample = sample + residual_base(context, self.config).float()
         if self.sync_timing:
@@ -415,50 +379,22 @@ class GameEngine:
         if self._batched:
             if isinstance(action, (str, int, np.integer)) or len(action) != batch:
                 raise EngineError(f"a batch of {batch} rollouts takes {batch} actions per step, got {action!r}")
-            ids = [action_id(a.item() if isinstance(a, (torch.Tensor, np.ndarray)) else a, self.config.action_names) for a in action]
+            ids = [
+                action_id(a.item() if isinstance(a, (torch.Tensor, np.ndarray)) else a, self.config.action_names)
+                for a in action
+            ]
         else:
             if isinstance(action, torch.Tensor):
                 action = action.item()
             ids = [action_id(action, self.config.action_names)]
         return torch.tensor(ids, dtype=torch.int64, device=self.device)
 
-    # -- the sampler ----------------------------------------------------------------------------
-    def _make_schedule(self, num_steps: int) -> list[_DDIMStep]:
-        """The DDIM timesteps and their alphas, computed once (the scheduler's own rules: its
-        timestep spacing, ``prev = t - T // k``, the final alpha below timestep 0)."""
-        if num_steps < 1:
-            raise EngineError(f"num_inference_steps must be >= 1, got {num_steps}")
-        prediction_type = self.scheduler.config.prediction_type
-        if prediction_type not in ("v_prediction", "epsilon"):
-            raise EngineError(f"the scheduler predicts {prediction_type!r}; the engine samples v_prediction (or epsilon) models")
-        scheduler = copy.deepcopy(self.scheduler)  # set_timesteps mutates it; the bundle's stays as it was
-        scheduler.set_timesteps(num_steps)
-        alphas = scheduler.alphas_cumprod.double()
-        final_alpha = float(scheduler.final_alpha_cumprod)
-        stride = scheduler.config.num_train_timesteps // num_steps
-        schedule = []
-        for timestep in scheduler.timesteps.tolist():
-            previous = timestep - stride
-            alpha_prev = float(alphas[previous]) if previous >= 0 else final_alpha
-            schedule.append(_DDIMStep(int(timestep), float(alphas[timestep]), alpha_prev, torch.tensor([int(timestep)], device=self.device)))
-        self._prediction_type = prediction_type
-        return schedule
-
-    def _ddim_update(self, sample: torch.Tensor, prediction: torch.Tensor, step: _DDIMStep) -> torch.Tensor:
-        """One deterministic DDIM step (eta 0) from the model output at ``step.timestep``."""
-        sqrt_alpha, sqrt_one_minus = math.sqrt(step.alpha), math.sqrt(1.0 - step.alpha)
-        if self._prediction_type == "v_prediction":
-            original = sqrt_alpha * sample - sqrt_one_minus * prediction
-            noise = sqrt_alpha * prediction + sqrt_one_minus * sample
-        else:
-            noise = prediction
-            original = (sample - sqrt_one_minus * noise) / sqrt_alpha
-        return math.sqrt(step.alpha_prev) * original + math.sqrt(1.0 - step.alpha_prev) * noise
-
     # -- helpers --------------------------------------------------------------------------------
     def _require_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._latents is None or self._actions is None:
-            raise EngineError("the engine has no context yet: call reset(frames, actions) (or reset(latents=..., actions=...)) first")
+            raise EngineError(
+                "the engine has no context yet: call reset(frames, actions) (or reset(latents=..., actions=...)) first"
+            )
         return self._latents, self._actions
 
     def _squeeze(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ A dataset is a local folder of ``*.parquet`` shards (searched recursively; hidde
 half-written shards are skipped) or a Hugging Face Hub dataset id, whose parquet files are fetched
 with ``huggingface_hub.snapshot_download`` (as files, so the per-shard metadata survives).
 Datasets of other layouts (e.g. ``frames``/``actions`` columns, or a ``datasets`` Image column)
-are read through explicit column names (``ColumnNames``) and ``require_metadata=False``.
+are read through explicit column names (``gamengen.layout.ColumnNames``) and ``require_metadata=False``.
 
 The world model's training samples are built on top of this: ``gamengen.windows`` (context windows)
 and ``gamengen.latent_cache`` (the frames' latents, encoded once by ``encode_latents.py``).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -36,85 +35,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-METADATA_KEY = b"gamengen"
-# Metadata keys every shard of one dataset must agree on: the recorder enforces the same list
-# (ViZDoomPPO/common/utils.py CONTRACT_KEYS; tests/test_data.py keeps the two equal).
-CONTRACT_KEYS = (
-    "format_version", "scenario", "wad", "map", "frame_width",
-    "frame_height", "frame_skip", "action_names", "frame_codec"
-)
+from gamengen.layout import FRAME_TIMINGS, ColumnNames, DatasetError, check_metadata, recognise_layout
+
 # The salt of the held-out split: independent of --seed, so runs with different seeds share it.
 HOLDOUT_SALT = "gamengen-holdout-v1"
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read as recorded episodes (the message says what to change)."""
-
-
-@dataclass(frozen=True)
-class ColumnNames:
-    """Which columns hold what (defaults: this project's recorder), and when each row's frame was taken.
-
-    ``frame_timing``: ``before_action`` (ours: a row's frame is the screen its action was taken at, so action
-    ``t`` produced frame ``t + 1``) or ``after_action`` (the seed repository's layout: a row's frame is the
-    screen captured after its action, so action ``t`` produced frame ``t``). Such datasets are read with the
-    actions moved one row earlier, which gives this project's timing: the last frame's action is unknown
-    (stored as 0) and never shown to the model, since a window for frame ``t`` uses actions up to ``t - 1``.
-    """
-
-    frame: str = "frame"
-    action: str = "action"
-    episode: str = "episode_id"
-    step: str = "step_id"
-    frame_timing: str = "before_action"
-
-
-FRAME_TIMINGS = ("before_action", "after_action")
-# The seed repository's layout (github.com/arnaudstiegler/gameNgen-repro): one parquet file per episode, JPEG
-# frames captured after each row's action, no schema metadata. Recognised by its columns.
-PEER_COLUMNS = ColumnNames(frame="frames", action="actions", episode="episode_id", step="step_ids", frame_timing="after_action")
-
-
-def add_column_arguments(group: Any) -> None:
-    """The ``--frame_column/--action_column/--episode_column/--step_column`` options of every script
-    that reads a dataset (for datasets of another layout, e.g. public ``frames``/``actions`` ones)."""
-    group.add_argument(
-        "--frame_column",
-        default=None,
-        help="column of encoded frames (default 'frame'); naming any column accepts datasets without gamengen metadata",
-    )
-    group.add_argument("--action_column", default=None, help="column of actions (default 'action')")
-    group.add_argument("--episode_column", default=None, help="column of episode ids (default 'episode_id')")
-    group.add_argument(
-        "--step_column", default=None, help="column of step indices within an episode (default 'step_id')"
-    )
-    group.add_argument(
-        "--frame_timing",
-        choices=FRAME_TIMINGS,
-        default=None,
-        help="before_action (this project: a row's action produced the next row's frame) or after_action (a row's "
-        "frame was captured after its action, as in the seed repository's datasets, whose layout sets it itself)",
-    )
-
-
-def columns_from_args(args: Any) -> ColumnNames | None:
-    """The ``ColumnNames`` the options of ``add_column_arguments`` name (None: this project's layout, or a
-    layout ``open_dataset`` recognises)."""
-    names = (args.frame_column, args.action_column, args.episode_column, args.step_column)
-    explicit = dict(zip(("frame", "action", "episode", "step"), names, strict=True))
-    explicit["frame_timing"] = getattr(args, "frame_timing", None)
-    if all(value is None for value in explicit.values()):
-        return None
-    return ColumnNames(**{key: value for key, value in explicit.items() if value is not None})
-
-
-def recognise_layout(path: Path) -> ColumnNames | None:
-    """The seed repository's layout (by its columns, in a shard without this project's metadata), else None."""
-    schema = pq.read_schema(path)
-    peer = {PEER_COLUMNS.frame, PEER_COLUMNS.action, PEER_COLUMNS.episode, PEER_COLUMNS.step}
-    if (schema.metadata or {}).get(METADATA_KEY) is None and peer <= set(schema.names) and "frame" not in schema.names:
-        return PEER_COLUMNS
-    return None
 
 
 @dataclass(frozen=True)
@@ -161,58 +85,6 @@ def find_parquet_files(directory: str | os.PathLike) -> list[Path]:
     found = directory.rglob("*.parquet")
     files = [path for path in found if not any(part.startswith(".") for part in path.relative_to(directory).parts)]
     return sorted(files)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metadata
-
-
-def read_metadata(path: Path) -> dict[str, Any] | None:
-    """The ``gamengen`` metadata of one shard, or None when the shard has none."""
-    try:
-        schema = pq.read_schema(path)
-    except Exception as error:  # pyarrow raises several types for corrupt files
-        raise DatasetError(f"{path} is not a readable parquet file ({error})") from error
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: the '{METADATA_KEY.decode()}' metadata is not valid JSON ({error})") from error
-
-
-def check_metadata(files: Sequence[Path], require_metadata: bool) -> dict[str, Any] | None:
-    """The dataset's metadata, after checking that every shard has the same contract keys."""
-    found = [(path, read_metadata(path)) for path in files]
-    missing = [path for path, metadata in found if metadata is None]
-    if missing and len(missing) < len(found):
-        raise DatasetError(
-            f"{len(missing)} of {len(found)} shards have no '{METADATA_KEY.decode()}' metadata (e.g. {missing[0]}): "
-            "the folder mixes datasets"
-        )
-    if missing:
-        if require_metadata:
-            raise DatasetError(
-                f"{missing[0]} has no '{METADATA_KEY.decode()}' metadata, "
-                "so it was not written by this project's recorder. "
-                "If it is a dataset of another layout, pass its column names explicitly "
-                "(--frame_column, --action_column, --episode_column, --step_column)."
-            )
-        return None
-    first_path, first = found[0]
-    for key in ("frame_width", "frame_height"):
-        if not isinstance(first.get(key), int):
-            raise DatasetError(f"{first_path}: the metadata has no integer '{key}'")
-    for path, metadata in found[1:]:
-        diffs = [key for key in CONTRACT_KEYS if metadata.get(key) != first.get(key)]
-        if diffs:
-            details = "; ".join(
-                f"{key}: {first.get(key)!r} in {first_path.name} vs {metadata.get(key)!r} in {path.name}"
-                for key in diffs
-            )
-            raise DatasetError(f"the shards do not belong to one dataset ({details})")
-    return first
 
 
 def decode_image(data: bytes) -> np.ndarray:

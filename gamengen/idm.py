@@ -18,6 +18,7 @@ among the predictions), which is what shuffling the actions gives on average.
 
 An IDM is saved as a folder: ``model.safetensors`` and ``idm_config.json`` (action names, frame size,
 the dataset's fingerprint and held-out episodes, the held-out accuracy). ``load_idm(path)`` reads it.
+Training and scoring on real transitions: ``gamengen.idm_training``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from gamengen.episodes import EpisodeDataset
 from gamengen.files import atomic_path, write_json_atomic
 
 CATEGORIES = ("turn_left", "turn_right", "move", "strafe", "attack_use", "still", "other")
@@ -49,8 +48,18 @@ POOLED_GRID = (3, 4)  # features keep a coarse layout: moving forward looks diff
 
 
 # Words that name a category on their own (TURN, MOVE and STRAFE need the word after them).
-WORD_CATEGORIES = {"FORWARD": "move", "BACKWARD": "move", "BACK": "move", "STRAFE": "strafe", "ATTACK": "attack_use",
-                   "FIRE": "attack_use", "SHOOT": "attack_use", "USE": "attack_use", "NOOP": "still", "IDLE": "still"}
+WORD_CATEGORIES = {
+    "FORWARD": "move",
+    "BACKWARD": "move",
+    "BACK": "move",
+    "STRAFE": "strafe",
+    "ATTACK": "attack_use",
+    "FIRE": "attack_use",
+    "SHOOT": "attack_use",
+    "USE": "attack_use",
+    "NOOP": "still",
+    "IDLE": "still",
+}
 
 
 class IDMError(ValueError):
@@ -97,8 +106,9 @@ class IDMNet(nn.Module):
     view sideways, moving forward spreads it outwards, so the network starts from displacements instead of
     having to learn to find them in a few thousand examples."""
 
-    def __init__(self, num_actions: int, frame_width: int, width: int = 32, hidden: int = 256,
-                 dropout: float = 0.3) -> None:
+    def __init__(
+        self, num_actions: int, frame_width: int, width: int = 32, hidden: int = 256, dropout: float = 0.3
+    ) -> None:
         super().__init__()
         self.downsample = max(1, frame_width // WORKING_WIDTH)
         reach = max(2, frame_width // self.downsample // 5)
@@ -122,8 +132,9 @@ class IDMNet(nn.Module):
         reach = max(max(abs(dy), abs(dx)) for dy, dx in self.shifts)
         padded = F.pad(grey_before, (reach, reach, reach, reach), mode="replicate")
         height, width = after.shape[2:]
-        costs = [padded[:, :, reach - dy : reach - dy + height, reach - dx : reach - dx + width]
-                 for dy, dx in self.shifts]
+        costs = [
+            padded[:, :, reach - dy : reach - dy + height, reach - dx : reach - dx + width] for dy, dx in self.shifts
+        ]
         return F.avg_pool2d(-(torch.cat(costs, dim=1) - grey_after).abs(), 3, stride=1, padding=1)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,16 +171,24 @@ class ActionFollowing:
             f"category accuracy {self.category_accuracy:.3f} (chance {self.category_chance:.3f})"
         ]
         for name, scores in self.per_category.items():
-            lines.append(f"  {name:<11} {int(scores['count']):>6} transitions: action {scores['action_accuracy']:.3f}, "
-                         f"category {scores['category_accuracy']:.3f}")
+            lines.append(
+                f"  {name:<11} {int(scores['count']):>6} transitions: action {scores['action_accuracy']:.3f}, "
+                f"category {scores['category_accuracy']:.3f}"
+            )
         return "\n".join(lines)
 
 
 class IDM:
     """A trained IDM: the network, the action set it knows and the frame size it reads."""
 
-    def __init__(self, net: IDMNet, action_names: Sequence[str], frame_width: int, frame_height: int,
-                 info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: IDMNet,
+        action_names: Sequence[str],
+        frame_width: int,
+        frame_height: int,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         self.net = net.eval()
         self.action_names = list(action_names)
         self.frame_width, self.frame_height = int(frame_width), int(frame_height)
@@ -199,14 +218,17 @@ class IDM:
         return frames
 
     @torch.no_grad()
-    def predict(self, frames_before: np.ndarray | torch.Tensor, frames_after: np.ndarray | torch.Tensor,
-                batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, frames_before: np.ndarray | torch.Tensor, frames_after: np.ndarray | torch.Tensor, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(action ids, category ids, indices into ``CATEGORIES``) of the transitions before[i] -> after[i]."""
         before = self.check_frames(frames_before, "frames_before")
         after = self.check_frames(frames_after, "frames_after")
         if len(before) != len(after):
-            raise IDMError(f"frames_before has {len(before)} frames but frames_after has {len(after)}: "
-                           "give one 'after' frame per 'before' frame")
+            raise IDMError(
+                f"frames_before has {len(before)} frames but frames_after has {len(after)}: "
+                "give one 'after' frame per 'before' frame"
+            )
         actions, categories = [], []
         for start in range(0, len(before), batch_size):
             chunk = slice(start, start + batch_size)
@@ -224,18 +246,27 @@ def _chance(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float
     return float(true_freq @ predicted_freq)
 
 
-def action_following(idm: IDM, frames_before: np.ndarray | torch.Tensor, frames_after: np.ndarray | torch.Tensor,
-                     actions: Sequence[int] | np.ndarray, action_names: Sequence[str] | None = None) -> ActionFollowing:
+def action_following(
+    idm: IDM,
+    frames_before: np.ndarray | torch.Tensor,
+    frames_after: np.ndarray | torch.Tensor,
+    actions: Sequence[int] | np.ndarray,
+    action_names: Sequence[str] | None = None,
+) -> ActionFollowing:
     """Score how well the transitions before[i] -> after[i] show ``actions[i]`` (their action ids in the
     world model's action set ``action_names``, which must be the IDM's)."""
     if action_names is not None and list(action_names) != idm.action_names:
-        raise IDMError(f"the actions are of the action set {list(action_names)}, but this IDM was trained on "
-                       f"{idm.action_names}: train an IDM on a dataset recorded with the same actions")
+        raise IDMError(
+            f"the actions are of the action set {list(action_names)}, but this IDM was trained on "
+            f"{idm.action_names}: train an IDM on a dataset recorded with the same actions"
+        )
     actions = np.asarray(actions, dtype=np.int64).reshape(-1)
     bad = np.flatnonzero((actions < 0) | (actions >= len(idm.action_names)))
     if bad.size:
-        raise IDMError(f"action id {int(actions[bad[0]])} (at position {int(bad[0])}) is out of range: this IDM knows "
-                       f"{len(idm.action_names)} actions (ids 0..{len(idm.action_names) - 1})")
+        raise IDMError(
+            f"action id {int(actions[bad[0]])} (at position {int(bad[0])}) is out of range: this IDM knows "
+            f"{len(idm.action_names)} actions (ids 0..{len(idm.action_names) - 1})"
+        )
     if len(actions) != len(frames_before):
         raise IDMError(f"{len(actions)} actions for {len(frames_before)} transitions: give one action per transition")
     if len(actions) == 0:
@@ -247,8 +278,11 @@ def action_following(idm: IDM, frames_before: np.ndarray | torch.Tensor, frames_
     for index, name in enumerate(CATEGORIES):
         members = true_categories == index
         if members.any():
-            per_category[name] = {"count": int(members.sum()), "action_accuracy": float(action_hits[members].mean()),
-                                  "category_accuracy": float(category_hits[members].mean())}
+            per_category[name] = {
+                "count": int(members.sum()),
+                "action_accuracy": float(action_hits[members].mean()),
+                "category_accuracy": float(category_hits[members].mean()),
+            }
     return ActionFollowing(
         num_transitions=len(actions),
         action_accuracy=float(action_hits.mean()),
@@ -257,114 +291,6 @@ def action_following(idm: IDM, frames_before: np.ndarray | torch.Tensor, frames_
         category_chance=_chance(true_categories, predicted_categories, len(CATEGORIES)),
         per_category=per_category,
     )
-
-
-@dataclasses.dataclass
-class Transitions:
-    """The real transitions of some episodes: each frame stored once, transition i is
-    frames[before[i]] -> frames[before[i] + 1] under action actions[i]."""
-
-    frames: torch.Tensor  # uint8 (N, H, W, 3)
-    before: torch.Tensor  # int64 (T,)
-    actions: torch.Tensor  # int64 (T,)
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-    def pairs(self, indices: torch.Tensor | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        before = self.before[indices]
-        return self.frames[before], self.frames[before + 1], self.actions[indices]
-
-
-def load_transitions(dataset: EpisodeDataset, max_frames: int | None = None, seed: int = 0) -> Transitions:
-    """Decode the episodes of ``dataset`` (a random subset of whole episodes when they hold more than
-    ``max_frames`` frames)."""
-    order = np.arange(len(dataset.episodes))
-    if max_frames:
-        order = np.random.default_rng(seed).permutation(order)
-    frames, before, actions, total = [], [], [], 0
-    for episode in sorted(order.tolist()):
-        length = dataset.episodes[episode].length
-        if length < 2 or (max_frames and total + length > max_frames and total > 0):
-            continue
-        frames += [dataset.frame(dataset.row_index(episode, step)) for step in range(length)]
-        before.append(np.arange(total, total + length - 1))
-        actions.append(dataset.actions(episode)[: length - 1])
-        total += length
-    if not before:
-        raise IDMError("these episodes hold no transitions (every episode has fewer than 2 steps): "
-                       "record longer episodes")
-    return Transitions(torch.from_numpy(np.stack(frames)), torch.from_numpy(np.concatenate(before)),
-                       torch.from_numpy(np.concatenate(actions).astype(np.int64)))
-
-
-def mirrored_actions(action_names: Sequence[str]) -> np.ndarray:
-    """For each action, the action whose effect is its mirror image (LEFT and RIGHT swapped in its name:
-    NOOP and FORWARD are their own mirrors), or -1 where the action set has none."""
-    def swap(name: str) -> str:
-        return re.sub("LEFT|RIGHT", lambda match: "RIGHT" if match.group() == "LEFT" else "LEFT", name.upper())
-
-    index = {name.upper(): i for i, name in enumerate(action_names)}
-    return np.array([index.get(swap(name), -1) for name in action_names], dtype=np.int64)
-
-
-def augment(before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor, mirror: torch.Tensor, max_shift: int,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Half of the transitions mirrored left-right (their actions mirrored too), and each moved by a random
-    offset of up to ``max_shift`` pixels (the same for both frames): with a few thousand transitions an
-    unaugmented IDM learns the training scenes by heart instead of how actions move the view."""
-    flip = (torch.rand(len(actions), generator=generator) < 0.5) & (mirror[actions] >= 0)
-    before, after = before.clone(), after.clone()
-    before[flip], after[flip] = before[flip].flip(2), after[flip].flip(2)
-    actions = torch.where(flip, mirror[actions], actions)
-    if max_shift > 0:
-        height, width = before.shape[1:3]
-        pad = (0, 0, max_shift, max_shift, max_shift, max_shift)
-        padded_before, padded_after = F.pad(before, pad), F.pad(after, pad)
-        offsets = torch.randint(2 * max_shift + 1, (len(actions), 2), generator=generator).tolist()
-        for i, (row, column) in enumerate(offsets):
-            before[i] = padded_before[i, row : row + height, column : column + width]
-            after[i] = padded_after[i, row : row + height, column : column + width]
-    return before, after, actions
-
-
-def train_idm(transitions: Transitions, action_names: Sequence[str], max_train_steps: int, train_batch_size: int = 64,
-              learning_rate: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-              show_progress: bool = True, weight_decay: float = 0.05, max_shift: int | None = None,
-              mirror: bool = True) -> IDM:
-    """Train an IDM on ``transitions`` (sampled uniformly with replacement, augmented by ``augment``;
-    cross-entropy on both heads). ``max_shift`` defaults to 1/16 of the frame width."""
-    torch.manual_seed(seed)
-    height, width = transitions.frames.shape[1:3]
-    idm = IDM(IDMNet(len(action_names), width), action_names, width, height).to(device)
-    categories = torch.from_numpy(idm.action_categories)
-    optimizer = torch.optim.AdamW(idm.net.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    mirror_of = torch.from_numpy(mirrored_actions(action_names) if mirror else np.full(len(action_names), -1))
-    max_shift = width // 16 if max_shift is None else max_shift
-    total_steps = max(1, max_train_steps)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=total_steps, pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed)
-    idm.net.train()
-    progress = tqdm(range(max_train_steps), desc="IDM", disable=not show_progress)
-    for _ in progress:
-        batch = torch.randint(len(transitions), (train_batch_size,), generator=generator)
-        before, after, actions = augment(*transitions.pairs(batch), mirror_of, max_shift, generator)
-        action_logits, category_logits = idm.net(before.to(device), after.to(device))
-        actions, action_categories = actions.to(device), categories[actions].to(device)
-        loss = F.cross_entropy(action_logits, actions) + F.cross_entropy(category_logits, action_categories)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    idm.net.eval()
-    return idm
-
-
-def score_transitions(idm: IDM, transitions: Transitions) -> ActionFollowing:
-    """``action_following`` on real transitions (held-out ones give the IDM's ceiling)."""
-    before, after, actions = transitions.pairs()
-    return action_following(idm, before, after, actions.numpy())
 
 
 def check_idm_output(path: str | os.PathLike, overwrite: bool) -> None:
@@ -376,8 +302,9 @@ def check_idm_output(path: str | os.PathLike, overwrite: bool) -> None:
         if not (path / CONFIG_FILE).is_file():
             raise IDMError(f"{path} is a non-empty folder that does not hold an IDM: choose another output folder")
         if not overwrite:
-            raise IDMError(f"{path} already holds an IDM: pass --overwrite to replace it, "
-                           "or choose another output folder")
+            raise IDMError(
+                f"{path} already holds an IDM: pass --overwrite to replace it, or choose another output folder"
+            )
 
 
 def save_idm(idm: IDM, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -385,9 +312,15 @@ def save_idm(idm: IDM, path: str | os.PathLike, overwrite: bool = False) -> Path
     from safetensors.torch import save_file
 
     check_idm_output(path, overwrite)
-    config = {"format": IDM_FORMAT, "format_version": IDM_FORMAT_VERSION, "action_names": idm.action_names,
-              "action_categories": [CATEGORIES[i] for i in idm.action_categories], "frame_width": idm.frame_width,
-              "frame_height": idm.frame_height, **idm.info}
+    config = {
+        "format": IDM_FORMAT,
+        "format_version": IDM_FORMAT_VERSION,
+        "action_names": idm.action_names,
+        "action_categories": [CATEGORIES[i] for i in idm.action_categories],
+        "frame_width": idm.frame_width,
+        "frame_height": idm.frame_height,
+        **idm.info,
+    }
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in idm.net.state_dict().items()}
@@ -403,15 +336,19 @@ def load_idm(path: str | os.PathLike, device: str | torch.device = "cpu") -> IDM
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
-        raise IDMError(f"{path} is not an IDM folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE}): "
-                       f"train one with train_idm.py --output_dir {path}")
+        raise IDMError(
+            f"{path} is not an IDM folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE}): "
+            f"train one with train_idm.py --output_dir {path}"
+        )
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise IDMError(f"{config_path} is not valid JSON ({error}): train the IDM again") from error
     if config.get("format") != IDM_FORMAT or config.get("format_version") != IDM_FORMAT_VERSION:
-        raise IDMError(f"{config_path} is not an IDM config of format {IDM_FORMAT} version {IDM_FORMAT_VERSION}: "
-                       "train the IDM again")
+        raise IDMError(
+            f"{config_path} is not an IDM config of format {IDM_FORMAT} version {IDM_FORMAT_VERSION}: "
+            "train the IDM again"
+        )
     net = IDMNet(len(config["action_names"]), config["frame_width"])
     try:
         net.load_state_dict(load_file(str(weights_path)))

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from gamengen.config import ModelConfig
-from gamengen.episodes import DatasetError, EpisodeDataset
+from gamengen.episodes import EpisodeDataset
 from gamengen.files import atomic_path, write_json_atomic
+from gamengen.layout import DatasetError
 
 LATENT_CACHE_FORMAT = "gamengen-latent-cache"
 LATENT_CACHE_VERSION = 1
@@ -117,7 +118,7 @@ def build_latent_manifest(
         "latent_shape": list(config.latent_shape),
         "latent_dtype": "float16",
         "latents": (
-            "VAE posterior mean x scaling_factor (gamengen.model.encode_frames), frames padded as the preset says"
+            "VAE posterior mean x scaling_factor (gamengen.vae.encode_frames), frames padded as the preset says"
         ),
         "vae": {
             "name_or_path": vae_name_or_path,

@@ -1,7 +1,7 @@
 """Image quality metrics shared by training validation, inference and evaluation.
 
 Every metric takes batches of frames as float tensors ``(B, 3, H, W)`` with pixels in [-1, 1] (what
-``gamengen.model.frames_to_tensor`` returns) and gives one value per frame:
+``gamengen.vae.frames_to_tensor`` returns) and gives one value per frame:
 
 - ``psnr``: dB, peak = the full pixel range (identical frames: 100 dB, the cap);
 - ``ssim``: structural similarity (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5) on

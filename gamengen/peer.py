@@ -4,7 +4,7 @@ A seed checkpoint is a folder (or Hub repo, e.g. arnaudstiegler/gameNgen-baselin
 ``vae/``, ``noise_scheduler/`` (diffusers), ``action_embedding_model.safetensors`` (the state dict of an
 ``nn.Embedding`` of 768-d action tokens) and ``embedding_info.json`` (``num_embeddings``, ``embedding_dim``).
 ``convert_peer_checkpoint`` turns it into a ``WorldModelBundle`` that this project's engine runs, and
-``gamengen.model.load_world_model`` calls it when it is given such a folder (``convert_checkpoint.py`` writes the
+``gamengen.checkpoint.load_world_model`` calls it when it is given such a folder (``convert_checkpoint.py`` writes the
 result as a regular checkpoint).
 
 What carries over exactly:
@@ -47,16 +47,9 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
+from gamengen.checkpoint import CONFIG_FILE, WorldModelBundle, resolve_checkpoint
 from gamengen.config import SD14_VAE_CONFIG, ModelConfig, WorldModelConfig
-from gamengen.model import (
-    CONFIG_FILE,
-    ModelLoadError,
-    WorldModelBundle,
-    _is_local,
-    _unet_class,
-    make_world_model,
-    resolve_checkpoint,
-)
+from gamengen.model import ModelLoadError, _is_local, _unet_class, make_world_model
 
 PEER_UNET_SUBFOLDER = "unet"
 PEER_VAE_SUBFOLDER = "vae"
@@ -370,7 +363,8 @@ def load_peer_checkpoint(
     num_actions: int | None = None,
     revision: str | None = None,
 ) -> WorldModelBundle:
-    """``gamengen.model.load_world_model`` for a seed checkpoint: converted in memory, then placed like any other."""
+    """``gamengen.checkpoint.load_world_model`` for a seed checkpoint: converted in memory, then placed like any
+    other."""
     bundle = convert_peer_checkpoint(name_or_path, revision=revision)
     if num_actions is not None and num_actions != bundle.config.num_actions:
         raise PeerCheckpointError(

@@ -12,7 +12,7 @@ from gamengen.episodes import EpisodeDataset
 
 
 class FrameDataset(torch.utils.data.Dataset):
-    """Single frames as float tensors 3xHxW in [-1, 1] (unpadded; see gamengen.model.pad_frames)."""
+    """Single frames as float tensors 3xHxW in [-1, 1] (unpadded; see gamengen.vae.pad_frames)."""
 
     def __init__(self, episodes: EpisodeDataset) -> None:
         self.episodes = episodes
@@ -55,4 +55,3 @@ class LocalShuffleSampler(torch.utils.data.Sampler[int]):
             buffer = np.concatenate([np.arange(start, end) for start, end in zip(starts, ends, strict=True)])
             rng.shuffle(buffer)
             yield from buffer.tolist()
-

@@ -1,6 +1,6 @@
-"""What the two trainers (train_text_to_image.py, finetune_autoencoder.py) share: run folders that are
-never overwritten, atomic accelerate checkpoints (``checkpoint-<step>``) and their resumption, the shared
-accelerate options, and THE training loop (``train``). docs/training.md describes a run.
+"""What the two trainers (train_text_to_image.py, finetune_autoencoder.py) share: the accelerate options and
+launch checks, and THE training loop (``train``). docs/training.md describes a run; its folder and
+``checkpoint-<step>`` subfolders are handled by ``gamengen.run_folder``.
 
 A trainer builds its model(s), optimizer, learning-rate schedule and DataLoader, passes them through
 ``accelerator.prepare``, and hands them to ``train`` with a loss function for one batch and ``Hooks``
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -27,16 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from tqdm.auto import tqdm
 
-from gamengen.files import atomic_path, write_json_atomic
-
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINING_STATE_FILE = "training_state.json"
-# Checkpoints kept by default: one sd14 checkpoint (fp32 weights + Adafactor state) is ~5.3 GB.
-DEFAULT_CHECKPOINTS_KEPT = 3
-
-
-class UsageError(ValueError):
-    """Arguments or an output folder that this run cannot use as given."""
+from gamengen.run_folder import CHECKPOINT_PREFIX, DEFAULT_CHECKPOINTS_KEPT, UsageError, resume, save_checkpoint
 
 
 class TrainingInterrupted(Exception):
@@ -51,8 +41,12 @@ class TrainingInterrupted(Exception):
 EXIT_INTERRUPTED = 130  # what a shell reports for a program stopped by Ctrl-C
 
 
-def run_trainer(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace],
-                user_errors: tuple[type[Exception], ...], error_code: int = 2) -> None:
+def run_trainer(
+    main: Callable[[argparse.Namespace], Any],
+    parse_args: Callable[[], argparse.Namespace],
+    user_errors: tuple[type[Exception], ...],
+    error_code: int = 2,
+) -> None:
     """A trainer's command line: user errors as one line (exit ``error_code``); Ctrl-C or SIGTERM (a job
     scheduler's stop) saves the training state and exits 130 with how to continue, never a traceback."""
     import signal
@@ -73,118 +67,27 @@ def run_trainer(main: Callable[[argparse.Namespace], Any], parse_args: Callable[
 
 
 # ----------------------------------------------------------------------------------------------
-# Run folder and checkpoints
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (folders being written are hidden, see save_checkpoint)."""
-    found = output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-    found = [p for p in found if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=checkpoint_step)
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    """The global step a ``checkpoint-<step>`` folder was saved at."""
-    return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
-
-
-def check_run_dir(output_dir: Path, resuming: bool, results: list[str]) -> None:
-    """A new run never overwrites the results of an earlier one (``results``: names of its final
-    outputs inside ``output_dir``, plus any checkpoint); a resumed run continues it."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
-    candidates = [output_dir / name for name in results] + list_checkpoints(output_dir) if output_dir.exists() else []
-    earlier = [p.name for p in candidates if p.exists()]
-    if earlier and not resuming:
-        raise UsageError(
-            f"--output_dir {output_dir} already holds the results of an earlier run ({', '.join(earlier[:3])}). "
-            "Continue it with --resume_from_checkpoint latest, or choose another --output_dir."
-        )
-
-
-def find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path | None:
-    """The checkpoint ``--resume_from_checkpoint`` names ('latest': the newest, None when there is none)."""
-    if resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume_from_checkpoint)
-    if not path.is_dir():
-        path = output_dir / resume_from_checkpoint
-    if not path.is_dir() or not path.name[len(CHECKPOINT_PREFIX) :].isdigit():
-        raise UsageError(
-            f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder "
-            f"(expected 'latest' or .../{CHECKPOINT_PREFIX}<step>)"
-        )
-    return path
-
-
-def prune_checkpoints(output_dir: Path, keep: int | None) -> None:
-    """Remove all but the newest ``keep`` checkpoints (None: keep all)."""
-    if keep is None:
-        return
-    existing = list_checkpoints(output_dir)
-    for old in existing[: max(0, len(existing) - keep)]:
-        shutil.rmtree(old)
-
-
-def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, limit: int | None, files: dict[str, Any] | None = None
-) -> Path:
-    """Save the training state (plus ``files``: name -> JSON values) to a hidden folder, then rename it:
-    a checkpoint that exists is complete. ``limit``: at most this many checkpoints, this one included."""
-    prune_checkpoints(output_dir, None if limit is None else limit - 1)  # make room for the new one
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
-    with atomic_path(final) as tmp:
-        accelerator.save_state(str(tmp))
-        for name, values in {TRAINING_STATE_FILE: {"global_step": step}, **(files or {})}.items():
-            write_json_atomic(tmp / name, values, indent=2)
-    return final
-
-
-def resume(accelerator: Accelerator, output_dir: Path, resume_from_checkpoint: str | None,
-           check: Callable[[Path], None] | None = None) -> int:
-    """Load the checkpoint ``--resume_from_checkpoint`` names (after ``check`` accepts it); its step, or 0.
-
-    Every process must find the same checkpoint: only the main process saves them, so on nodes that do not
-    share the output folder another process would start from step 0 with other weights (and the run would
-    hang at its end). They compare what they found and all refuse when they differ."""
-    if resume_from_checkpoint is None:
-        return 0
-    checkpoint = find_checkpoint(output_dir, resume_from_checkpoint)
-    if accelerator.num_processes > 1:
-        found = torch.tensor([checkpoint_step(checkpoint) if checkpoint is not None else -1], device=accelerator.device)
-        steps = accelerator.gather(found).tolist()
-        if len(set(steps)) > 1:
-            seen = ", ".join(f"process {i}: {'none' if s < 0 else f'checkpoint-{s}'}" for i, s in enumerate(steps))
-            raise UsageError(
-                f"the processes found different checkpoints to resume in {output_dir} ({seen}). Only the main "
-                "process saves checkpoints: put --output_dir on storage every node sees, or copy the checkpoint "
-                "folder to the same path on every node, then resume again"
-            )
-    if checkpoint is None:
-        accelerator.print(f"no checkpoint in {output_dir}: starting a new run")
-        return 0
-    if check is not None:
-        check(checkpoint)
-    accelerator.load_state(str(checkpoint))
-    step = checkpoint_step(checkpoint)
-    accelerator.print(f"resumed from {checkpoint} at step {step}")
-    return step
-
-
-# ----------------------------------------------------------------------------------------------
 # The shared options and run set-up
 
 
 def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed: str) -> None:
     """The options every accelerate training script shares (diffusers' names): learning-rate schedule,
     mixed precision, checkpointing and resumption, trackers and the Hub."""
-    train.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...")
+    train.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        help="diffusers scheduler: constant, constant_with_warmup, linear, cosine, ...",
+    )
     train.add_argument("--lr_warmup_steps", type=int, default=0, help="warm-up steps of the learning-rate schedule")
     train.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
-    train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's")
     train.add_argument(
-        "--checkpointing_steps", type=int, default=checkpointing_steps, help="save the training state to output_dir/checkpoint-<step> every this many steps"
+        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: the accelerate config's"
+    )
+    train.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=checkpointing_steps,
+        help="save the training state to output_dir/checkpoint-<step> every this many steps",
     )
     train.add_argument(
         "--checkpoints_total_limit",
@@ -192,7 +95,9 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
         default=DEFAULT_CHECKPOINTS_KEPT,
         help="keep only the newest this many checkpoints (0: keep all; one sd14 checkpoint is ~5.3 GB)",
     )
-    train.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count")
+    train.add_argument(
+        "--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count"
+    )
     logging.add_argument(
         "--logging_steps",
         type=int,
@@ -202,7 +107,9 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
     logging.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all, or none")
     logging.add_argument("--logging_dir", default="logs", help="tracker folder, relative to output_dir")
     logging.add_argument("--push_to_hub", action="store_true", help=f"upload {pushed} to the Hub")
-    logging.add_argument("--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)")
+    logging.add_argument(
+        "--hub_model_id", default=None, help="Hub repo for --push_to_hub (default: the output_dir's name)"
+    )
 
 
 def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
@@ -211,7 +118,9 @@ def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
         # A shuffle seeded by (seed, epoch): a resumed run continues its epoch's order, not the first epoch's.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -233,7 +142,8 @@ def check_launch(accelerator: Accelerator) -> None:
     if world_size > 1 and accelerator.num_processes == 1:
         raise UsageError(
             f"{world_size} processes were launched but they are not connected (no distributed backend: each "
-            f"believes it is the main one and all would write the same --output_dir). Launch with a backend: {MISLAUNCH_FIX}"
+            "believes it is the main one and all would write the same --output_dir). Launch with a backend: "
+            f"{MISLAUNCH_FIX}"
         )
     asked = launcher_num_processes()
     if asked is not None and asked > 1 and accelerator.num_processes == 1:
@@ -312,8 +222,12 @@ class LoopOptions:
     def from_args(cls, args: argparse.Namespace, project: str) -> LoopOptions:
         names = {f.name for f in fields(cls)} - {"output_dir", "project", "tracker_config"}
         tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
-        return cls(output_dir=Path(args.output_dir), project=project, tracker_config=tracker_config,
-                   **{name: getattr(args, name) for name in names})
+        return cls(
+            output_dir=Path(args.output_dir),
+            project=project,
+            tracker_config=tracker_config,
+            **{name: getattr(args, name) for name in names},
+        )
 
 
 @dataclass

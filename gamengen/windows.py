@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from gamengen.config import ModelConfig
-from gamengen.episodes import DatasetError, EpisodeDataset
+from gamengen.episodes import EpisodeDataset
 from gamengen.latent_cache import LatentCache
+from gamengen.layout import DatasetError
 
 # Action id of padded context slots (NOOP in this project's action set).
 PAD_ACTION = 0
@@ -243,9 +244,9 @@ class PixelWindowDataset(_ContextWindows):
 @torch.no_grad()
 def encode_pixel_windows(vae: Any, batch: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """A ``PixelWindowDataset`` batch -> the ``LatentWindowDataset`` layout: ``context`` (B, N, C, h, w) and
-    ``target`` (B, C, h, w) become float32 latents (``gamengen.model.encode_frames``: posterior mean, scaled)
+    ``target`` (B, C, h, w) become float32 latents (``gamengen.vae.encode_frames``: posterior mean, scaled)
     on the VAE's device; the other keys are passed through. This is the encoding a cache saves."""
-    from gamengen.model import encode_frames
+    from gamengen.vae import encode_frames
 
     context, target = batch["context"], batch["target"]
     batch_size, frames = context.shape[:2]

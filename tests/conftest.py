@@ -24,12 +24,19 @@ def script_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_script(script: str | Path, *args: str, timeout: float = 300, check: bool = True, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+def run_script(
+    script: str | Path, *args: str, timeout: float = 300, check: bool = True, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
     """Run a repo script with this interpreter; on failure show what it printed."""
     command = [sys.executable, str(REPO / script), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=script_env(**env), cwd=cwd or REPO)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=script_env(**env), cwd=cwd or REPO
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- "
+            f"stderr\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -74,7 +81,21 @@ def tiny_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_ds")
     run_script(
         "ViZDoomPPO/load_model_generate_dataset.py",
-        *("--random_policy", "--episodes", 2, "--num_workers", 2, "--max_steps_per_episode", TINY_STEPS, "--frame_size", "64x48", "--out_dir", out, "--seed", 5),
+        *(
+            "--random_policy",
+            "--episodes",
+            2,
+            "--num_workers",
+            2,
+            "--max_steps_per_episode",
+            TINY_STEPS,
+            "--frame_size",
+            "64x48",
+            "--out_dir",
+            out,
+            "--seed",
+            5,
+        ),
     )
     return out
 
@@ -85,8 +106,10 @@ def save_tiny_checkpoint(folder: Path, action_names: list[str], seed: int = 0, *
 
     import torch
 
+    from gamengen.checkpoint import save_world_model
     from gamengen.config import get_world_model_config
-    from gamengen.model import build_vae, build_world_model, save_world_model
+    from gamengen.model import build_world_model
+    from gamengen.vae import build_vae
 
     torch.manual_seed(seed)
     config = get_world_model_config("tiny", action_names)

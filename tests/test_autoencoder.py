@@ -14,8 +14,8 @@ from diffusers import AutoencoderKL
 
 from gamengen.config import get_config
 from gamengen.episodes import open_dataset
-from gamengen.model import (
-    ModelLoadError,
+from gamengen.model import ModelLoadError
+from gamengen.vae import (
     build_vae,
     check_vae,
     decode_latents,
@@ -35,7 +35,21 @@ GENERATE = "ViZDoomPPO/load_model_generate_dataset.py"
 def record(out: Path, episodes: int, steps: int, frame_size: str | None = None) -> Path:
     """Real E1M1 frames from the agent side's generator (random policy)."""
     size = ["--frame_size", frame_size] if frame_size else []
-    run_script(GENERATE, "--random_policy", "--episodes", episodes, "--num_workers", 2, "--max_steps_per_episode", steps, "--out_dir", out, "--seed", 3, *size)
+    run_script(
+        GENERATE,
+        "--random_policy",
+        "--episodes",
+        episodes,
+        "--num_workers",
+        2,
+        "--max_steps_per_episode",
+        steps,
+        "--out_dir",
+        out,
+        "--seed",
+        3,
+        *size,
+    )
     return out
 
 
@@ -63,7 +77,17 @@ def summary(output_dir: Path) -> dict:
 def tiny_vae(tiny_dataset, tmp_path_factory) -> Path:
     """The README's command: a tiny VAE trained from scratch (encoder too) for 40 steps."""
     out = tmp_path_factory.mktemp("tiny_vae") / "run"
-    result = finetune("--preset", "tiny", "--train_encoder", "--dataset_name", tiny_dataset, "--max_train_steps", 40, "--output_dir", out)
+    result = finetune(
+        "--preset",
+        "tiny",
+        "--train_encoder",
+        "--dataset_name",
+        tiny_dataset,
+        "--max_train_steps",
+        40,
+        "--output_dir",
+        out,
+    )
     assert "held-out PSNR: before" in result.stdout
     return out
 
@@ -142,7 +166,18 @@ def test_a_rerun_never_overwrites_an_earlier_run(tiny_vae, tiny_dataset, tmp_pat
     out = tmp_path / "copy"
     shutil.copytree(tiny_vae, out)
     weights = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
-    result = finetune("--preset", "tiny", "--train_encoder", "--dataset_name", tiny_dataset, "--max_train_steps", 2, "--output_dir", out, check=False)
+    result = finetune(
+        "--preset",
+        "tiny",
+        "--train_encoder",
+        "--dataset_name",
+        tiny_dataset,
+        "--max_train_steps",
+        2,
+        "--output_dir",
+        out,
+        check=False,
+    )
     assert result.returncode != 0 and "--resume_from_checkpoint latest" in result.stderr
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
 
@@ -179,7 +214,9 @@ def test_sd14_path_loads_a_local_pretrained_folder_and_pads_frames(sd14_dataset,
     )
     assert "pretrained" in result.stdout and "decoder only" in result.stdout
     tuned = load_vae(out)
-    assert torch.equal(state(stock, ("encoder.",))["encoder.conv_in.weight"], tuned.state_dict()["encoder.conv_in.weight"])
+    assert torch.equal(
+        state(stock, ("encoder.",))["encoder.conv_in.weight"], tuned.state_dict()["encoder.conv_in.weight"]
+    )
     assert tuned.config.scaling_factor == pytest.approx(0.18215)
 
     config = get_config("sd14")
@@ -194,13 +231,21 @@ def test_sd14_path_loads_a_local_pretrained_folder_and_pads_frames(sd14_dataset,
 def test_script_errors_say_what_to_change(tiny_dataset, tmp_path):
     # The sd14 preset on 64x48 frames: the message names both sizes and the fix.
     result = finetune(
-        "--preset", "sd14", "--pretrained_model_name_or_path", tmp_path, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "o", check=False
+        "--preset",
+        "sd14",
+        "--pretrained_model_name_or_path",
+        tmp_path,
+        "--dataset_name",
+        tiny_dataset,
+        "--output_dir",
+        tmp_path / "o",
+        check=False,
     )
     assert result.returncode != 0
     assert "64x48" in result.stderr and "320x240" in result.stderr and "Traceback" not in result.stderr
 
 
-# -- gamengen.model ----------------------------------------------------------------------------
+# -- gamengen.vae ------------------------------------------------------------------------------
 
 
 def test_load_vae_refuses_a_folder_without_vae(tmp_path):

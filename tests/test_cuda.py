@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from gamengen.checkpoint import WorldModelBundle
 from gamengen.config import get_world_model_config
 from gamengen.engine import GameEngine
-from gamengen.model import WorldModelBundle, build_vae, build_world_model, make_scheduler
+from gamengen.model import build_world_model, make_scheduler
+from gamengen.vae import build_vae
 
 pytestmark = [
     pytest.mark.cuda,

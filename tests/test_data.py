@@ -17,7 +17,8 @@ from PIL import Image
 
 from common.utils import CONTRACT_KEYS as RECORDER_CONTRACT_KEYS
 from common.utils import ShardWriter
-from gamengen.episodes import CONTRACT_KEYS, ColumnNames, DatasetError, open_dataset, split_episode_ids
+from gamengen.episodes import open_dataset, split_episode_ids
+from gamengen.layout import CONTRACT_KEYS, ColumnNames, DatasetError
 from gamengen.samplers import FrameDataset, LocalShuffleSampler
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT"]
@@ -42,7 +43,9 @@ def frames_of(episode: int, length: int, width: int = 16, height: int = 12) -> n
     return rng.integers(0, 256, (length, height, width, 3), dtype=np.uint8)
 
 
-def write_dataset(out: Path, lengths: list[int], worker: int = 0, rows_per_shard: int = 10, **meta) -> dict[str, tuple[np.ndarray, list[int]]]:
+def write_dataset(
+    out: Path, lengths: list[int], worker: int = 0, rows_per_shard: int = 10, **meta
+) -> dict[str, tuple[np.ndarray, list[int]]]:
     """Episodes through the agent side's writer; returns {episode_id: (frames, actions)}."""
     writer = ShardWriter(out, metadata(**meta), run_id="run", worker_id=worker, rows_per_shard=rows_per_shard)
     written = {}
@@ -136,7 +139,9 @@ def test_dataset_without_gamengen_metadata_needs_explicit_columns(tmp_path):
     pq.write_table(table, tmp_path / "train-00000.parquet")
     with pytest.raises(DatasetError, match="--frame_column"):
         open_dataset(tmp_path)
-    dataset = open_dataset(tmp_path, columns=ColumnNames(frame="frames", action="actions", episode="episode", step="step"))
+    dataset = open_dataset(
+        tmp_path, columns=ColumnNames(frame="frames", action="actions", episode="episode", step="step")
+    )
     assert dataset.metadata is None and dataset.action_names is None
     assert (dataset.frame_width, dataset.frame_height, len(dataset.episodes)) == (16, 12, 2)
     assert np.array_equal(dataset.frame(4), frames[4]) and dataset.actions(1).tolist() == [1, 2, 0]
@@ -157,7 +162,9 @@ def test_frames_of_inconsistent_size_are_refused(tmp_path):
     table = pq.read_table(shard)
     frames = table.column("frame").to_pylist()
     frames[2] = png(frames_of(9, 1, width=20, height=10)[0])
-    pq.write_table(table.set_column(table.schema.get_field_index("frame"), "frame", pa.array(frames, pa.binary())), shard)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("frame"), "frame", pa.array(frames, pa.binary())), shard
+    )
     dataset = open_dataset(tmp_path)
     with pytest.raises(DatasetError, match="20x10, but the dataset's frames are 16x12"):
         dataset.frame(2)
@@ -166,7 +173,12 @@ def test_frames_of_inconsistent_size_are_refused(tmp_path):
     write_dataset(other, [2], width=16, height=12)
     shard = next(other.glob("*.parquet"))
     table = pq.read_table(shard)
-    pq.write_table(table.replace_schema_metadata({b"gamengen": table.schema.metadata[b"gamengen"].replace(b'"frame_width": 16', b'"frame_width": 64')}), shard)
+    pq.write_table(
+        table.replace_schema_metadata(
+            {b"gamengen": table.schema.metadata[b"gamengen"].replace(b'"frame_width": 16', b'"frame_width": 64')}
+        ),
+        shard,
+    )
     with pytest.raises(DatasetError, match="inconsistent size"):
         open_dataset(other)
 

@@ -9,9 +9,11 @@ import torch
 from diffusers import DDIMScheduler
 
 from gamengen.actions import action_id, parse_action_script
+from gamengen.checkpoint import load_world_model, save_world_model
 from gamengen.config import get_world_model_config
 from gamengen.engine import EngineError, GameEngine
-from gamengen.model import ModelLoadError, build_vae, build_world_model, encode_frames, frames_to_tensor, load_world_model, save_world_model
+from gamengen.model import ModelLoadError, build_world_model
+from gamengen.vae import build_vae, encode_frames, frames_to_tensor
 from gamengen.windows import pad_context
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK"]
@@ -49,7 +51,9 @@ class UNetSpy:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.calls: list[tuple[torch.Tensor, ...]] = []
-        self.handle = model.register_forward_pre_hook(lambda _module, args: self.calls.append(tuple(a.clone() for a in args)))
+        self.handle = model.register_forward_pre_hook(
+            lambda _module, args: self.calls.append(tuple(a.clone() for a in args))
+        )
 
     def __enter__(self) -> UNetSpy:
         return self
@@ -88,7 +92,9 @@ def test_a_short_context_is_padded_exactly_as_training_pads_it(engine, bundle):
     encoded = encode_frames(bundle.vae, frames_to_tensor(frames), bundle.config.model)
     expected_latents, expected_actions, _ = pad_context(encoded, torch.tensor([4, 0]), N)
     torch.testing.assert_close(engine.context_latents, expected_latents)
-    assert engine.context_actions.tolist() == expected_actions.tolist() == [0, 0, 4, 0]  # first frame repeated, NOOP padding
+    assert (
+        engine.context_actions.tolist() == expected_actions.tolist() == [0, 0, 4, 0]
+    )  # first frame repeated, NOOP padding
     # One frame (an episode's first) is enough: the engine starts like an episode start in training.
     engine.reset(frames[:1])
     torch.testing.assert_close(engine.context_latents, encoded[:1].expand(N, -1, -1, -1))
@@ -96,7 +102,9 @@ def test_a_short_context_is_padded_exactly_as_training_pads_it(engine, bundle):
 
 def test_a_short_context_is_refused_when_padding_is_off(bundle):
     engine = GameEngine(bundle, pad_short_context=False)
-    with pytest.raises(EngineError, match="the context has 2 frames, the model's context is 4.*repeats the first frame.*NOOP"):
+    with pytest.raises(
+        EngineError, match="the context has 2 frames, the model's context is 4.*repeats the first frame.*NOOP"
+    ):
         engine.reset(random_frames(2), [1])
     engine.reset(random_frames(N), [1, 1, 1])  # a full context is fine
 
@@ -193,7 +201,9 @@ def test_the_noise_bucket_is_the_class_label_and_changes_the_frame(bundle):
 def test_generated_frames_are_never_passed_through_the_vae_encoder(bundle, monkeypatch):
     calls = []
     original = bundle.vae.encode
-    monkeypatch.setattr(bundle.vae, "encode", lambda pixels, *a, **k: calls.append(pixels.shape[0]) or original(pixels, *a, **k))
+    monkeypatch.setattr(
+        bundle.vae, "encode", lambda pixels, *a, **k: calls.append(pixels.shape[0]) or original(pixels, *a, **k)
+    )
     engine = GameEngine(bundle)
     engine.reset(random_frames(N), [1, 2, 3])
     assert calls == [N]  # the context, encoded once in one batch
@@ -283,7 +293,9 @@ def test_a_bf16_engine_generates_frames(checkpoint):
 
 def test_unknown_action_names_and_ids_are_refused_with_the_action_list(engine):
     engine.reset(random_frames(N), [1, 2, 3])
-    with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD, TURN_LEFT, TURN_RIGHT, ATTACK"):
+    with pytest.raises(
+        EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD, TURN_LEFT, TURN_RIGHT, ATTACK"
+    ):
         engine.step("JUMP")
     with pytest.raises(EngineError, match="action id 5 is out of range: the model has 5 actions"):
         engine.step(5)
@@ -305,7 +317,9 @@ def test_malformed_contexts_are_refused(engine):
         GameEngine(engine_bundle(engine)).step(1)
     with pytest.raises(EngineError, match="context frames are 32x24, the checkpoint's frames are 64x48"):
         engine.reset(np.zeros((N, 24, 32, 3), np.uint8), [1, 2, 3])
-    with pytest.raises(EngineError, match="4 context frames need 3 actions.*the newest frame's action is the one step\\(\\) takes"):
+    with pytest.raises(
+        EngineError, match="4 context frames need 3 actions.*the newest frame's action is the one step\\(\\) takes"
+    ):
         engine.reset(random_frames(N), [1, 2, 3, 4])
     with pytest.raises(EngineError, match="exactly one of them"):
         engine.reset(random_frames(N), [1, 2, 3], latents=torch.zeros(N, 4, 12, 16))
@@ -321,7 +335,7 @@ def test_malformed_contexts_are_refused(engine):
 
 
 def engine_bundle(engine: GameEngine):
-    from gamengen.model import WorldModelBundle
+    from gamengen.checkpoint import WorldModelBundle
 
     return WorldModelBundle(engine.model, engine.vae, engine.scheduler, engine.config)
 
@@ -337,16 +351,19 @@ def test_a_checkpoint_with_a_missing_part_is_refused(checkpoint, tmp_path, part)
         GameEngine.from_pretrained(broken, device="cpu")
 
 
-# -- residual parameterisation (docs/tiny_learning.md) -------------------------------------------
+# -- residual parameterisation (docs/research_log.md#residual-parameterisation-precisely)
+# -------------------------------------------
 
 
 def residual_bundle(bundle, residual: bool = True):
     """The same weights under a config with ``residual`` set."""
     from dataclasses import replace
 
-    from gamengen.model import WorldModelBundle
+    from gamengen.checkpoint import WorldModelBundle
 
-    return WorldModelBundle(model=bundle.model, vae=bundle.vae, scheduler=bundle.scheduler, config=replace(bundle.config, residual=residual))
+    return WorldModelBundle(
+        model=bundle.model, vae=bundle.vae, scheduler=bundle.scheduler, config=replace(bundle.config, residual=residual)
+    )
 
 
 @pytest.mark.parametrize("noise_bucket", [0, 5])

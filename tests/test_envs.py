@@ -165,7 +165,11 @@ def test_a_missing_wad_names_each_path_tried_once_and_the_shipped_wads(tmp_path)
     with pytest.raises(ScenarioError) as error:
         resolve_game(DoomConfig(wad=str(missing)))
     message = str(error.value)
-    assert message.split("tried ", 1)[1].count(str(missing)) == 1 and "freedoom1.wad" in message and "existing .wad" in message
+    assert (
+        message.split("tried ", 1)[1].count(str(missing)) == 1
+        and "freedoom1.wad" in message
+        and "existing .wad" in message
+    )
 
 
 def test_wad_directory_lists_the_maps():

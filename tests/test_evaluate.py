@@ -12,12 +12,15 @@ from conftest import run_script, save_tiny_checkpoint
 from PIL import Image, ImageFilter
 
 import evaluate
+from gamengen.checkpoint import save_world_model
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
 from gamengen.engine import EngineError, GameEngine
-from gamengen.episodes import DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import DatasetError
 from gamengen.metrics import alexnet_weights_path, gmsd, load_lpips, psnr, sharpness, ssim, status_bar_rows
-from gamengen.model import build_vae, build_world_model, frames_to_tensor, save_world_model
+from gamengen.model import build_world_model
+from gamengen.vae import build_vae, frames_to_tensor
 
 FAST = ("--max_windows", 8, "--horizon", 6, "--timing_frames", 2, "--num_examples", 3)
 
@@ -29,8 +32,13 @@ def test_psnr_has_known_answers_on_the_full_pixel_range():
     frames = torch.rand(3, 3, 12, 16) * 2 - 1
     assert torch.allclose(psnr(frames, frames), torch.full((3,), 100.0))  # identical: the cap
     shifted = (frames * 0.5) + 0.2  # stays inside [-1, 1]
-    assert torch.allclose(psnr(shifted, frames * 0.5), torch.full((3,), 20.0), atol=1e-3)  # 0.2 of a range of 2 = 0.1 -> 20 dB
-    black, white = frames_to_tensor(np.zeros((1, 4, 4, 3), np.uint8)), frames_to_tensor(np.full((1, 4, 4, 3), 255, np.uint8))
+    assert torch.allclose(
+        psnr(shifted, frames * 0.5), torch.full((3,), 20.0), atol=1e-3
+    )  # 0.2 of a range of 2 = 0.1 -> 20 dB
+    black, white = (
+        frames_to_tensor(np.zeros((1, 4, 4, 3), np.uint8)),
+        frames_to_tensor(np.full((1, 4, 4, 3), 255, np.uint8)),
+    )
     assert float(psnr(black, white)) == pytest.approx(0.0, abs=1e-4)  # uint8 frames: 0 vs 255 is the whole range
 
 
@@ -38,12 +46,16 @@ def test_ssim_is_one_for_identical_frames_and_falls_with_noise():
     generator = torch.Generator().manual_seed(0)
     frames = torch.rand(2, 3, 48, 64, generator=generator) * 2 - 1
     assert torch.allclose(ssim(frames, frames), torch.ones(2), atol=1e-5)
-    noisy = [ssim((frames + sigma * torch.randn(frames.shape, generator=generator)).clamp(-1, 1), frames).mean() for sigma in (0.05, 0.2, 0.8)]
+    noisy = [
+        ssim((frames + sigma * torch.randn(frames.shape, generator=generator)).clamp(-1, 1), frames).mean()
+        for sigma in (0.05, 0.2, 0.8)
+    ]
     assert 1 > noisy[0] > noisy[1] > noisy[2] > -1
 
 
 def test_ssim_of_two_flat_frames_is_the_luminance_term():
-    # No structure: the contrast/structure term is C2 / C2 = 1, so SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1) on [0, 1] pixels.
+    # No structure: the contrast/structure term is C2 / C2 = 1, so SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1) on [0, 1]
+    # pixels.
     a, b = torch.full((1, 3, 20, 20), -0.5), torch.full((1, 3, 20, 20), 0.5)  # 0.25 and 0.75
     expected = (2 * 0.25 * 0.75 + 0.01**2) / (0.25**2 + 0.75**2 + 0.01**2)
     assert float(ssim(a, b)) == pytest.approx(expected, rel=1e-4)
@@ -160,7 +172,9 @@ def test_actions_are_grouped_by_the_change_they_make():
 def evaluation(tiny_dataset, tiny_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
     """One evaluation of the random-init checkpoint, run as a user runs it."""
     out = tmp_path_factory.mktemp("eval")
-    result = run_script("evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST)
+    result = run_script(
+        "evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST
+    )
     assert "teacher-forced PSNR" in result.stdout and "wrote" in result.stdout
     return out, json.loads((out / "metrics.json").read_text())
 
@@ -168,12 +182,22 @@ def evaluation(tiny_dataset, tiny_checkpoint, tmp_path_factory) -> tuple[Path, d
 def test_evaluation_writes_metrics_report_and_plots_that_parse(evaluation):
     out, metrics = evaluation
     (model,) = metrics["models"]
-    assert len(metrics["windows"]) == 8 and len(model["drift"]["psnr"]) == 6 and len(metrics["baselines"]["copy_last"]["drift"]["psnr"]) == 6
+    assert (
+        len(metrics["windows"]) == 8
+        and len(model["drift"]["psnr"]) == 6
+        and len(metrics["baselines"]["copy_last"]["drift"]["psnr"]) == 6
+    )
     assert 0 < model["teacher_forced"]["psnr"] < 100 and -1 <= model["teacher_forced"]["ssim"] <= 1
-    above = [m > c for m, c in zip(model["drift"]["psnr"], metrics["baselines"]["copy_last"]["drift"]["psnr"], strict=True)]
-    assert model["drift_frames_above_copy_last"] == sum(above) and model["drift_steps_above_copy_last"] == (above + [False]).index(False)
+    above = [
+        m > c for m, c in zip(model["drift"]["psnr"], metrics["baselines"]["copy_last"]["drift"]["psnr"], strict=True)
+    ]
+    assert model["drift_frames_above_copy_last"] == sum(above) and model["drift_steps_above_copy_last"] == (
+        above + [False]
+    ).index(False)
     assert model["timing"]["fps"] > 0 and model["timing"]["unet_ms"] > 0 and model["timing"]["decode_ms"] > 0
-    assert model["engine"]["num_inference_steps"] == 4 and model["engine"]["guidance_scale"] == 1.5  # the sampling is recorded
+    assert (
+        model["engine"]["num_inference_steps"] == 4 and model["engine"]["guidance_scale"] == 1.5
+    )  # the sampling is recorded
     assert metrics["lpips"]["computed"] or metrics["lpips"]["reason"]
     # the blur-honest measures, for every pass and every drift step
     passes = [model["teacher_forced"], model["shuffled_actions"], model["vae_reconstruction"]]
@@ -187,7 +211,11 @@ def test_evaluation_writes_metrics_report_and_plots_that_parse(evaluation):
     assert "random_backbone_distance" not in model["teacher_forced"]
     report = (out / "report.md").read_text()
     assert "## Blur-honest measures" in report and "| sharpness | GMSD |" in report and "drift sharpness @6" in report
-    assert "| paper (SD v1.4, 320x240, TPU-v5) | 29.43 |" in report and "copy last context frame" in report and "shuffled actions" in report
+    assert (
+        "| paper (SD v1.4, 320x240, TPU-v5) | 29.43 |" in report
+        and "copy last context frame" in report
+        and "shuffled actions" in report
+    )
     assert "LPIPS:" in report
     with Image.open(out / "drift.png") as drift, Image.open(out / "examples.png") as examples:
         assert drift.size[0] > 600 and examples.size[1] >= 3 * 48 * 4  # 3 example rows of 4x-upscaled 64x48 frames
@@ -240,7 +268,18 @@ def test_compare_puts_every_model_in_one_table_on_the_same_windows(tiny_dataset,
     out = tmp_path / "eval"
     results = in_process(
         evaluate,
-        *("--model_folder", tiny_checkpoint, "--compare", other, tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST),
+        *(
+            "--model_folder",
+            tiny_checkpoint,
+            "--compare",
+            other,
+            tiny_checkpoint,
+            "--dataset_name",
+            tiny_dataset,
+            "--output_dir",
+            out,
+            *FAST,
+        ),
         "--lpips_random_backbone",
     )
     names = [m.name for m in results.models]
@@ -265,9 +304,13 @@ def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_pa
     dataset = open_dataset(tiny_dataset)
     torch.manual_seed(0)
     heldout = dataset.episode_ids[1]
-    config = get_world_model_config("tiny", dataset.action_names, dataset={"name": str(tiny_dataset), "heldout_episodes": [heldout]})
+    config = get_world_model_config(
+        "tiny", dataset.action_names, dataset={"name": str(tiny_dataset), "heldout_episodes": [heldout]}
+    )
     folder = save_world_model(tmp_path / "wm", build_world_model(config), build_vae(config.model), config)
-    results = in_process(evaluate, "--model_folder", folder, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "eval", *FAST)
+    results = in_process(
+        evaluate, "--model_folder", folder, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "eval", *FAST
+    )
     assert results.episodes == [heldout] and "held out" in results.episode_source
     assert {w.episode_id for w in results.windows} == {heldout}
 
@@ -278,7 +321,17 @@ def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_pa
 def test_an_earlier_evaluation_is_not_overwritten(evaluation, tiny_dataset, tiny_checkpoint):
     out, metrics = evaluation
     before = (out / "metrics.json").read_text()
-    result = run_script("evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST, check=False)
+    result = run_script(
+        "evaluate.py",
+        "--model_folder",
+        tiny_checkpoint,
+        "--dataset_name",
+        tiny_dataset,
+        "--output_dir",
+        out,
+        *FAST,
+        check=False,
+    )
     assert result.returncode == 1 and "already holds an evaluation" in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.stderr and (out / "metrics.json").read_text() == before
 
@@ -286,23 +339,66 @@ def test_an_earlier_evaluation_is_not_overwritten(evaluation, tiny_dataset, tiny
 def test_a_checkpoint_of_other_actions_is_refused_before_any_work(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
     other = save_tiny_checkpoint(tmp_path / "other", ["NOOP", "FORWARD", "TURN_LEFT"])
     with pytest.raises(DatasetError, match="other.*the dataset's actions .* are not the checkpoint's"):
-        in_process(evaluate, "--model_folder", tiny_checkpoint, "--compare", other, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "e")
+        in_process(
+            evaluate,
+            "--model_folder",
+            tiny_checkpoint,
+            "--compare",
+            other,
+            "--dataset_name",
+            tiny_dataset,
+            "--output_dir",
+            tmp_path / "e",
+        )
     assert not (tmp_path / "e").exists()
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model_folder", "a", "--compare", "b", "--names", "only-one", "--dataset_name", "d"])
     with pytest.raises(EngineError):
-        in_process(evaluate, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", tmp_path / "e", "--noise_bucket", 99)
+        in_process(
+            evaluate,
+            "--model_folder",
+            tiny_checkpoint,
+            "--dataset_name",
+            tiny_dataset,
+            "--output_dir",
+            tmp_path / "e",
+            "--noise_bucket",
+            99,
+        )
 
 
 def test_an_idm_reports_action_following_for_every_pass(tiny_dataset, tiny_checkpoint, tmp_path):
     idm = tmp_path / "idm"
-    run_script("train_idm.py", "--dataset_name", tiny_dataset, "--output_dir", idm, "--max_train_steps", 5, "--train_batch_size", 8)
+    run_script(
+        "train_idm.py",
+        "--dataset_name",
+        tiny_dataset,
+        "--output_dir",
+        idm,
+        "--max_train_steps",
+        5,
+        "--train_batch_size",
+        8,
+    )
     out = tmp_path / "eval"
-    run_script("evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, "--idm", idm, *FAST)
+    run_script(
+        "evaluate.py",
+        "--model_folder",
+        tiny_checkpoint,
+        "--dataset_name",
+        tiny_dataset,
+        "--output_dir",
+        out,
+        "--idm",
+        idm,
+        *FAST,
+    )
     following = json.loads((out / "metrics.json").read_text())["models"][0]["action_following"]
     for name in ("real", "teacher_forced", "shuffled_given", "shuffled_recorded", "drift"):
         block = following[name]
-        assert 0 <= block["action_accuracy"] <= 1 and 0 <= block["category_accuracy"] <= 1 and block["num_transitions"] > 0
+        assert (
+            0 <= block["action_accuracy"] <= 1 and 0 <= block["category_accuracy"] <= 1 and block["num_transitions"] > 0
+        )
     assert following["real"]["num_transitions"] == 8 and following["drift"]["num_transitions"] > 0
     expected = following["teacher_forced"]["action_accuracy"] / max(following["real"]["action_accuracy"], 1e-9)
     assert following["relative_accuracy"] == pytest.approx(expected)

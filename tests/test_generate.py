@@ -65,7 +65,20 @@ def test_huggingface_datasets_round_trip(random_dataset):
 
 
 def test_same_seed_reproduces_the_same_actions(tmp_path, random_dataset):
-    run_script(GENERATE, "--random_policy", "--episodes", "2", "--num_workers", "2", "--max_steps_per_episode", "24", "--out_dir", tmp_path, "--seed", "7")
+    run_script(
+        GENERATE,
+        "--random_policy",
+        "--episodes",
+        "2",
+        "--num_workers",
+        "2",
+        "--max_steps_per_episode",
+        "24",
+        "--out_dir",
+        tmp_path,
+        "--seed",
+        "7",
+    )
     again = read_dataset(tmp_path)
     first = read_dataset(random_dataset)
     # worker 0's first episode of both runs: same (seed, worker) -> same actions
@@ -74,7 +87,17 @@ def test_same_seed_reproduces_the_same_actions(tmp_path, random_dataset):
 
 
 def test_rerun_adds_shards_and_never_touches_earlier_ones(tmp_path):
-    args = ["--random_policy", "--episodes", "2", "--num_workers", "2", "--max_steps_per_episode", "8", "--out_dir", tmp_path]
+    args = [
+        "--random_policy",
+        "--episodes",
+        "2",
+        "--num_workers",
+        "2",
+        "--max_steps_per_episode",
+        "8",
+        "--out_dir",
+        tmp_path,
+    ]
     run_script(GENERATE, *args)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in list_shards(tmp_path)}
     run_script(GENERATE, *args, "--seed", "1")
@@ -105,12 +128,31 @@ def game_processes_tagged(tag: str) -> list[psutil.Process]:
 
 def start_long_generation(out_dir, tag):
     """A run far longer than any test waits (it is always interrupted or killed): 2,000 episodes."""
-    command = [sys.executable, str(AGENT_DIR / "load_model_generate_dataset.py"), "--random_policy", "--episodes", "2000", "--num_workers", "2"]
-    command += ["--max_steps_per_episode", "40", "--rows_per_shard", "40", "--out_dir", str(out_dir), "--frame_size", "160x120"]
+    command = [
+        sys.executable,
+        str(AGENT_DIR / "load_model_generate_dataset.py"),
+        "--random_policy",
+        "--episodes",
+        "2000",
+        "--num_workers",
+        "2",
+    ]
+    command += [
+        "--max_steps_per_episode",
+        "40",
+        "--rows_per_shard",
+        "40",
+        "--out_dir",
+        str(out_dir),
+        "--frame_size",
+        "160x120",
+    ]
     log = open(out_dir.parent / f"{tag}.log", "w+")  # a file, not a pipe: a pipe nobody reads blocks the script
     # SIGINT as in a terminal, even when the tests themselves run in the background (where it is ignored, and inherited)
     default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    return subprocess.Popen(command, env=script_env(GAMENGEN_TEST_TAG=tag), stdout=log, stderr=log, text=True, preexec_fn=default_sigint)
+    return subprocess.Popen(
+        command, env=script_env(GAMENGEN_TEST_TAG=tag), stdout=log, stderr=log, text=True, preexec_fn=default_sigint
+    )
 
 
 def wait_for(condition, timeout=60.0):
@@ -176,7 +218,20 @@ def test_a_crashed_worker_stops_the_run_and_its_game(tmp_path):
 
 
 def test_gif_output_has_one_captioned_frame_per_step(tmp_path):
-    run_script(GENERATE, "--random_policy", "--episodes", "2", "--num_workers", "2", "--max_steps_per_episode", "10", "--output", "gif", "--out_dir", tmp_path)
+    run_script(
+        GENERATE,
+        "--random_policy",
+        "--episodes",
+        "2",
+        "--num_workers",
+        "2",
+        "--max_steps_per_episode",
+        "10",
+        "--output",
+        "gif",
+        "--out_dir",
+        tmp_path,
+    )
     gifs = sorted(tmp_path.glob("*.gif"))
     assert len(gifs) == 2
     for gif in gifs:

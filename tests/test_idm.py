@@ -12,17 +12,8 @@ from conftest import run_script
 import train_idm as train_idm_script
 from common.utils import ShardWriter
 from gamengen.episodes import open_dataset, split_episode_ids
-from gamengen.idm import (
-    CATEGORIES,
-    IDMError,
-    action_category,
-    action_following,
-    load_idm,
-    load_transitions,
-    save_idm,
-    score_transitions,
-    train_idm,
-)
+from gamengen.idm import CATEGORIES, IDMError, action_category, action_following, load_idm, save_idm
+from gamengen.idm_training import load_transitions, score_transitions, train_idm
 
 WIDTH, HEIGHT = 32, 24
 ACTIONS = ["NOOP", "TURN_LEFT", "TURN_RIGHT", "FORWARD", "ATTACK"]
@@ -47,8 +38,15 @@ def view(world: np.ndarray, row: int, column: int, flash: bool) -> np.ndarray:
 def write_toy_dataset(out: Path, episodes: int, length: int, actions_matter: bool, seed: int = 0) -> Path:
     """Episodes in this project's layout whose frame t+1 shows action t (or, with ``actions_matter``
     False, moves by a random action of its own that the recorded action says nothing about)."""
-    metadata = {"scenario": "toy", "wad": "none", "map": "MAP01", "frame_width": WIDTH, "frame_height": HEIGHT,
-                "frame_skip": 4, "action_names": ACTIONS}
+    metadata = {
+        "scenario": "toy",
+        "wad": "none",
+        "map": "MAP01",
+        "frame_width": WIDTH,
+        "frame_height": HEIGHT,
+        "frame_skip": 4,
+        "action_names": ACTIONS,
+    }
     writer = ShardWriter(out, metadata, run_id="toy", rows_per_shard=64)
     rng = np.random.default_rng(seed)
     for episode in range(episodes):

@@ -13,7 +13,8 @@ from PIL import Image
 import run_autoregressive
 import run_inference
 from gamengen.engine import EngineError
-from gamengen.episodes import DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import DatasetError
 
 STEPS = TINY_STEPS  # per recorded episode
 
@@ -42,7 +43,19 @@ def gif_frames(path: Path) -> list[Image.Image]:
 
 def test_run_inference_saves_truth_prediction_and_difference_and_prints_psnr(dataset, checkpoint, tmp_path):
     output = tmp_path / "pred.png"
-    result = run_script("run_inference.py", "--model_folder", checkpoint, "--dataset_name", dataset, "--episode", 1, "--step", 9, "--output", output)
+    result = run_script(
+        "run_inference.py",
+        "--model_folder",
+        checkpoint,
+        "--dataset_name",
+        dataset,
+        "--episode",
+        1,
+        "--step",
+        9,
+        "--output",
+        output,
+    )
     assert "PSNR:" in result.stdout and "dB" in result.stdout and f"saved {output}" in result.stdout
     assert "predicted from frames 5..8" in result.stdout  # context 4: frames t-4 .. t-1
     with Image.open(output) as image:
@@ -53,7 +66,18 @@ def test_run_inference_saves_truth_prediction_and_difference_and_prints_psnr(dat
 
 def test_run_autoregressive_writes_every_generated_frame_beside_the_truth_and_prints_fps(dataset, checkpoint, tmp_path):
     result = run_script(
-        "run_autoregressive.py", "--model_folder", checkpoint, "--dataset_name", dataset, "--episodes", 0, 1, "--num_frames", 12, "--output_dir", tmp_path
+        "run_autoregressive.py",
+        "--model_folder",
+        checkpoint,
+        "--dataset_name",
+        dataset,
+        "--episodes",
+        0,
+        1,
+        "--num_frames",
+        12,
+        "--output_dir",
+        tmp_path,
     )
     assert result.stdout.count("FPS") >= 2 and "unet" in result.stdout and "decode" in result.stdout
     summary = json.loads((tmp_path / "rollouts.json").read_text())
@@ -83,7 +107,16 @@ def test_scripted_actions_roll_out_every_script_from_every_episode(dataset, chec
 
 def test_a_script_without_num_frames_plays_it_once(dataset, checkpoint, tmp_path, in_process):
     (result,) = in_process(
-        run_autoregressive, "--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--actions", "FORWARD*2,USE", "--save_arrays"
+        run_autoregressive,
+        "--model_folder",
+        checkpoint,
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        tmp_path,
+        "--actions",
+        "FORWARD*2,USE",
+        "--save_arrays",
     )
     assert result["num_frames"] == 3 and len(gif_frames(Path(result["gif"]))) == 3
     import numpy as np
@@ -97,18 +130,38 @@ def test_a_script_without_num_frames_plays_it_once(dataset, checkpoint, tmp_path
 
 def test_an_unknown_action_name_is_refused_with_the_action_list(dataset, checkpoint, tmp_path, in_process):
     with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD, BACKWARD"):
-        in_process(run_autoregressive, "--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--actions", "FORWARD*2,JUMP")
+        in_process(
+            run_autoregressive,
+            "--model_folder",
+            checkpoint,
+            "--dataset_name",
+            dataset,
+            "--output_dir",
+            tmp_path,
+            "--actions",
+            "FORWARD*2,JUMP",
+        )
     assert not list(tmp_path.glob("*.gif"))  # refused before anything was generated
 
 
 def test_a_dataset_with_other_actions_or_frame_size_is_refused(dataset, tmp_path, in_process):
     other_actions = save_checkpoint(tmp_path / "other_actions", ["NOOP", "FORWARD", "TURN_LEFT"])
-    with pytest.raises(DatasetError, match="the dataset's actions .* are not the checkpoint's \\(NOOP, FORWARD, TURN_LEFT\\)"):
-        in_process(run_inference, "--model_folder", other_actions, "--dataset_name", dataset, "--output", tmp_path / "x.png")
+    with pytest.raises(
+        DatasetError, match="the dataset's actions .* are not the checkpoint's \\(NOOP, FORWARD, TURN_LEFT\\)"
+    ):
+        in_process(
+            run_inference, "--model_folder", other_actions, "--dataset_name", dataset, "--output", tmp_path / "x.png"
+        )
     names = open_dataset(dataset).action_names
-    other_size = save_checkpoint(tmp_path / "other_size", names, frame_width=80, frame_height=64, padded_width=80, padded_height=64)
-    with pytest.raises(DatasetError, match="the dataset's frames are 64x48, the 'tiny' preset expects 80x64.*trained on 80x64 frames"):
-        in_process(run_autoregressive, "--model_folder", other_size, "--dataset_name", dataset, "--output_dir", tmp_path)
+    other_size = save_checkpoint(
+        tmp_path / "other_size", names, frame_width=80, frame_height=64, padded_width=80, padded_height=64
+    )
+    with pytest.raises(
+        DatasetError, match="the dataset's frames are 64x48, the 'tiny' preset expects 80x64.*trained on 80x64 frames"
+    ):
+        in_process(
+            run_autoregressive, "--model_folder", other_size, "--dataset_name", dataset, "--output_dir", tmp_path
+        )
 
 
 def test_a_short_context_is_padded_or_refused(dataset, checkpoint, tmp_path, in_process):
@@ -119,17 +172,41 @@ def test_a_short_context_is_padded_or_refused(dataset, checkpoint, tmp_path, in_
 
 
 def test_a_recorded_rollout_longer_than_the_episode_is_refused(dataset, checkpoint, tmp_path, in_process):
-    with pytest.raises(DatasetError, match=f"has {STEPS} steps: with recorded actions, 40 frames from step 4 need 44.*at most --num_frames 36"):
-        in_process(run_autoregressive, "--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--num_frames", 40)
+    with pytest.raises(
+        DatasetError,
+        match=f"has {STEPS} steps: with recorded actions, 40 frames from step 4 need 44.*at most --num_frames 36",
+    ):
+        in_process(
+            run_autoregressive,
+            "--model_folder",
+            checkpoint,
+            "--dataset_name",
+            dataset,
+            "--output_dir",
+            tmp_path,
+            "--num_frames",
+            40,
+        )
 
 
 def test_a_checkpoint_with_a_missing_part_is_refused_with_a_message(dataset, checkpoint, tmp_path):
     broken = tmp_path / "wm"
     shutil.copytree(checkpoint, broken)
     shutil.rmtree(broken / "vae")
-    result = run_script("run_autoregressive.py", "--model_folder", broken, "--dataset_name", dataset, "--output_dir", tmp_path, check=False)
+    result = run_script(
+        "run_autoregressive.py",
+        "--model_folder",
+        broken,
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
-    assert "error:" in result.stderr and "not a complete world-model checkpoint: missing vae/config.json" in result.stderr
+    assert (
+        "error:" in result.stderr and "not a complete world-model checkpoint: missing vae/config.json" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -139,13 +216,32 @@ def test_a_truncated_weights_file_is_named_with_what_to_do(dataset, checkpoint, 
     shutil.copytree(checkpoint, broken)
     weights = broken / part if part.endswith(".safetensors") else next((broken / part).glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
-    result = run_script("run_autoregressive.py", "--model_folder", broken, "--dataset_name", dataset, "--output_dir", tmp_path, check=False)
+    result = run_script(
+        "run_autoregressive.py",
+        "--model_folder",
+        broken,
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        tmp_path,
+        check=False,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"could not read the weights in {weights}" in result.stderr and "damaged or incomplete" in result.stderr
 
 
 def test_a_second_run_into_the_same_output_dir_is_refused_unless_overwrite(dataset, checkpoint, tmp_path, in_process):
-    options = ("--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--num_frames", 2, "--no_mp4")
+    options = (
+        "--model_folder",
+        checkpoint,
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        tmp_path,
+        "--num_frames",
+        2,
+        "--no_mp4",
+    )
     in_process(run_autoregressive, *options)
     first = (tmp_path / "rollouts.json").read_bytes()
     with pytest.raises(EngineError, match="already holds rollouts.*pass --overwrite"):
@@ -168,6 +264,17 @@ def test_an_action_id_beyond_the_model_names_a_fix_this_script_has(dataset, chec
     actions = table.column(column).to_pylist()
     actions[3] = 99
     pq.write_table(table.set_column(column, table.schema.field(column), pa.array(actions, pa.int16())), shard)
-    result = run_script("run_autoregressive.py", "--model_folder", checkpoint, "--dataset_name", bad, "--output_dir", tmp_path / "out", check=False)
+    result = run_script(
+        "run_autoregressive.py",
+        "--model_folder",
+        checkpoint,
+        "--dataset_name",
+        bad,
+        "--output_dir",
+        tmp_path / "out",
+        check=False,
+    )
     assert result.returncode == 1 and "has action id 99" in result.stderr, result.stderr[-2000:]
-    assert "this checkpoint's" in result.stderr and "are fixed" in result.stderr and "--num_actions" not in result.stderr
+    assert (
+        "this checkpoint's" in result.stderr and "are fixed" in result.stderr and "--num_actions" not in result.stderr
+    )

@@ -22,10 +22,11 @@ from test_windows import action_at, write_coded_dataset
 
 import encode_latents
 from gamengen.config import get_config
-from gamengen.episodes import ColumnNames, DatasetError, open_dataset, split_episode_ids
+from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.latent_cache import LatentCache, encoder_fingerprint, open_latent_cache
-from gamengen.model import build_vae, load_vae, save_vae
-from gamengen.training import UsageError
+from gamengen.layout import ColumnNames, DatasetError
+from gamengen.run_folder import UsageError
+from gamengen.vae import build_vae, load_vae, save_vae
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
 CONTEXT = 4
@@ -40,7 +41,17 @@ def make_vae(directory: Path, seed: int) -> Path:
 
 def encode(dataset: Path, vae: Path, output: Path, *extra: str) -> dict:
     """encode_latents.py in this process (the CLI itself is run once, in the fixture)."""
-    args = ["--preset", "tiny", "--dataset_name", str(dataset), "--pretrained_vae_model_name_or_path", str(vae), "--output_dir", str(output), *extra]
+    args = [
+        "--preset",
+        "tiny",
+        "--dataset_name",
+        str(dataset),
+        "--pretrained_vae_model_name_or_path",
+        str(vae),
+        "--output_dir",
+        str(output),
+        *extra,
+    ]
     return encode_latents.main(encode_latents.parse_args(args))
 
 
@@ -52,7 +63,17 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     write_coded_dataset(dataset, LENGTHS, rows_per_shard=8)
     vae = make_vae(root / "vae", seed=0)
     cache = root / "cache"
-    result = run_script("encode_latents.py", "--preset", "tiny", "--dataset_name", dataset, "--pretrained_vae_model_name_or_path", vae, "--output_dir", cache)
+    result = run_script(
+        "encode_latents.py",
+        "--preset",
+        "tiny",
+        "--dataset_name",
+        dataset,
+        "--pretrained_vae_model_name_or_path",
+        vae,
+        "--output_dir",
+        cache,
+    )
     assert f"encoded {sum(LENGTHS)} frames" in result.stdout
     return {"root": root, "dataset": dataset, "vae": vae, "cache": cache}
 
@@ -72,7 +93,10 @@ def test_cached_windows_equal_the_encoded_pixel_windows(setup):
 
     from_cache = next(iter(batches(latent_windows)))
     from_pixels = encode_pixel_windows(vae, next(iter(batches(pixel_windows))), config)
-    assert from_cache["context"].shape == (len(latent_windows), CONTEXT, *config.latent_shape) and from_cache["context"].dtype == torch.float32
+    assert (
+        from_cache["context"].shape == (len(latent_windows), CONTEXT, *config.latent_shape)
+        and from_cache["context"].dtype == torch.float32
+    )
     assert from_cache["target"].shape == (len(latent_windows), *config.latent_shape)
     assert from_cache.keys() == from_pixels.keys()
     for key in ("actions", "context_mask", "num_padded", "episode_index", "step"):
@@ -85,7 +109,9 @@ def test_cached_windows_equal_the_encoded_pixel_windows(setup):
     train = pickle.loads(pickle.dumps(LatentWindowDataset(cache, context_length=CONTEXT, episode_ids=train_ids)))
     pixel_train = PixelWindowDataset(episodes.subset(train_ids), context_length=CONTEXT)
     assert train.episode_ids == train_ids and len(train) == len(pixel_train)
-    assert torch.equal(train[3]["actions"], pixel_train[3]["actions"]) and torch.equal(train[3]["step"], pixel_train[3]["step"])
+    assert torch.equal(train[3]["actions"], pixel_train[3]["actions"]) and torch.equal(
+        train[3]["step"], pixel_train[3]["step"]
+    )
 
 
 def test_reading_the_cache_never_runs_the_encoder(setup, monkeypatch):
@@ -116,7 +142,9 @@ def test_an_interrupted_run_is_finished_by_a_rerun_without_redoing_work(setup, t
     # As if the run died while writing the second shard: its file is absent, a hidden temporary is left.
     reference = load_file(files[1])
     files[1].rename(files[1].with_name(f".{files[1].name}.tmp-999999999"))
-    with pytest.raises(DatasetError, match=r"unfinished: 1 of 3 shards are not encoded yet .*Run encode_latents.py again"):
+    with pytest.raises(
+        DatasetError, match=r"unfinished: 1 of 3 shards are not encoded yet .*Run encode_latents.py again"
+    ):
         LatentCache(cache)
     before = {path: path.stat().st_mtime_ns for path in files if path.exists()}
     summary = encode(setup["dataset"], setup["vae"], cache)
@@ -153,9 +181,16 @@ def test_a_cache_is_refused_with_another_vae_preset_or_dataset(setup, tmp_path):
     fingerprint = encoder_fingerprint(vae)
     with torch.no_grad():
         vae.decoder.conv_out.weight.add_(1.0)
-    assert encoder_fingerprint(vae) == fingerprint == encoder_fingerprint(load_vae(setup["vae"], torch_dtype=torch.float16))
+    assert (
+        encoder_fingerprint(vae)
+        == fingerprint
+        == encoder_fingerprint(load_vae(setup["vae"], torch_dtype=torch.float16))
+    )
     open_latent_cache(setup["cache"], vae=vae)
-    with pytest.raises(DatasetError, match="holds 64x48 frames as latents 4x12x16 .* the 'sd14' preset needs 320x240 frames as latents 4x32x40"):
+    with pytest.raises(
+        DatasetError,
+        match="holds 64x48 frames as latents 4x12x16 .* the 'sd14' preset needs 320x240 frames as latents 4x32x40",
+    ):
         open_latent_cache(setup["cache"], config=get_config("sd14"))
     another = tmp_path / "another"
     write_coded_dataset(another, [4], worker=7)
@@ -187,11 +222,20 @@ def test_a_changed_shard_is_refused_alike_by_the_reader_and_by_a_rerun_and_the_n
 def test_cli_errors_name_the_fix(setup, tmp_path):
     small = tmp_path / "small"
     write_coded_dataset(small, [3])
-    result = run_script("encode_latents.py", "--preset", "sd14", "--dataset_name", small, "--output_dir", tmp_path / "out", check=False)
+    result = run_script(
+        "encode_latents.py", "--preset", "sd14", "--dataset_name", small, "--output_dir", tmp_path / "out", check=False
+    )
     assert result.returncode != 0
-    assert "error: the dataset's frames are 64x48, the 'sd14' preset expects 320x240: record with --frame_size 320x240" in result.stderr
+    assert (
+        "error: the dataset's frames are 64x48, the 'sd14' preset expects 320x240: record with --frame_size 320x240"
+        in result.stderr
+    )
     with pytest.raises(UsageError, match="no pretrained VAE: pass --pretrained_vae_model_name_or_path"):
-        encode_latents.main(encode_latents.parse_args(["--preset", "tiny", "--dataset_name", str(small), "--output_dir", str(tmp_path / "out")]))
+        encode_latents.main(
+            encode_latents.parse_args(
+                ["--preset", "tiny", "--dataset_name", str(small), "--output_dir", str(tmp_path / "out")]
+            )
+        )
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="is not empty and holds no latent cache"):
@@ -202,16 +246,31 @@ def test_datasets_of_another_column_layout_are_cached_through_the_column_options
     table = pq.read_table(open_dataset(setup["dataset"]).files[0])
     peer = tmp_path / "peer"
     peer.mkdir()
-    renamed = table.select(["frame", "action", "episode_id", "step_id"]).rename_columns(["frames", "actions", "episode", "step"])
+    renamed = table.select(["frame", "action", "episode_id", "step_id"]).rename_columns(
+        ["frames", "actions", "episode", "step"]
+    )
     renamed = renamed.append_column("frames_hq", renamed.column("frames"))  # a second image column
     pq.write_table(renamed.replace_schema_metadata({}), peer / "train-00000.parquet")
-    columns = ["--frame_column", "frames", "--action_column", "actions", "--episode_column", "episode", "--step_column", "step"]
+    columns = [
+        "--frame_column",
+        "frames",
+        "--action_column",
+        "actions",
+        "--episode_column",
+        "episode",
+        "--step_column",
+        "step",
+    ]
     encode(peer, setup["vae"], tmp_path / "cache", *columns, "--num_actions", "7")
-    cache = open_latent_cache(tmp_path / "cache", dataset=open_dataset(peer, columns=ColumnNames("frames", "actions", "episode", "step")))
+    cache = open_latent_cache(
+        tmp_path / "cache", dataset=open_dataset(peer, columns=ColumnNames("frames", "actions", "episode", "step"))
+    )
     windows = LatentWindowDataset(cache, context_length=2)  # the number of actions comes from the cache
     assert windows.num_actions == 7 and windows[2]["actions"].tolist() == [action_at(0, 1), action_at(0, 2)]
     with pytest.raises(UsageError, match="other settings .*columns"):
-        encode(peer, setup["vae"], tmp_path / "cache", "--frame_column", "frames_hq", *columns[2:], "--num_actions", "7")
+        encode(
+            peer, setup["vae"], tmp_path / "cache", "--frame_column", "frames_hq", *columns[2:], "--num_actions", "7"
+        )
 
 
 def test_a_shard_damaged_inside_is_named_with_the_fix_not_a_traceback(tiny_dataset, tmp_path):
@@ -227,8 +286,16 @@ def test_a_shard_damaged_inside_is_named_with_the_fix_not_a_traceback(tiny_datas
     shard.write_bytes(bytes(data))
     vae = make_vae(tmp_path / "vae", seed=0)
     result = run_script(
-        "encode_latents.py", "--preset", "tiny", "--dataset_name", damaged, "--pretrained_vae_model_name_or_path", vae,
-        "--output_dir", tmp_path / "cache", check=False,
+        "encode_latents.py",
+        "--preset",
+        "tiny",
+        "--dataset_name",
+        damaged,
+        "--pretrained_vae_model_name_or_path",
+        vae,
+        "--output_dir",
+        tmp_path / "cache",
+        check=False,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"{shard} is damaged" in result.stderr and "download or record it again" in result.stderr
@@ -239,12 +306,29 @@ def test_two_processes_encode_disjoint_shards_into_one_cache_equal_to_one_proces
     """accelerate launch (real gloo processes on the CPU): each process encodes every other shard; the cache
     is the single-process one."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--main_process_port", str(free_port()), str(REPO / "encode_latents.py"), "--preset", "tiny",
-        "--dataset_name", str(setup["dataset"]), "--pretrained_vae_model_name_or_path", str(setup["vae"]),
-        "--output_dir", str(tmp_path / "cache"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        str(REPO / "encode_latents.py"),
+        "--preset",
+        "tiny",
+        "--dataset_name",
+        str(setup["dataset"]),
+        "--pretrained_vae_model_name_or_path",
+        str(setup["vae"]),
+        "--output_dir",
+        str(tmp_path / "cache"),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=script_env(ACCELERATE_USE_CPU="1"))
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=script_env(ACCELERATE_USE_CPU="1")
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     shards = json.loads((setup["cache"] / "manifest.json").read_text())["shards"]
     assert "process 0 of 2: encoding" in result.stdout and "process 1 of 2: encoding" in result.stdout

@@ -13,18 +13,28 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, run_script, script_env
 
-from gamengen.model import load_world_model
+from gamengen.checkpoint import load_world_model
 
 pytestmark = pytest.mark.slow
 LOOP_SCRIPT = REPO / "tests" / "scripts" / "loop_under_launch.py"
 
 
 def launch(script: Path, *args, processes: int = 2, multi_gpu: bool = True, use_cpu: bool = True, check: bool = True):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+    ]
     command += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--multi_gpu"] if multi_gpu else []
     env = script_env(PYTHONPATH=str(REPO), **({"ACCELERATE_USE_CPU": "1"} if use_cpu else {}))
-    result = subprocess.run([*command, str(script), *map(str, args)], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    result = subprocess.run(
+        [*command, str(script), *map(str, args)], capture_output=True, text=True, timeout=600, env=env, cwd=REPO
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -41,7 +51,11 @@ def loop_runs(tmp_path_factory) -> dict[str, list[dict]]:
     launch(LOOP_SCRIPT, straight, 6)
     launch(LOOP_SCRIPT, resumed, 4)  # checkpoint-3 and the final checkpoint-4; 20 batches per epoch per process
     launch(LOOP_SCRIPT, resumed, 6, "latest")
-    return {"straight": reports(straight, "first", 6), "first": reports(resumed, "first", 4), "resumed": reports(resumed, "resumed", 6)}
+    return {
+        "straight": reports(straight, "first", 6),
+        "first": reports(resumed, "first", 4),
+        "resumed": reports(resumed, "resumed", 6),
+    }
 
 
 def test_each_process_draws_its_own_noise_and_the_weights_stay_identical(loop_runs):
@@ -66,7 +80,7 @@ def world_model_setup(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
     import torch
 
     from gamengen.config import get_config
-    from gamengen.model import build_vae, save_vae
+    from gamengen.vae import build_vae, save_vae
 
     root = tmp_path_factory.mktemp("ddp_world")
     torch.manual_seed(0)
@@ -78,7 +92,8 @@ def world_model_args(setup: dict[str, Path], output_dir: Path, steps: int) -> li
     return [
         "--preset", "tiny", "--dataset_name", setup["ds"], "--pretrained_vae_model_name_or_path", setup["vae"],
         "--output_dir", output_dir, "--train_batch_size", 4, "--report_to", "none", "--max_train_steps", steps,
-        "--checkpointing_steps", 2, "--validation_steps", 1000, "--num_validation_samples", 1, "--holdout_fraction", 0.5,
+        "--checkpointing_steps", 2, "--validation_steps", 1000, "--num_validation_samples", 1,
+        "--holdout_fraction", 0.5,
     ]  # fmt: skip
 
 
@@ -87,9 +102,16 @@ def test_the_world_model_trainer_trains_resumes_and_plays_as_two_processes(world
     first = launch(REPO / "train_text_to_image.py", *world_model_args(world_model_setup, out, 3))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert "samples/s" in first.stdout or "samples" in first.stdout
-    again = launch(REPO / "train_text_to_image.py", *world_model_args(world_model_setup, out, 5), "--resume_from_checkpoint", "latest")
+    again = launch(
+        REPO / "train_text_to_image.py",
+        *world_model_args(world_model_setup, out, 5),
+        "--resume_from_checkpoint",
+        "latest",
+    )
     assert "resumed from" in again.stdout and "at step 3" in again.stdout
-    alone = run_script("train_text_to_image.py", *world_model_args(world_model_setup, out, 6), "--resume_from_checkpoint", "latest")
+    alone = run_script(
+        "train_text_to_image.py", *world_model_args(world_model_setup, out, 6), "--resume_from_checkpoint", "latest"
+    )
     assert "at step 5" in alone.stdout  # a two-process run resumes with one process too
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 6
     load_world_model(out)
@@ -111,12 +133,18 @@ def test_the_vae_trainer_runs_as_two_processes(world_model_setup, tmp_path):
 def test_processes_that_are_not_joined_are_refused_with_the_fix(world_model_setup, tmp_path):
     # --multi_gpu on a machine without GPUs and without the CPU backend: two processes, each alone.
     unjoined = launch(
-        REPO / "train_text_to_image.py", *world_model_args(world_model_setup, tmp_path / "a", 1), use_cpu=False, check=False
+        REPO / "train_text_to_image.py",
+        *world_model_args(world_model_setup, tmp_path / "a", 1),
+        use_cpu=False,
+        check=False,
     )
     assert unjoined.returncode != 0 and "not connected" in unjoined.stderr and "ACCELERATE_USE_CPU=1" in unjoined.stderr
     assert not list((tmp_path / "a").glob("checkpoint-*"))
     # --num_processes 2 without --multi_gpu: accelerate starts one process.
     single = launch(
-        REPO / "train_text_to_image.py", *world_model_args(world_model_setup, tmp_path / "b", 1), multi_gpu=False, check=False
+        REPO / "train_text_to_image.py",
+        *world_model_args(world_model_setup, tmp_path / "b", 1),
+        multi_gpu=False,
+        check=False,
     )
     assert single.returncode != 0 and "asked for 2 processes but started one" in single.stderr

@@ -19,8 +19,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
 import convert_checkpoint
+from gamengen.checkpoint import load_world_model, read_world_model_config
 from gamengen.engine import GameEngine
-from gamengen.model import load_world_model, read_world_model_config
 from gamengen.peer import PEER_ACTION_NAMES, PeerCheckpointError, convert_peer_checkpoint
 
 CONTEXT = 3  # the stand-in's context frames (the published checkpoints have 9)
@@ -64,8 +64,13 @@ def write_peer_checkpoint(folder: Path, num_embeddings: int = NUM_ACTIONS, seed:
     tiny_vae().save_pretrained(folder / "vae")
     # The seed loads SD v1.4's scheduler config into a DDIMScheduler and switches it to v-prediction.
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        steps_offset=1, prediction_type="v_prediction",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
     )
     scheduler.save_pretrained(folder / "noise_scheduler")
     embedding = torch.nn.Embedding(num_embeddings, TOKEN_DIM)

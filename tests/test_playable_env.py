@@ -25,7 +25,16 @@ import run_playable_env
 from gamengen.actions import action_script
 from gamengen.engine import EngineError, GameEngine
 from gamengen.episodes import open_dataset
-from gamengen.play import KeyMap, PlaySession, PortError, RealGame, StartContext, action_controls, doom_env_module, game_settings
+from gamengen.play import (
+    KeyMap,
+    PlaySession,
+    PortError,
+    RealGame,
+    StartContext,
+    action_controls,
+    doom_env_module,
+    game_settings,
+)
 from gamengen.play.keymap import KeyMapError
 
 CHROMIUM = os.environ.get("GAMENGEN_CHROMIUM", "/usr/bin/chromium")
@@ -39,7 +48,18 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-GAME_ACTIONS = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "STRAFE_LEFT", "STRAFE_RIGHT", "ATTACK", "USE", "FORWARD_TURN_LEFT"]
+GAME_ACTIONS = [
+    "NOOP",
+    "FORWARD",
+    "BACKWARD",
+    "TURN_LEFT",
+    "TURN_RIGHT",
+    "STRAFE_LEFT",
+    "STRAFE_RIGHT",
+    "ATTACK",
+    "USE",
+    "FORWARD_TURN_LEFT",
+]
 
 
 @pytest.fixture
@@ -61,15 +81,22 @@ def gif_frames(path: Path) -> int:
 def test_held_keys_pick_the_action_whose_controls_they_hold():
     keys = KeyMap(GAME_ACTIONS)
     assert keys.action_for([]) == 0 and keys.action_for(["KeyQ"]) == 0  # no key, or an unbound one: the no-op
-    assert GAME_ACTIONS[keys.action_for(["KeyW"])] == "FORWARD" and GAME_ACTIONS[keys.action_for(["ArrowUp"])] == "FORWARD"
+    assert (
+        GAME_ACTIONS[keys.action_for(["KeyW"])] == "FORWARD" and GAME_ACTIONS[keys.action_for(["ArrowUp"])] == "FORWARD"
+    )
     assert GAME_ACTIONS[keys.action_for(["KeyW", "KeyA"])] == "FORWARD_TURN_LEFT"  # a combination the model has
-    assert GAME_ACTIONS[keys.action_for(["KeyW", "Space"])] in ("FORWARD", "ATTACK")  # one it lacks: the largest part of it
+    assert GAME_ACTIONS[keys.action_for(["KeyW", "Space"])] in (
+        "FORWARD",
+        "ATTACK",
+    )  # one it lacks: the largest part of it
     assert GAME_ACTIONS[keys.action_for(["Space"])] == "ATTACK" and GAME_ACTIONS[keys.action_for(["KeyE"])] == "USE"
     assert keys.action_keys(9) == "W/Up + A/Left"
     # Names that are not made of known controls get digit keys; a renamed no-op is still the no-op.
     other = KeyMap(["IDLE", "MOVE_FORWARD", "JUMP", "CROUCH"])
     assert other.noop == 0 and other.action_for(["KeyW"]) == 1
-    assert other.action_for(["Digit1"]) == 2 and other.action_for(["KeyW", "Digit2"]) == 3 and other.action_keys(3) == "2"
+    assert (
+        other.action_for(["Digit1"]) == 2 and other.action_for(["KeyW", "Digit2"]) == 3 and other.action_keys(3) == "2"
+    )
     assert action_controls("FORWARD_TURN_LEFT") == {"FORWARD", "TURN_LEFT"} and action_controls("NOOP") == frozenset()
     assert keys.help_lines()[0] == "no key: NOOP"
     assert action_script([1, 1, 1, 3, 0, 0], GAME_ACTIONS) == "FORWARD*3,TURN_LEFT,NOOP*2"
@@ -94,7 +121,9 @@ def test_a_model_with_many_generic_actions_gets_a_key_for_each_and_says_what_no_
 # -- headless ----------------------------------------------------------------------------------------
 
 
-def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_replays_the_same_frames(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
+def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_replays_the_same_frames(
+    tiny_dataset, tiny_checkpoint, tmp_path, in_process
+):
     script = tmp_path / "moves.txt"
     script.write_text("# a scripted walk\nFORWARD*3\nturn_left\n")
     result = run_script(
@@ -113,8 +142,26 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
     # The action log replays through run_autoregressive.py: from the same start and seed, the same frames.
     in_process(
         run_autoregressive,
-        *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--episodes", log["episode_id"], "--start_step", log["start_step"]),
-        *("--seed", log["seed"], "--actions_file", actions_file, "--output_dir", tmp_path / "replay", "--save_arrays", "--no_mp4"),
+        *(
+            "--model_folder",
+            tiny_checkpoint,
+            "--dataset_name",
+            tiny_dataset,
+            "--episodes",
+            log["episode_id"],
+            "--start_step",
+            log["start_step"],
+        ),
+        *(
+            "--seed",
+            log["seed"],
+            "--actions_file",
+            actions_file,
+            "--output_dir",
+            tmp_path / "replay",
+            "--save_arrays",
+            "--no_mp4",
+        ),
     )
     played = np.load(tmp_path / "play" / "walk.npz")
     replayed = np.load(tmp_path / "replay" / "ep1_script0.npz")
@@ -124,19 +171,60 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
 
 def test_bad_input_is_refused_with_the_problem_and_the_fix(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
     with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD"):
-        in_process(run_playable_env, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless", "--actions", "FORWARD,JUMP")
+        in_process(
+            run_playable_env,
+            "--model_folder",
+            tiny_checkpoint,
+            "--dataset_name",
+            tiny_dataset,
+            "--ui",
+            "headless",
+            "--actions",
+            "FORWARD,JUMP",
+        )
     with pytest.raises(EngineError, match="--actions_file .*missing.txt does not exist"):
         in_process(
-            run_playable_env, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless", "--actions_file", tmp_path / "missing.txt"
+            run_playable_env,
+            "--model_folder",
+            tiny_checkpoint,
+            "--dataset_name",
+            tiny_dataset,
+            "--ui",
+            "headless",
+            "--actions_file",
+            tmp_path / "missing.txt",
         )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(PortError, match=f"cannot listen on 127.0.0.1:{port} .*pass a free one with --port"):
-            in_process(run_playable_env, "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--port", port, "--output_dir", tmp_path)
-    result = run_script("run_playable_env.py", "--model_folder", tiny_checkpoint, "--ui", "headless", "--actions", "FORWARD*2,JUMP", check=False)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: unknown action 'JUMP'") and "Traceback" not in result.stderr
+            in_process(
+                run_playable_env,
+                "--model_folder",
+                tiny_checkpoint,
+                "--dataset_name",
+                tiny_dataset,
+                "--port",
+                port,
+                "--output_dir",
+                tmp_path,
+            )
+    result = run_script(
+        "run_playable_env.py",
+        "--model_folder",
+        tiny_checkpoint,
+        "--ui",
+        "headless",
+        "--actions",
+        "FORWARD*2,JUMP",
+        check=False,
+    )
+    assert (
+        result.returncode == 1
+        and result.stderr.strip().splitlines()[-1].startswith("error: unknown action 'JUMP'")
+        and "Traceback" not in result.stderr
+    )
 
 
 # -- side by side with the real game ------------------------------------------------------------------
@@ -146,7 +234,19 @@ def test_side_by_side_steps_the_real_game_in_lockstep_with_the_model(tiny_checkp
     actions = "FORWARD*4,TURN_LEFT*4"
     result = in_process(
         run_playable_env,
-        *("--model_folder", tiny_checkpoint, "--ui", "headless", "--side_by_side", "--actions", actions, "--output_dir", tmp_path, "--seed", 3),
+        *(
+            "--model_folder",
+            tiny_checkpoint,
+            "--ui",
+            "headless",
+            "--side_by_side",
+            "--actions",
+            actions,
+            "--output_dir",
+            tmp_path,
+            "--seed",
+            3,
+        ),
     )
     assert result["frames"] == 8 and gif_frames(Path(result["gif"])) == 8
     arrays = np.load(tmp_path / "headless.npz")
@@ -170,7 +270,9 @@ def test_side_by_side_steps_the_real_game_in_lockstep_with_the_model(tiny_checkp
 # -- the pygame window ----------------------------------------------------------------------------------
 
 
-def test_the_pygame_window_plays_n_frames_with_the_keys_held(tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch, in_process):
+def test_the_pygame_window_plays_n_frames_with_the_keys_held(
+    tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch, in_process
+):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
     import pygame
@@ -179,10 +281,18 @@ def test_the_pygame_window_plays_n_frames_with_the_keys_held(tiny_dataset, tiny_
 
     torch.set_num_threads(1)  # as the scripts do (in_process restores it)
     engine = GameEngine.from_pretrained(tiny_checkpoint, device="cpu")
-    session = PlaySession(engine, StartContext.from_dataset(open_dataset(tiny_dataset), 0, None, engine.context_length), record_dir=tmp_path)
+    session = PlaySession(
+        engine,
+        StartContext.from_dataset(open_dataset(tiny_dataset), 0, None, engine.context_length),
+        record_dir=tmp_path,
+    )
 
     def press(session, frame):  # what a player does: W down after frame 2, A too after 4, both up after 6
-        events = {2: [(pygame.KEYDOWN, pygame.K_w)], 4: [(pygame.KEYDOWN, pygame.K_a)], 6: [(pygame.KEYUP, pygame.K_w), (pygame.KEYUP, pygame.K_a)]}
+        events = {
+            2: [(pygame.KEYDOWN, pygame.K_w)],
+            4: [(pygame.KEYDOWN, pygame.K_a)],
+            6: [(pygame.KEYUP, pygame.K_w), (pygame.KEYUP, pygame.K_a)],
+        }
         for kind, key in events.get(frame, []):
             pygame.event.post(pygame.event.Event(kind, key=key))
 
@@ -195,7 +305,19 @@ def test_the_pygame_window_plays_n_frames_with_the_keys_held(tiny_dataset, tiny_
 def test_the_pygame_ui_runs_from_the_command_line_and_records(tiny_dataset, tiny_checkpoint, tmp_path):
     result = run_script(
         "run_playable_env.py",
-        *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "pygame", "--max_frames", 5, "--record", "--output_dir", tmp_path),
+        *(
+            "--model_folder",
+            tiny_checkpoint,
+            "--dataset_name",
+            tiny_dataset,
+            "--ui",
+            "pygame",
+            "--max_frames",
+            5,
+            "--record",
+            "--output_dir",
+            tmp_path,
+        ),
         SDL_VIDEODRIVER="dummy",
         SDL_AUDIODRIVER="dummy",
     )
@@ -211,9 +333,18 @@ def test_the_pygame_ui_runs_from_the_command_line_and_records(tiny_dataset, tiny
 def server(tiny_dataset, tiny_checkpoint, tmp_path_factory):
     """run_playable_env.py --ui web on a free port, as a user starts it."""
     out = tmp_path_factory.mktemp("web")
-    command = [sys.executable, str(REPO / "run_playable_env.py"), "--model_folder", str(tiny_checkpoint), "--dataset_name", str(tiny_dataset)]
+    command = [
+        sys.executable,
+        str(REPO / "run_playable_env.py"),
+        "--model_folder",
+        str(tiny_checkpoint),
+        "--dataset_name",
+        str(tiny_dataset),
+    ]
     command += ["--port", "0", "--output_dir", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO
+    )
     lines = []
     try:
         deadline = time.time() + 120
@@ -279,10 +410,14 @@ def test_the_browser_page_plays_with_the_keyboard_and_the_frames_follow_the_keys
         assert "W/Up" in page.inner_text("#keymap") and "FORWARD_TURN_LEFT" in page.inner_text("#keymap")
         page.keyboard.down("w")
         count = frame_count(page)
-        page.wait_for_function(f"window.play.frames.slice({count + 1}).some((f) => f.action === 'FORWARD')", timeout=30000)
+        page.wait_for_function(
+            f"window.play.frames.slice({count + 1}).some((f) => f.action === 'FORWARD')", timeout=30000
+        )
         page.keyboard.down("a")
         count = frame_count(page)
-        page.wait_for_function(f"window.play.frames.slice({count + 1}).some((f) => f.action === 'FORWARD_TURN_LEFT')", timeout=30000)
+        page.wait_for_function(
+            f"window.play.frames.slice({count + 1}).some((f) => f.action === 'FORWARD_TURN_LEFT')", timeout=30000
+        )
         page.keyboard.up("a")
         page.keyboard.up("w")
         status = page.evaluate("window.play.status")
@@ -309,7 +444,11 @@ def test_the_browser_page_plays_with_the_keyboard_and_the_frames_follow_the_keys
         page.keyboard.press("c")
         page.wait_for_function("window.play.saved.length === 1", timeout=30000)
         saved = page.evaluate("window.play.saved[0]")
-        assert gif_frames(Path(saved["gif"])) == 2 and saved["replay"] and Path(saved["actions_file"]).read_text().strip() == "FORWARD*3,NOOP*2"
+        assert (
+            gif_frames(Path(saved["gif"])) == 2
+            and saved["replay"]
+            and Path(saved["actions_file"]).read_text().strip() == "FORWARD*3,NOOP*2"
+        )
         assert page.evaluate("window.play.errors") == []
 
         # A second player is told the engine is busy.
@@ -337,7 +476,14 @@ def test_malformed_messages_are_refused_and_the_next_player_still_plays(server, 
                         await asyncio.sleep(0.1)
                         continue
                     assert hello["type"] == "hello"
-                    for bad in ["not json", "[1, 2]", '{"type": "keys", "held": 5}', '{"type": "jump"}', '{"type": "command", "command": "fly"}', "x" * 5000]:
+                    for bad in [
+                        "not json",
+                        "[1, 2]",
+                        '{"type": "keys", "held": 5}',
+                        '{"type": "jump"}',
+                        '{"type": "command", "command": "fly"}',
+                        "x" * 5000,
+                    ]:
                         await ws.send_str(bad)
                     await ws.send_bytes(b"\x00\x01")
                     while len(errors) < 7:
@@ -347,13 +493,21 @@ def test_malformed_messages_are_refused_and_the_next_player_still_plays(server, 
                     await ws.send_str("y" * 200_000)  # larger than the WebSocket limit: the connection is closed
                     while True:
                         message = await ws.receive(timeout=30)
-                        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                        if message.type in (
+                            aiohttp.WSMsgType.CLOSE,
+                            aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING,
+                        ):
                             return errors, ws.close_code
             raise AssertionError("the engine stayed busy")
 
     with ThreadPoolExecutor(1) as thread:  # Playwright's sync API holds this thread's event loop
         errors, close_code = thread.submit(lambda: asyncio.run(misbehave())).result()
-    assert errors[0].startswith("message is not JSON") and "JSON object" in errors[1] and '"held" must be a list' in errors[2]
+    assert (
+        errors[0].startswith("message is not JSON")
+        and "JSON object" in errors[1]
+        and '"held" must be a list' in errors[2]
+    )
     assert "unknown message type 'jump'" in errors[3] and "unknown command 'fly'" in errors[4]
     assert "5000 characters refused" in errors[5] and "not binary" in errors[6]
     assert close_code == 1009  # message too big
@@ -370,7 +524,9 @@ def test_malformed_messages_are_refused_and_the_next_player_still_plays(server, 
             page.wait_for_function("window.play.hello !== null || window.play.busy !== null", timeout=60000)
         page.keyboard.down("d")
         count = frame_count(page)
-        page.wait_for_function(f"window.play.frames.slice({count + 1}).some((f) => f.action === 'TURN_RIGHT')", timeout=60000)
+        page.wait_for_function(
+            f"window.play.frames.slice({count + 1}).some((f) => f.action === 'TURN_RIGHT')", timeout=60000
+        )
         page.keyboard.up("d")
     finally:
         page.close()
@@ -400,7 +556,9 @@ def test_deeply_nested_json_gets_an_error_reply_and_an_immediate_reconnect_plays
                     while (reply := await first_message(ws))["type"] != "error":
                         pass
                     await ws.send_str(json.dumps({"type": "keys", "held": ["KeyD"]}))
-                    while not ((frame := await first_message(ws)).get("type") == "frame" and frame["action"] == "TURN_RIGHT"):
+                    while not (
+                        (frame := await first_message(ws)).get("type") == "frame" and frame["action"] == "TURN_RIGHT"
+                    ):
                         pass
                     still_open = not ws.closed
                 break
@@ -418,7 +576,14 @@ def test_deeply_nested_json_gets_an_error_reply_and_an_immediate_reconnect_plays
 
 
 def test_listening_beyond_this_machine_warns_that_the_server_is_unauthenticated(tiny_checkpoint, tmp_path):
-    command = [sys.executable, str(REPO / "run_playable_env.py"), "--model_folder", str(tiny_checkpoint), "--host", "0.0.0.0"]
+    command = [
+        sys.executable,
+        str(REPO / "run_playable_env.py"),
+        "--model_folder",
+        str(tiny_checkpoint),
+        "--host",
+        "0.0.0.0",
+    ]
     command += ["--port", "0", "--output_dir", str(tmp_path)]
     log = tmp_path / "server.log"
     with open(log, "w") as out:

@@ -16,7 +16,20 @@ from common.utils import METADATA_KEY, list_shards
 
 TRAIN = "ViZDoomPPO/train_ppo_parallel.py"
 # Short episodes (120 tics = 30 agent steps) so that the game finishes several during the smoke run.
-SMALL_RUN = ["--n_envs", "2", "--n_steps", "64", "--batch_size", "64", "--n_epochs", "1", "--episode_timeout", "120", "--frame_size", "160x120"]
+SMALL_RUN = [
+    "--n_envs",
+    "2",
+    "--n_steps",
+    "64",
+    "--batch_size",
+    "64",
+    "--n_epochs",
+    "1",
+    "--episode_timeout",
+    "120",
+    "--frame_size",
+    "160x120",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +37,18 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo")
     record = root / "rec"
     result = run_script(
-        TRAIN, "--total_timesteps", "256", *SMALL_RUN, "--checkpoint_freq", "128", "--log_dir", root / "logs", "--run_name", "smoke", "--record_dir", record
+        TRAIN,
+        "--total_timesteps",
+        "256",
+        *SMALL_RUN,
+        "--checkpoint_freq",
+        "128",
+        "--log_dir",
+        root / "logs",
+        "--run_name",
+        "smoke",
+        "--record_dir",
+        record,
     )
     return root, record, result
 
@@ -50,7 +74,9 @@ def test_a_saved_agent_loads_with_plain_ppo_load_from_outside_the_agent_folder(t
     root, _, _ = trained
     model = root / "logs" / "models" / "smoke" / "best_model.zip"
     code = f"from stable_baselines3 import PPO; print(PPO.load({str(model)!r}, device='cpu').action_space.n)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=script_env())
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=script_env()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "15"
 
@@ -75,7 +101,20 @@ def test_resume_continues_the_step_count(trained):
     from stable_baselines3 import PPO
 
     root, _, _ = trained
-    result = run_script(TRAIN, "--total_timesteps", "384", *SMALL_RUN, "--checkpoint_freq", "128", "--log_dir", root / "logs", "--run_name", "smoke", "--resume", "latest")
+    result = run_script(
+        TRAIN,
+        "--total_timesteps",
+        "384",
+        *SMALL_RUN,
+        "--checkpoint_freq",
+        "128",
+        "--log_dir",
+        root / "logs",
+        "--run_name",
+        "smoke",
+        "--resume",
+        "latest",
+    )
     assert "resumed from" in result.stdout and "at step 256" in result.stdout
     assert PPO.load(root / "logs" / "models" / "smoke" / "final_model.zip", device="cpu").num_timesteps == 384
 
@@ -83,7 +122,17 @@ def test_resume_continues_the_step_count(trained):
 def test_trained_agent_generates_a_dataset_with_its_own_game_settings(trained, tmp_path):
     root, _, _ = trained
     model = root / "logs" / "models" / "smoke" / "best_model.zip"
-    run_script("ViZDoomPPO/load_model_generate_dataset.py", "--model_path", model, "--episodes", "2", "--num_workers", "2", "--out_dir", tmp_path)
+    run_script(
+        "ViZDoomPPO/load_model_generate_dataset.py",
+        "--model_path",
+        model,
+        "--episodes",
+        "2",
+        "--num_workers",
+        "2",
+        "--out_dir",
+        tmp_path,
+    )
     table = pq.read_table(list_shards(tmp_path)).to_pandas()
     assert table.episode_id.nunique() == 2
     meta = json.loads(pq.read_schema(list_shards(tmp_path)[0]).metadata[METADATA_KEY])
@@ -96,7 +145,15 @@ def test_trained_agent_generates_a_dataset_with_its_own_game_settings(trained, t
 def test_without_a_policy_option_the_newest_trained_agent_records(trained, tmp_path):
     """The seed repository's command names no policy: it used the trained agent."""
     root, _, _ = trained
-    result = run_script("ViZDoomPPO/load_model_generate_dataset.py", "--log_dir", root / "logs", "--episodes", "1", "--out_dir", tmp_path)
+    result = run_script(
+        "ViZDoomPPO/load_model_generate_dataset.py",
+        "--log_dir",
+        root / "logs",
+        "--episodes",
+        "1",
+        "--out_dir",
+        tmp_path,
+    )
     assert f"using the newest trained agent: {root / 'logs' / 'models' / 'smoke' / 'best_model.zip'}" in result.stdout
     meta = json.loads(pq.read_schema(list_shards(tmp_path)[0]).metadata[METADATA_KEY])
     assert meta["policy"].endswith("best_model.zip")
@@ -109,6 +166,17 @@ def test_without_a_policy_option_the_newest_trained_agent_records(trained, tmp_p
 def test_observation_mismatch_is_refused(trained, tmp_path):
     root, _, _ = trained
     model = root / "logs" / "models" / "smoke" / "best_model.zip"
-    result = run_script("ViZDoomPPO/load_model_generate_dataset.py", "--model_path", model, "--no_automap", "--out_dir", tmp_path, check=False)
+    result = run_script(
+        "ViZDoomPPO/load_model_generate_dataset.py",
+        "--model_path",
+        model,
+        "--no_automap",
+        "--out_dir",
+        tmp_path,
+        check=False,
+    )
     assert result.returncode == 2
-    assert "expects observations" in result.stderr and str(tuple(observation_space(DoomConfig(use_automap=False))["frame"].shape)) in result.stderr
+    assert (
+        "expects observations" in result.stderr
+        and str(tuple(observation_space(DoomConfig(use_automap=False))["frame"].shape)) in result.stderr
+    )

@@ -12,9 +12,10 @@ from conftest import run_script
 from PIL import Image
 
 import quickstart
+from gamengen.checkpoint import load_world_model
 from gamengen.episodes import open_dataset
 from gamengen.latent_cache import open_latent_cache
-from gamengen.model import load_vae, load_world_model
+from gamengen.vae import load_vae
 
 SMOKE = quickstart.BUDGETS["smoke"]
 
@@ -38,7 +39,9 @@ def test_the_smoke_pipeline_runs_every_stage_and_says_how_to_play(smoke_run):
 def test_every_artifact_exists_and_loads(smoke_run):
     run, _ = smoke_run
     dataset = open_dataset(run / "dataset")
-    policies = {json.loads(pq.read_schema(f).metadata[b"gamengen"])["policy"] for f in (run / "dataset").glob("*.parquet")}
+    policies = {
+        json.loads(pq.read_schema(f).metadata[b"gamengen"])["policy"] for f in (run / "dataset").glob("*.parquet")
+    }
     assert len(policies) == 2  # the PPO run's own episodes and the trained agent's
     assert len(dataset.episode_ids) > SMOKE.episodes and (dataset.frame_width, dataset.frame_height) == (64, 48)
     assert (run / "agent" / "models" / "quickstart" / "best_model.zip").is_file()
@@ -48,7 +51,9 @@ def test_every_artifact_exists_and_loads(smoke_run):
     bundle = load_world_model(run / "world_model")
     assert bundle.config.context_length == SMOKE.context_length and bundle.config.dataset["heldout_episodes"]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert metrics["models"][0]["teacher_forced"]["psnr"] > 0 and set(metrics["episodes"]) <= set(bundle.config.dataset["heldout_episodes"])
+    assert metrics["models"][0]["teacher_forced"]["psnr"] > 0 and set(metrics["episodes"]) <= set(
+        bundle.config.dataset["heldout_episodes"]
+    )
     for name in ("report.md", "drift.png", "examples.png"):
         assert (run / "eval" / name).stat().st_size > 0
     gifs = sorted((run / "rollouts").glob("*/*.gif"))
@@ -71,14 +76,21 @@ def test_a_rerun_skips_the_finished_stages_and_keeps_their_outputs(smoke_run):
     run, _ = smoke_run
     metrics = (run / "eval" / "metrics.json").stat().st_mtime_ns
     result = run_script("quickstart.py", "--smoke", "--output_dir", run, timeout=120)
-    assert result.stdout.count("skipped") == len(quickstart.STAGES) and "estimated" not in result.stdout.split("all stages done")[0].split("work left")[1]
+    assert (
+        result.stdout.count("skipped") == len(quickstart.STAGES)
+        and "estimated" not in result.stdout.split("all stages done")[0].split("work left")[1]
+    )
     assert (run / "eval" / "metrics.json").stat().st_mtime_ns == metrics
 
 
 def test_a_rerun_with_other_sizes_is_refused_instead_of_mixing_runs(smoke_run):
     run, _ = smoke_run
     result = run_script("quickstart.py", "--smoke", "--output_dir", run, "--wm_steps", 9, check=False, timeout=120)
-    assert result.returncode == 1 and "holds a 'world' stage run with other settings" in result.stderr and "--redo world" in result.stderr
+    assert (
+        result.returncode == 1
+        and "holds a 'world' stage run with other settings" in result.stderr
+        and "--redo world" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

@@ -196,7 +196,6 @@ def python_sources() -> list[Path]:
     ]
 
 
-@pytest.mark.xfail(strict=False, reason="the code still cites docs/tiny_learning.md until the docs merge updates it")
 def test_docs_paths_named_in_the_code_exist():
     missing = [
         f"{relative(source)} names {path}"
@@ -207,7 +206,6 @@ def test_docs_paths_named_in_the_code_exist():
     assert not missing, "code names docs/ pages that do not exist:\n" + "\n".join(missing)
 
 
-@pytest.mark.xfail(strict=False, reason="the code still cites DESIGN.md sections until the docs merge updates it")
 def test_the_code_cites_no_design_document_outside_the_repository():
     citing = [
         f"{relative(source)} line {number}: {line.strip()}"

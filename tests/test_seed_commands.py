@@ -13,8 +13,9 @@ from conftest import run_script
 from test_peer import write_peer_checkpoint
 from test_seed_layout import write_seed_layout
 
+from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
-from gamengen.model import build_vae, load_vae, load_world_model, save_vae
+from gamengen.vae import build_vae, load_vae, save_vae
 
 pytestmark = pytest.mark.slow
 TINY = ("--preset", "tiny")  # the sizes: the seed trains SD v1.4 on a GPU
@@ -47,10 +48,31 @@ def test_the_seeds_debug_training_command(stand_ins, tmp_path):
 
 def test_the_seeds_full_training_command(stand_ins, tmp_path):
     run_script(
-        "train_text_to_image.py", "--dataset_name", stand_ins["dataset"], "--gradient_checkpointing",
-        "--learning_rate", "5e-5", "--train_batch_size", 4, "--dataloader_num_workers", 0, "--num_train_epochs", 1,
-        "--validation_steps", 1000, "--use_cfg", "--output_dir", "sd-model-finetuned", "--lr_scheduler", "cosine",
-        "--report_to", "wandb", *TINY, "--pretrained_vae_model_name_or_path", stand_ins["vae"], cwd=tmp_path,
+        "train_text_to_image.py",
+        "--dataset_name",
+        stand_ins["dataset"],
+        "--gradient_checkpointing",
+        "--learning_rate",
+        "5e-5",
+        "--train_batch_size",
+        4,
+        "--dataloader_num_workers",
+        0,
+        "--num_train_epochs",
+        1,
+        "--validation_steps",
+        1000,
+        "--use_cfg",
+        "--output_dir",
+        "sd-model-finetuned",
+        "--lr_scheduler",
+        "cosine",
+        "--report_to",
+        "wandb",
+        *TINY,
+        "--pretrained_vae_model_name_or_path",
+        stand_ins["vae"],
+        cwd=tmp_path,
         WANDB_MODE="disabled",
     )  # fmt: skip  (--push_to_hub needs the network)
     assert load_world_model(tmp_path / "sd-model-finetuned").config.num_actions == 18
@@ -71,8 +93,12 @@ def test_the_seeds_inference_commands_on_a_seed_checkpoint(stand_ins, tmp_path):
     common = ("--model_folder", stand_ins["checkpoint"], "--dataset_name", stand_ins["dataset320"])
     one = run_script("run_inference.py", *common, "--output", tmp_path / "one.png", "--step", 5)
     assert "PSNR" in one.stdout and (tmp_path / "one.png").is_file()
-    rollout = run_script("run_autoregressive.py", *common, "--num_frames", 2, "--no_mp4", "--output_dir", tmp_path / "ar")
+    rollout = run_script(
+        "run_autoregressive.py", *common, "--num_frames", 2, "--no_mp4", "--output_dir", tmp_path / "ar"
+    )
     assert "FPS" in rollout.stdout and list((tmp_path / "ar").glob("*.gif"))
     # As the seed wrote them, without a dataset: the checkpoint records none, so the error says what to pass.
-    bare = run_script("run_inference.py", "--model_folder", stand_ins["checkpoint"], "--output", tmp_path / "x.png", check=False)
+    bare = run_script(
+        "run_inference.py", "--model_folder", stand_ins["checkpoint"], "--output", tmp_path / "x.png", check=False
+    )
     assert bare.returncode != 0 and "records no dataset" in bare.stderr and "Traceback" not in bare.stderr

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gamengen.episodes import PEER_COLUMNS, ColumnNames, DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import PEER_COLUMNS, ColumnNames, DatasetError
 from gamengen.windows import PixelWindowDataset
 
 WIDTH, HEIGHT = 64, 48
@@ -97,4 +98,6 @@ def test_read_with_our_timing_the_actions_would_be_one_step_late(tmp_path):
 def test_an_unknown_frame_timing_is_refused(tmp_path):
     write_seed_layout(tmp_path, episodes=1)
     with pytest.raises(DatasetError, match="frame_timing 'later'"):
-        open_dataset(tmp_path, columns=ColumnNames(frame="frames", action="actions", step="step_ids", frame_timing="later"))
+        open_dataset(
+            tmp_path, columns=ColumnNames(frame="frames", action="actions", step="step_ids", frame_timing="later")
+        )

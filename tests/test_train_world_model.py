@@ -16,8 +16,9 @@ import pytest
 import torch
 from conftest import REPO, run_script, script_env
 
+from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
-from gamengen.model import build_vae, load_world_model, save_vae
+from gamengen.vae import build_vae, save_vae
 
 TRAIN = "train_text_to_image.py"
 
@@ -47,15 +48,45 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 
 def train(setup, output_dir, *extra, check=True):
-    args = ["--preset", "tiny", "--dataset_name", setup["ds"], "--pretrained_vae_model_name_or_path", setup["vae"], "--output_dir", output_dir]
-    args += ["--train_batch_size", 8, "--report_to", "none", "--validation_steps", 1000, "--num_validation_samples", 2, *extra]
+    args = [
+        "--preset",
+        "tiny",
+        "--dataset_name",
+        setup["ds"],
+        "--pretrained_vae_model_name_or_path",
+        setup["vae"],
+        "--output_dir",
+        output_dir,
+    ]
+    args += [
+        "--train_batch_size",
+        8,
+        "--report_to",
+        "none",
+        "--validation_steps",
+        1000,
+        "--num_validation_samples",
+        2,
+        *extra,
+    ]
     return run_script(TRAIN, *args, check=check)
 
 
 @pytest.fixture(scope="module")
 def trained(setup):
     out = setup["root"] / "wm"
-    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 20, "--checkpointing_steps", 10, "--learning_rate", "1e-3")
+    result = train(
+        setup,
+        out,
+        "--latents_dir",
+        setup["lat"],
+        "--max_train_steps",
+        20,
+        "--checkpointing_steps",
+        10,
+        "--learning_rate",
+        "1e-3",
+    )
     return out, result
 
 
@@ -67,7 +98,9 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained, setu
     assert "held-out next-frame PSNR" in result.stdout
     bundle = load_world_model(out)
     assert bundle.config.context_length == 4 and bundle.config.action_names[0] == "NOOP"
-    assert bundle.config.residual and bundle.config.action_positions and bundle.config.action_class  # the tiny preset's defaults (docs/tiny_learning.md)
+    assert (
+        bundle.config.residual and bundle.config.action_positions and bundle.config.action_class
+    )  # the tiny preset's defaults (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked)
     assert bundle.config.dataset["latents_dir"] == str(setup["lat"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert list((out / "samples").glob("validation-*.png"))
@@ -83,12 +116,35 @@ def test_a_new_run_never_overwrites_an_earlier_one(trained, setup):
 
 def test_resume_continues_the_step_count(trained, setup):
     out, _ = trained
-    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 25, "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3")
+    result = train(
+        setup,
+        out,
+        "--latents_dir",
+        setup["lat"],
+        "--max_train_steps",
+        25,
+        "--resume_from_checkpoint",
+        "latest",
+        "--learning_rate",
+        "1e-3",
+    )
     assert "resumed from" in result.stdout and "at step 20" in result.stdout
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 25
     assert (out / "checkpoint-25").is_dir()
 
-    other = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 30, "--resume_from_checkpoint", "latest", "--context_length", 2, check=False)
+    other = train(
+        setup,
+        out,
+        "--latents_dir",
+        setup["lat"],
+        "--max_train_steps",
+        30,
+        "--resume_from_checkpoint",
+        "latest",
+        "--context_length",
+        2,
+        check=False,
+    )
     assert other.returncode == 2 and "context length 4" in other.stderr
 
 
@@ -99,10 +155,23 @@ def test_pixel_path_trains_without_a_cache(setup):
 
 
 def test_the_paper_parameterisation_with_ema_and_min_snr_trains_and_saves(setup):
-    """--no-residual (sd14's default), an EMA of the weights and min-SNR weighting: the options of docs/tiny_learning.md."""
+    """--no-residual (sd14's default), an EMA of the weights and min-SNR weighting: the options of
+    docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked."""
     out = setup["root"] / "wm_options"
     result = train(
-        setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 4, "--no-residual", "--ema_decay", "0.9", "--snr_gamma", 5, "--num_threads", 1
+        setup,
+        out,
+        "--latents_dir",
+        setup["lat"],
+        "--max_train_steps",
+        4,
+        "--no-residual",
+        "--ema_decay",
+        "0.9",
+        "--snr_gamma",
+        5,
+        "--num_threads",
+        1,
     )
     assert "held-out next-frame PSNR" in result.stdout
     assert load_world_model(out).config.residual is False
@@ -153,14 +222,24 @@ def test_a_dataset_without_action_names_gets_the_action_count_of_its_cache(setup
 def test_a_resumed_run_says_where_its_weights_come_from(trained, setup):
     out, first = trained
     assert "new tiny UNet" in first.stdout
-    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 26, "--resume_from_checkpoint", "latest")
+    result = train(
+        setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 26, "--resume_from_checkpoint", "latest"
+    )
     assert "new tiny UNet" not in result.stdout and "its weights come from the checkpoint it resumes" in result.stdout
 
 
 def test_latents_of_another_vae_are_refused(setup, tmp_path):
     torch.manual_seed(1)
     save_vae(build_vae(get_config("tiny")), tmp_path / "other_vae")
-    result = train({**setup, "vae": tmp_path / "other_vae"}, tmp_path / "out", "--latents_dir", setup["lat"], "--max_train_steps", 1, check=False)
+    result = train(
+        {**setup, "vae": tmp_path / "other_vae"},
+        tmp_path / "out",
+        "--latents_dir",
+        setup["lat"],
+        "--max_train_steps",
+        1,
+        check=False,
+    )
     assert result.returncode == 2 and "VAE" in result.stderr
 
 
@@ -194,9 +273,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_without_a_traceback(setup, tmp_
     log = tmp_path / "train.log"
     with open(log, "w") as sink:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / TRAIN), *map(str, args)], stdout=sink, stderr=subprocess.STDOUT, env=script_env(),
-            cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
+            [sys.executable, str(REPO / TRAIN), *map(str, args)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=script_env(),
+            cwd=REPO,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not re.search(r"\b([3-9]|\d\d+)/100000\b", log.read_text()):
@@ -208,7 +291,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_without_a_traceback(setup, tmp_
             process.kill()
     text = log.read_text()
     assert process.returncode == 130 and "Traceback" not in text, text[-3000:]
-    match = re.search(r"interrupted at step (\d+): saved (\S+checkpoint-\d+); continue with --resume_from_checkpoint latest", text)
+    match = re.search(
+        r"interrupted at step (\d+): saved (\S+checkpoint-\d+); continue with --resume_from_checkpoint latest", text
+    )
     assert match and int(match.group(1)) >= 3 and Path(match.group(2)).is_dir()
-    resumed = run_script(TRAIN, *map(str, args[:-6]), "--max_train_steps", int(match.group(1)) + 1, "--resume_from_checkpoint", "latest")
+    resumed = run_script(
+        TRAIN, *map(str, args[:-6]), "--max_train_steps", int(match.group(1)) + 1, "--resume_from_checkpoint", "latest"
+    )
     assert f"at step {match.group(1)}" in resumed.stdout

@@ -11,7 +11,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from gamengen.training import Hooks, LoopOptions, UsageError, check_run_dir, list_checkpoints, train
+from gamengen.run_folder import UsageError, check_run_dir, list_checkpoints
+from gamengen.training import Hooks, LoopOptions, train
 
 ACCUMULATION = 2  # micro-batches per optimisation step: 5 batches of 2 -> 3 steps per epoch
 

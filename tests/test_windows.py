@@ -17,7 +17,8 @@ import torch
 
 from common.utils import ShardWriter
 from gamengen.config import get_config
-from gamengen.episodes import ColumnNames, DatasetError, open_dataset
+from gamengen.episodes import open_dataset
+from gamengen.layout import ColumnNames, DatasetError
 from gamengen.windows import PAD_ACTION, PixelWindowDataset, pad_context
 
 ACTION_NAMES = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK", "USE"]
@@ -38,10 +39,22 @@ def coded_frame(episode: int, step: int) -> np.ndarray:
     return frame
 
 
-def write_coded_dataset(out: Path, lengths: list[int], worker: int = 0, rows_per_shard: int = 8, first_episode: int = 0, actions=action_at) -> list[str]:
-    """Episodes ``first_episode, first_episode + 1, ...`` of the given lengths through the recorder's writer; returns their ids."""
-    metadata = {"scenario": "e1m1", "wad": "freedoom1.wad", "map": "E1M1", "frame_width": WIDTH, "frame_height": HEIGHT, "frame_skip": 4}
-    writer = ShardWriter(out, {**metadata, "action_names": ACTION_NAMES}, run_id="run", worker_id=worker, rows_per_shard=rows_per_shard)
+def write_coded_dataset(
+    out: Path, lengths: list[int], worker: int = 0, rows_per_shard: int = 8, first_episode: int = 0, actions=action_at
+) -> list[str]:
+    """Episodes ``first_episode, first_episode + 1, ...`` of the given lengths through the recorder's writer;
+    returns their ids."""
+    metadata = {
+        "scenario": "e1m1",
+        "wad": "freedoom1.wad",
+        "map": "E1M1",
+        "frame_width": WIDTH,
+        "frame_height": HEIGHT,
+        "frame_skip": 4,
+    }
+    writer = ShardWriter(
+        out, {**metadata, "action_names": ACTION_NAMES}, run_id="run", worker_id=worker, rows_per_shard=rows_per_shard
+    )
     ids = []
     for offset, length in enumerate(lengths):
         episode = first_episode + offset
@@ -84,10 +97,13 @@ def test_the_sample_for_frame_t_holds_frames_and_actions_t_minus_n_to_t_minus_1(
         # Frame k of the context is step t-N+k of the SAME episode (before step 0: the first frame).
         assert codes(sample["context"]) == [(episode, step) for step in expected_steps]
         # Action k is the action taken at step t-N+k: action t-1 produced the target, action t is not there.
-        expected_actions = [action_at(episode, step) if step >= 0 else PAD_ACTION for step in range(target - context_length, target)]
+        expected_actions = [
+            action_at(episode, step) if step >= 0 else PAD_ACTION for step in range(target - context_length, target)
+        ]
         assert sample["actions"].tolist() == expected_actions
         assert sample["actions"].tolist() == [
-            int(a) if m else PAD_ACTION for a, m in zip(episodes.actions(episode)[expected_steps], sample["context_mask"], strict=True)
+            int(a) if m else PAD_ACTION
+            for a, m in zip(episodes.actions(episode)[expected_steps], sample["context_mask"], strict=True)
         ]
         assert sample["context_mask"].tolist() == [step >= 0 for step in range(target - context_length, target)]
         assert int(sample["num_padded"]) == max(0, context_length - target)
@@ -100,7 +116,11 @@ def test_the_action_taken_at_the_target_frame_is_never_visible(tmp_path):
     """Change only the action recorded at step t: the sample for frame t stays the same, the one for t+1 changes."""
     target = 5
     write_coded_dataset(tmp_path / "a", [10])
-    write_coded_dataset(tmp_path / "b", [10], actions=lambda e, s: (action_at(e, s) + 1) % len(ACTION_NAMES) if s == target else action_at(e, s))
+    write_coded_dataset(
+        tmp_path / "b",
+        [10],
+        actions=lambda e, s: (action_at(e, s) + 1) % len(ACTION_NAMES) if s == target else action_at(e, s),
+    )
     first, second = (PixelWindowDataset(open_dataset(tmp_path / name), context_length=3) for name in "ab")
     for key, value in first[first.window_index(0, target)].items():
         assert torch.equal(value, second[second.window_index(0, target)][key]), key
@@ -120,9 +140,15 @@ def test_episode_start_is_padded_with_the_first_frame_and_noop_exactly_as_at_inf
     for target in (1, 2, 3, 4, 6):
         sample = windows[windows.window_index(3, target)]
         start = max(0, target - 4)
-        real = torch.stack([torch.from_numpy(coded_frame(3, s)).permute(2, 0, 1).float() / 127.5 - 1 for s in range(start, target)])
+        real = torch.stack(
+            [torch.from_numpy(coded_frame(3, s)).permute(2, 0, 1).float() / 127.5 - 1 for s in range(start, target)]
+        )
         context, actions, mask = pad_context(real, torch.tensor([action_at(3, s) for s in range(start, target)]), 4)
-        assert torch.equal(context, sample["context"]) and torch.equal(actions, sample["actions"]) and torch.equal(mask, sample["context_mask"])
+        assert (
+            torch.equal(context, sample["context"])
+            and torch.equal(actions, sample["actions"])
+            and torch.equal(mask, sample["context_mask"])
+        )
     # A longer history keeps the last N; no real frame at all is refused (t = 0 is never a target).
     context, actions, mask = pad_context(torch.arange(6.0), torch.arange(6), 4)
     assert context.tolist() == [2, 3, 4, 5] and actions.tolist() == [2, 3, 4, 5] and mask.all()
@@ -155,10 +181,15 @@ def test_batches_have_the_documented_layout(coded_dataset):
 def test_out_of_range_action_ids_are_refused_naming_the_id_and_the_count(tmp_path):
     ids = write_coded_dataset(tmp_path, [3, 4], actions=lambda e, s: 9 if (e, s) == (1, 2) else action_at(e, s))
     episodes = open_dataset(tmp_path)
-    message = rf"episode '{ids[1]}' step 2 has action id 9, but there are 7 actions \(ids 0..6: NOOP, FORWARD, .*num_actions >= 10"
+    message = (
+        rf"episode '{ids[1]}' step 2 has action id 9, but there are 7 actions \(ids 0..6: NOOP, FORWARD, "
+        r".*num_actions >= 10"
+    )
     with pytest.raises(DatasetError, match=message):
         PixelWindowDataset(episodes, context_length=2)
-    assert PixelWindowDataset(episodes, context_length=2, num_actions=10).num_actions == 10  # a model with room for id 9
+    assert (
+        PixelWindowDataset(episodes, context_length=2, num_actions=10).num_actions == 10
+    )  # a model with room for id 9
     negative = tmp_path / "negative"
     write_coded_dataset(negative, [3], actions=lambda e, s: -1 if s == 1 else 0)
     with pytest.raises(DatasetError, match="has action id -1, .* cannot be negative"):
@@ -166,14 +197,18 @@ def test_out_of_range_action_ids_are_refused_naming_the_id_and_the_count(tmp_pat
 
 
 def test_frames_of_another_size_than_the_preset_are_refused(coded_dataset):
-    with pytest.raises(DatasetError, match="frames are 64x48, the 'sd14' preset expects 320x240: record with --frame_size 320x240"):
+    with pytest.raises(
+        DatasetError, match="frames are 64x48, the 'sd14' preset expects 320x240: record with --frame_size 320x240"
+    ):
         PixelWindowDataset(open_dataset(coded_dataset), context_length=4, config=get_config("sd14"))
 
 
 def test_other_column_layouts_work_and_a_missing_action_column_is_named(coded_dataset, tmp_path):
     """A peer layout (frames/actions/episode/step, no metadata): windows need explicit names and a number of actions."""
     table = pq.read_table(open_dataset(coded_dataset).files[0])
-    renamed = table.select(["frame", "action", "episode_id", "step_id"]).rename_columns(["frames", "actions", "episode", "step"])
+    renamed = table.select(["frame", "action", "episode_id", "step_id"]).rename_columns(
+        ["frames", "actions", "episode", "step"]
+    )
     pq.write_table(renamed.replace_schema_metadata({}), tmp_path / "train-00000.parquet")
     columns = ColumnNames(frame="frames", action="actions", episode="episode", step="step")
     episodes = open_dataset(tmp_path, columns=columns)
@@ -181,7 +216,10 @@ def test_other_column_layouts_work_and_a_missing_action_column_is_named(coded_da
         PixelWindowDataset(episodes, context_length=2)
     windows = PixelWindowDataset(episodes, context_length=2, num_actions=len(ACTION_NAMES))
     sample = windows[windows.window_index(0, 3)]
-    assert codes(sample["context"]) == [(0, 1), (0, 2)] and sample["actions"].tolist() == [action_at(0, 1), action_at(0, 2)]
+    assert codes(sample["context"]) == [(0, 1), (0, 2)] and sample["actions"].tolist() == [
+        action_at(0, 1),
+        action_at(0, 2),
+    ]
     pq.write_table(renamed.drop(["actions"]), tmp_path / "train-00000.parquet")
     with pytest.raises(DatasetError, match="no action column 'actions' .* --action_column"):
         open_dataset(tmp_path, columns=columns)
@@ -199,9 +237,13 @@ def test_windows_of_real_recorded_episodes(random_dataset):
         assert np.array_equal(sample["target"].permute(1, 2, 0).numpy(), frame)
         steps = [max(0, s) for s in range(target - 8, target)]
         for slot, step in enumerate(steps):
-            assert np.array_equal(sample["context"][slot].permute(1, 2, 0).numpy(), episodes.frame(episodes.row_index(episode, step)))
+            assert np.array_equal(
+                sample["context"][slot].permute(1, 2, 0).numpy(), episodes.frame(episodes.row_index(episode, step))
+            )
         actions = episodes.actions(episode)
-        assert sample["actions"].tolist() == [int(actions[s]) if s >= 0 else PAD_ACTION for s in range(target - 8, target)]
+        assert sample["actions"].tolist() == [
+            int(actions[s]) if s >= 0 else PAD_ACTION for s in range(target - 8, target)
+        ]
     # A column of a real shard with a bad id: the error names it (written as the recorder writes it).
     shard = episodes.files[0]
     table = pq.read_table(shard)
@@ -209,7 +251,10 @@ def test_windows_of_real_recorded_episodes(random_dataset):
     actions[3] = 15
     bad = random_dataset.parent / (random_dataset.name + "-bad")
     bad.mkdir(exist_ok=True)
-    pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions, pa.int16())), bad / shard.name)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("action"), "action", pa.array(actions, pa.int16())),
+        bad / shard.name,
+    )
     with pytest.raises(DatasetError, match="step 3 has action id 15, but there are 15 actions"):
         PixelWindowDataset(open_dataset(bad), context_length=8)
 

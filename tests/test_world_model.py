@@ -9,20 +9,19 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from gamengen.checkpoint import load_world_model, save_world_model
 from gamengen.config import TINY_UNET_CONFIG, get_world_model_config
 from gamengen.model import (
     ModelLoadError,
-    build_vae,
     build_world_model,
     corrupt_context,
     drop_context,
     load_pretrained_unet,
-    load_world_model,
     make_scheduler,
     noise_level,
     residual_base,
-    save_world_model,
 )
+from gamengen.vae import build_vae
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "ATTACK"]
 
@@ -132,7 +131,14 @@ def test_checkpoint_round_trip_through_the_shared_loader(config, tmp_path):
     vae = build_vae(config.model)
     config.dataset = {"name": "unit-test"}
     save_world_model(tmp_path / "wm", model, vae, config)
-    assert {p.name for p in (tmp_path / "wm").iterdir()} >= {"unet", "vae", "scheduler", "action_embedding.safetensors", "gamengen_config.json", "README.md"}
+    assert {p.name for p in (tmp_path / "wm").iterdir()} >= {
+        "unet",
+        "vae",
+        "scheduler",
+        "action_embedding.safetensors",
+        "gamengen_config.json",
+        "README.md",
+    }
     bundle = load_world_model(tmp_path / "wm")
     assert bundle.config.action_names == ACTIONS and bundle.config.dataset == {"name": "unit-test"}
     assert bundle.scheduler.config.prediction_type == "v_prediction"
@@ -233,7 +239,10 @@ def test_action_positions_tell_the_newest_action_from_older_ones(config, tmp_pat
         model = build_world_model(config).eval()
         with torch.no_grad():
             model.unet.conv_out.weight.normal_(0, 0.1)  # random init leaves the output layer small
-            outputs = [model(batch["noisy"], batch["timesteps"], batch["context"], a, batch["buckets"]) for a in (batch["actions"], reordered)]
+            outputs = [
+                model(batch["noisy"], batch["timesteps"], batch["context"], a, batch["buckets"])
+                for a in (batch["actions"], reordered)
+            ]
         assert torch.allclose(outputs[0], outputs[1], atol=1e-5) is not positions
     save_world_model(tmp_path / "wm", model, build_vae(config.model), config)
     loaded = load_world_model(tmp_path / "wm").model

@@ -212,7 +212,11 @@ VIZDOOM_DIR = Path(vzd.__file__).parent
 SCENARIOS_DIR = Path(vzd.scenarios_path)
 DEFAULT_SCENARIO = "e1m1"
 # Scenarios configured entirely in code: name -> (IWAD, default map).
-BUILTIN_SCENARIOS = {"e1m1": ("freedoom1.wad", "E1M1"), "freedoom1": ("freedoom1.wad", "E1M1"), "freedoom2": ("freedoom2.wad", "MAP01")}
+BUILTIN_SCENARIOS = {
+    "e1m1": ("freedoom1.wad", "E1M1"),
+    "freedoom1": ("freedoom1.wad", "E1M1"),
+    "freedoom2": ("freedoom2.wad", "MAP01"),
+}
 
 
 class ScenarioError(ValueError):
@@ -265,7 +269,9 @@ def wad_info(path: Path) -> tuple[str, list[str]]:
         kind, num_lumps, directory_offset = header[:4].decode(), *struct.unpack("<ii", header[4:])
         f.seek(directory_offset)
         directory = f.read(16 * num_lumps)
-    names = [directory[i + 8 : i + 16].rstrip(b"\0").decode("ascii", "replace").upper() for i in range(0, len(directory), 16)]
+    names = [
+        directory[i + 8 : i + 16].rstrip(b"\0").decode("ascii", "replace").upper() for i in range(0, len(directory), 16)
+    ]
     maps = [names[i] for i in range(len(names) - 1) if names[i + 1] in ("THINGS", "TEXTMAP")]
     return kind, maps
 
@@ -332,7 +338,9 @@ def resolve_game(config: DoomConfig) -> ResolvedGame:
         game_map = entries.get("doom_map", "MAP01")  # ViZDoom's own default when a cfg names none
         timeout = int(entries.get("episode_timeout", 8400))
     else:
-        raise ScenarioError(f"unknown scenario {name!r}: choose one of {', '.join(available_scenarios())} or pass a .cfg path")
+        raise ScenarioError(
+            f"unknown scenario {name!r}: choose one of {', '.join(available_scenarios())} or pass a .cfg path"
+        )
 
     if config.wad is not None:
         wad = resolve_wad(config.wad)
@@ -359,7 +367,10 @@ def resolve_game(config: DoomConfig) -> ResolvedGame:
 
 
 _RESOLUTIONS = sorted(
-    (int(w), int(h), getattr(vzd.ScreenResolution, name)) for name in dir(vzd.ScreenResolution) if name.startswith("RES_") for w, h in [name[4:].split("X")]
+    (int(w), int(h), getattr(vzd.ScreenResolution, name))
+    for name in dir(vzd.ScreenResolution)
+    if name.startswith("RES_")
+    for w, h in [name[4:].split("X")]
 )
 
 
@@ -501,7 +512,9 @@ class DoomEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         action = int(action)
         if not 0 <= action < len(ACTIONS):
-            raise ValueError(f"action {action} out of range: this env has {len(ACTIONS)} actions (0..{len(ACTIONS) - 1})")
+            raise ValueError(
+                f"action {action} out of range: this env has {len(ACTIONS)} actions (0..{len(ACTIONS) - 1})"
+            )
         executed = action
         if self.config.repeat_action_prob > 0 and self.np_random.random() < self.config.repeat_action_prob:
             executed = self._prev_action
@@ -541,7 +554,7 @@ def observation_space(config: DoomConfig) -> spaces.Dict:
 
 
 def dataset_metadata(config: DoomConfig, policy: str, seed: int | None) -> dict[str, Any]:
-    """The file-level metadata the recorder writes into every shard (DESIGN.md section 3)."""
+    """The file-level metadata the recorder writes into every shard (docs/data.md#the-dataset-format)."""
     resolved = resolve_game(config)
     return {
         "scenario": config.scenario,
@@ -684,22 +697,40 @@ def add_env_args(parser) -> None:
     group.add_argument(
         "--scenario",
         default=None,
-        help=f"game to play (default {DEFAULT_SCENARIO}: freedoom1.wad E1M1); one of {', '.join(available_scenarios())}, or a .cfg path",
+        help=f"game to play (default {DEFAULT_SCENARIO}: freedoom1.wad E1M1); one of "
+        f"{', '.join(available_scenarios())}, or a .cfg path",
     )
-    group.add_argument("--wad", default=None, help="override the scenario's wad (path, or freedoom1.wad / freedoom2.wad)")
-    group.add_argument("--map", default=None, help="override the scenario's map (E1M1..E4M9 in freedoom1.wad, MAP01.. in freedoom2.wad)")
+    group.add_argument(
+        "--wad", default=None, help="override the scenario's wad (path, or freedoom1.wad / freedoom2.wad)"
+    )
+    group.add_argument(
+        "--map",
+        default=None,
+        help="override the scenario's map (E1M1..E4M9 in freedoom1.wad, MAP01.. in freedoom2.wad)",
+    )
     group.add_argument("--frame_size", default=None, help="recorded frame size WxH (default 320x240)")
-    group.add_argument("--frame_skip", type=int, default=None, help="game tics per agent step (default 4, as the paper)")
     group.add_argument(
-        "--repeat_action_prob", type=float, default=None, help="probability of repeating the previous action instead of the chosen one (default 0.25)"
+        "--frame_skip", type=int, default=None, help="game tics per agent step (default 4, as the paper)"
     )
     group.add_argument(
-        "--episode_timeout", type=int, default=None, help="episode length limit in game tics, 35 per second (default: the scenario's; E1M1 8400)"
+        "--repeat_action_prob",
+        type=float,
+        default=None,
+        help="probability of repeating the previous action instead of the chosen one (default 0.25)",
+    )
+    group.add_argument(
+        "--episode_timeout",
+        type=int,
+        default=None,
+        help="episode length limit in game tics, 35 per second (default: the scenario's; E1M1 8400)",
     )
     group.add_argument("--skill", type=int, default=None, help="Doom skill level 1-5 (default 3)")
     group.add_argument("--no_automap", action="store_true", help="do not give the agent the automap channel")
     group.add_argument(
-        "--reward", choices=["paper", "scenario"], default=None, help="paper: shaped reward of appendix A.5 (default); scenario: the .cfg's own reward"
+        "--reward",
+        choices=["paper", "scenario"],
+        default=None,
+        help="paper: shaped reward of appendix A.5 (default); scenario: the .cfg's own reward",
     )
 
 

@@ -80,7 +80,8 @@ def load_agent(model_path: str | Path, observation_space: gym.spaces.Dict, num_a
         path = path.with_suffix(".zip")
     if not path.is_file():
         raise AgentLoadError(
-            f"model file {model_path} not found (expected a .zip saved by train_ppo_parallel.py, e.g. ViZDoomPPO/logs/models/<run>/best_model.zip)"
+            f"model file {model_path} not found (expected a .zip saved by train_ppo_parallel.py, e.g. "
+            "ViZDoomPPO/logs/models/<run>/best_model.zip)"
         )
     try:
         model = PPO.load(path, device=device)
@@ -88,11 +89,15 @@ def load_agent(model_path: str | Path, observation_space: gym.spaces.Dict, num_a
         raise AgentLoadError(f"{path} could not be loaded as a stable-baselines3 PPO model: {error}") from error
     n = getattr(model.action_space, "n", None)
     if n != num_actions:
-        raise AgentLoadError(f"{path} was trained with {n} actions but this environment has {num_actions}: it belongs to another action set")
+        raise AgentLoadError(
+            f"{path} was trained with {n} actions but this environment has {num_actions}: it belongs to another action "
+            "set"
+        )
     if not _same_space(model.observation_space, observation_space):
         raise AgentLoadError(
             f"{path} expects observations {_describe(model.observation_space)} but this environment gives "
-            f"{_describe(observation_space)}. Use the game options it was trained with (see {ENV_CONFIG_FILE} in its run folder)."
+            f"{_describe(observation_space)}. Use the game options it was trained with (see {ENV_CONFIG_FILE} in its "
+            "run folder)."
         )
     return model
 

@@ -1,4 +1,4 @@
-"""Episode recording for the agent side: the parquet dataset contract of DESIGN.md section 3.
+"""Episode recording for the agent side: the parquet dataset contract of docs/data.md#the-dataset-format.
 
 One row per recorded step, the rows of an episode contiguous and ordered by ``step_id``:
 
@@ -115,7 +115,8 @@ def check_compatible(existing: dict[str, Any], new: dict[str, Any], where: str) 
     if diffs:
         details = "; ".join(f"{key}: {existing.get(key)!r} there vs {new.get(key)!r} now" for key in diffs)
         raise DatasetError(
-            f"{where} already holds shards of a different dataset ({details}). Use another --out_dir / --record_dir, or the same game settings as those shards."
+            f"{where} already holds shards of a different dataset ({details}). Use another --out_dir / --record_dir, "
+            "or the same game settings as those shards."
         )
 
 
@@ -256,7 +257,9 @@ class GifWriter:
     frame, captioned with the step number and the action name (so the frames are all distinct and
     no gif encoder can merge them)."""
 
-    def __init__(self, out_dir: str | os.PathLike, action_names: list[str], run_id: str, worker_id: int = 0, fps: float = 35 / 4) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, action_names: list[str], run_id: str, worker_id: int = 0, fps: float = 35 / 4
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.action_names = list(action_names)

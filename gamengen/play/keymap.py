@@ -108,10 +108,14 @@ class KeyMap:
         if isinstance(action, int) or str(action).isdigit():
             index = int(action)
             if not 0 <= index < len(self.action_names):
-                raise KeyMapError(f"idle action {index} is out of range: the model has actions 0..{len(self.action_names) - 1}")
+                raise KeyMapError(
+                    f"idle action {index} is out of range: the model has actions 0..{len(self.action_names) - 1}"
+                )
             return index
         if action not in self.action_names:
-            raise KeyMapError(f"idle action {action!r} is not one of the model's actions: {', '.join(self.action_names)}")
+            raise KeyMapError(
+                f"idle action {action!r} is not one of the model's actions: {', '.join(self.action_names)}"
+            )
         return self.action_names.index(action)
 
     @property
@@ -202,4 +206,3 @@ def pygame_key_code(name: str) -> str | None:
         ",": "Comma",
         ".": "Period",
     }.get(name)
-

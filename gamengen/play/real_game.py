@@ -81,7 +81,6 @@ class RealGame:
         self.env.close()
 
 
-
 def first_game_frame(settings: dict[str, Any], seed: int = 0) -> np.ndarray:
     """The first frame of a fresh ViZDoom game with these settings (the default start without a dataset)."""
     envs = doom_env_module()

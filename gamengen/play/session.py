@@ -22,9 +22,9 @@ from gamengen.engine import GameEngine
 from gamengen.episodes import EpisodeDataset
 from gamengen.media import captioned_row, display_scale, realtime_fps, upscale, write_gif, write_video
 from gamengen.metrics import psnr
-from gamengen.model import frames_to_tensor
 from gamengen.play.keymap import KeyMap
 from gamengen.play.real_game import RealGame
+from gamengen.vae import frames_to_tensor
 
 
 @dataclass

@@ -64,7 +64,11 @@ def parse_message(text: Any) -> dict[str, Any]:
     kind = message.get("type")
     if kind == "keys":
         held = message.get("held")
-        if not isinstance(held, list) or not all(isinstance(key, str) and len(key) <= 32 for key in held) or len(held) > MAX_HELD_KEYS:
+        if (
+            not isinstance(held, list)
+            or not all(isinstance(key, str) and len(key) <= 32 for key in held)
+            or len(held) > MAX_HELD_KEYS
+        ):
             raise MessageError(f'"held" must be a list of at most {MAX_HELD_KEYS} key codes (strings like "KeyW")')
         return {"type": "keys", "held": held}
     if kind == "command":
@@ -148,7 +152,16 @@ class GameServer:
             except asyncio.TimeoutError:
                 pass
         if self.player is not None:
-            await ws.send_str(json.dumps({"type": "busy", "message": "another player is using the engine (one game per server): try again when they leave"}))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "busy",
+                        "message": (
+                            "another player is using the engine (one game per server): try again when they leave"
+                        ),
+                    }
+                )
+            )
             await ws.close()
             return ws
         self.player = ws
@@ -210,7 +223,10 @@ class GameServer:
         elif command == "record":
             saved = await self.run(session.toggle_recording)
             if saved:
-                await self.send_json(ws, {"type": "saved", **{k: saved[k] for k in ("gif", "mp4", "actions_file", "gif_frames", "replay")}})
+                await self.send_json(
+                    ws,
+                    {"type": "saved", **{k: saved[k] for k in ("gif", "mp4", "actions_file", "gif_frames", "replay")}},
+                )
             await self.send_json(ws, {"type": "status", **session.stats()})
 
     async def _game_loop(self, ws: web.WebSocketResponse, state: dict[str, Any]) -> None:
@@ -247,7 +263,8 @@ async def serve(server: GameServer, host: str, port: int, ready=None) -> None:
     except OSError as error:
         await runner.cleanup()
         raise PortError(
-            f"cannot listen on {host}:{port} ({error.strerror or error}): another program (another run_playable_env.py?) uses that port; "
+            f"cannot listen on {host}:{port} ({error.strerror or error}): another program (another "
+            "run_playable_env.py?) uses that port; "
             "pass a free one with --port (or --port 0 for any free port)"
         ) from None
     address = runner.addresses[0]

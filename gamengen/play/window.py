@@ -24,14 +24,19 @@ LINE = 16
 
 
 def run_window(
-    session: PlaySession, fps: float | None = None, max_frames: int | None = None, on_frame: Callable[[PlaySession, int], Any] | None = None
+    session: PlaySession,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    on_frame: Callable[[PlaySession, int], Any] | None = None,
 ) -> dict[str, Any]:
     """Play in a window until it is closed (or ``max_frames`` frames); returns frames and frames/s."""
     pygame.init()
     try:
         font = pygame.font.Font(None, 20)
         view = session.scaled_view()
-        screen = pygame.display.set_mode((view.shape[1] + PANEL_WIDTH, max(view.shape[0] + 2 * LINE, LINE * (len(session.keymap.help_lines()) + 3))))
+        screen = pygame.display.set_mode(
+            (view.shape[1] + PANEL_WIDTH, max(view.shape[0] + 2 * LINE, LINE * (len(session.keymap.help_lines()) + 3)))
+        )
         pygame.display.set_caption("GameNGen: the world model")
         held: list[str] = []
         clock_start, generated, period = time.perf_counter(), 0, 1.0 / fps if fps else 0.0

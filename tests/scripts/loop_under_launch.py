@@ -45,8 +45,14 @@ def main(output_dir: Path, max_train_steps: int, resume: str | None) -> None:
     )  # fmt: skip
     run = train(accelerator, options, model, optimizer, lr_scheduler, dataloader, loss_of_batch)
     weights = [p.detach().flatten().tolist() for p in accelerator.unwrap_model(model).parameters()]
-    report = {"process": accelerator.process_index, "processes": accelerator.num_processes,
-              "start_step": run.start_step, "step": run.step, "seen": seen, "weights": weights}
+    report = {
+        "process": accelerator.process_index,
+        "processes": accelerator.num_processes,
+        "start_step": run.start_step,
+        "step": run.step,
+        "seen": seen,
+        "weights": weights,
+    }
     name = f"process{accelerator.process_index}-{'resumed' if resume else 'first'}-{max_train_steps}.json"
     (output_dir / name).write_text(json.dumps(report))
     accelerator.end_training()

@@ -1,0 +1,166 @@
+"""The VAE of the checkpoint contract: build, load, save and check it, and the conventions every script shares.
+
+- pixels are float tensors ``(..., 3, H, W)`` in [-1, 1] (``frames_to_tensor`` / ``tensor_to_frames``
+  convert from/to uint8 ``(..., H, W, 3)`` frames as recorded);
+- frames are padded to the preset's padded size with black rows at the bottom (and black columns at
+  the right) before the VAE sees them, and cropped back after decoding (``pad_frames`` /
+  ``unpad_frames``);
+- latents given to the diffusion model are the VAE posterior times ``vae.config.scaling_factor``
+  (``encode_frames`` / ``decode_latents`` apply padding and scaling in one place);
+- a checkpoint is a folder (or Hub repo) with a ``vae/`` subfolder written by
+  ``AutoencoderKL.save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from gamengen.config import ModelConfig
+from gamengen.files import atomic_path
+from gamengen.model import ModelLoadError, _is_local, read_weights
+
+VAE_SUBFOLDER = "vae"
+# Padding value in [-1, 1] pixel space: black.
+PAD_VALUE = -1.0
+
+
+def build_vae(config: ModelConfig) -> AutoencoderKL:
+    """An untrained AutoencoderKL of the preset's size (random init; seed torch first)."""
+    return AutoencoderKL(**config.vae, scaling_factor=config.latent_scaling_factor)
+
+
+def load_vae(
+    pretrained_model_name_or_path: str | os.PathLike,
+    subfolder: str = VAE_SUBFOLDER,
+    revision: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    cache_dir: str | None = None,
+) -> AutoencoderKL:
+    """Load the ``vae/`` of a checkpoint: a local folder or a Hub repo id (e.g. CompVis/stable-diffusion-v1-4)."""
+    if _is_local(pretrained_model_name_or_path):
+        root = Path(pretrained_model_name_or_path).expanduser()
+        if not root.is_dir():
+            raise ModelLoadError(f"model folder {root} does not exist (a Hub model id looks like USER/NAME)")
+        if not (root / subfolder / "config.json").is_file():
+            hint = ""
+            if (root / "config.json").is_file():
+                hint = f" It looks like a {subfolder}/ folder itself: pass its parent folder."
+            raise ModelLoadError(
+                f"{root} has no {subfolder}/ folder with a config.json. A model folder holds {subfolder}/ as written "
+                "by "
+                "AutoencoderKL.save_pretrained (e.g. the --output_dir of finetune_autoencoder.py, or a diffusers "
+                f"Stable Diffusion folder).{hint}"
+            )
+        return read_weights(
+            root / subfolder, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype)
+        )
+    try:
+        return AutoencoderKL.from_pretrained(
+            str(pretrained_model_name_or_path),
+            subfolder=subfolder,
+            revision=revision,
+            torch_dtype=torch_dtype,
+            cache_dir=cache_dir,
+        )
+    except OSError as error:
+        raise ModelLoadError(
+            f"could not load {subfolder}/ of the Hub model {pretrained_model_name_or_path!r} ({error}). "
+            "Check the id, your network (HF_HUB_OFFLINE=1 allows only cached models), or pass a local folder."
+        ) from error
+
+
+def save_vae(vae: AutoencoderKL, output_dir: str | os.PathLike) -> Path:
+    """Write ``output_dir/vae`` atomically: a complete new folder replaces the old one, or nothing changes."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / VAE_SUBFOLDER
+    with atomic_path(final) as tmp:
+        vae.save_pretrained(tmp)
+    return final
+
+
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    """Pixels per latent cell of a VAE (8 for Stable Diffusion's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def check_vae(vae: AutoencoderKL, config: ModelConfig) -> None:
+    """Refuse a VAE whose latent space does not have the preset's shape."""
+    problems = []
+    if vae.config.in_channels != 3 or vae.config.out_channels != 3:
+        problems.append(f"it maps {vae.config.in_channels} to {vae.config.out_channels} channels, not RGB (3)")
+    if vae.config.latent_channels != config.latent_channels:
+        problems.append(f"{vae.config.latent_channels} latent channels, the preset has {config.latent_channels}")
+    if vae_scale_factor(vae) != config.vae_scale_factor:
+        problems.append(f"downsampling factor {vae_scale_factor(vae)}, the preset has {config.vae_scale_factor}")
+    if problems:
+        raise ModelLoadError(f"the VAE does not fit the {config.preset!r} preset: {'; '.join(problems)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixels, padding, latents
+
+
+def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 frames ``(..., H, W, 3)`` -> float pixels ``(..., 3, H, W)`` in [-1, 1]."""
+    frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
+    if frames.dtype != torch.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames of shape (..., H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+    return frames.movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
+def tensor_to_frames(pixels: torch.Tensor) -> np.ndarray:
+    """Float pixels ``(..., 3, H, W)`` in [-1, 1] -> uint8 frames ``(..., H, W, 3)`` (clamped, rounded)."""
+    pixels = pixels.detach().float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round()
+    return pixels.to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def pad_frames(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """``(..., 3, frame_height, frame_width)`` -> ``(..., 3, padded_height, padded_width)``: black
+    rows added at the bottom, black columns at the right (``unpad_frames`` crops them off)."""
+    height, width = pixels.shape[-2:]
+    if (height, width) != (config.frame_height, config.frame_width):
+        raise ValueError(
+            f"frames are {width}x{height}, the {config.preset!r} preset expects "
+            f"{config.frame_width}x{config.frame_height}"
+        )
+    pad_right, pad_bottom = config.padded_width - width, config.padded_height - height
+    if pad_right == 0 and pad_bottom == 0:
+        return pixels
+    return F.pad(pixels, (0, pad_right, 0, pad_bottom), value=PAD_VALUE)
+
+
+def unpad_frames(pixels: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Crop padded pixels back to the frame size (the inverse of ``pad_frames``)."""
+    height, width = pixels.shape[-2:]
+    if (height, width) != (config.padded_height, config.padded_width):
+        raise ValueError(
+            f"pixels are {width}x{height}, the {config.preset!r} preset pads to "
+            f"{config.padded_width}x{config.padded_height}"
+        )
+    return pixels[..., : config.frame_height, : config.frame_width]
+
+
+def encode_frames(
+    vae: AutoencoderKL,
+    pixels: torch.Tensor,
+    config: ModelConfig,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Unpadded pixels ``(N, 3, H, W)`` -> scaled latents ``(N, C, h, w)`` (posterior mean, or a sample)."""
+    posterior = vae.encode(pad_frames(pixels, config).to(vae.dtype)).latent_dist
+    latents = posterior.sample(generator=generator) if sample else posterior.mode()
+    return latents * vae.config.scaling_factor
+
+
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Scaled latents -> unpadded pixels in [-1, 1] (not clamped)."""
+    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return unpad_frames(pixels, config)
