@@ -40,6 +40,22 @@ def run_script(
     return result
 
 
+GENERATOR = "ViZDoomPPO/load_model_generate_dataset.py"
+
+
+def record_random_episodes(
+    out_dir: Path, episodes: int, steps: int, *more: object, check: bool = True
+) -> subprocess.CompletedProcess:
+    """The agent side's generator with a random policy: ``episodes`` episodes cut at ``steps`` steps, from 2 worker
+    processes, into ``out_dir``; ``more`` are further options of load_model_generate_dataset.py."""
+    return run_script(
+        GENERATOR,
+        *("--random_policy", "--episodes", episodes, "--num_workers", 2, "--max_steps_per_episode", steps),
+        *("--out_dir", out_dir, *more),
+        check=check,
+    )
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for the rendezvous of multi-process launches)."""
     import socket
@@ -53,22 +69,7 @@ def free_port() -> int:
 def random_dataset(tmp_path_factory) -> Path:
     """A small real dataset: 4 random-policy E1M1 episodes of 24 steps from 2 worker processes."""
     out = tmp_path_factory.mktemp("random_ds")
-    run_script(
-        "ViZDoomPPO/load_model_generate_dataset.py",
-        "--random_policy",
-        "--episodes",
-        "4",
-        "--num_workers",
-        "2",
-        "--max_steps_per_episode",
-        "24",
-        "--output",
-        "parquet",
-        "--out_dir",
-        out,
-        "--seed",
-        "7",
-    )
+    record_random_episodes(out, 4, 24, "--output", "parquet", "--seed", 7)
     return out
 
 
@@ -79,24 +80,7 @@ TINY_STEPS = 40  # per episode of the tiny_dataset fixture
 def tiny_dataset(tmp_path_factory) -> Path:
     """2 random-policy E1M1 episodes of 40 steps at the tiny preset's 64x48, from 2 worker processes."""
     out = tmp_path_factory.mktemp("tiny_ds")
-    run_script(
-        "ViZDoomPPO/load_model_generate_dataset.py",
-        *(
-            "--random_policy",
-            "--episodes",
-            2,
-            "--num_workers",
-            2,
-            "--max_steps_per_episode",
-            TINY_STEPS,
-            "--frame_size",
-            "64x48",
-            "--out_dir",
-            out,
-            "--seed",
-            5,
-        ),
-    )
+    record_random_episodes(out, 2, TINY_STEPS, "--frame_size", "64x48", "--seed", 5)
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import record_random_episodes, run_script
 from diffusers import AutoencoderKL
 
 from gamengen.config import get_config
@@ -29,27 +29,12 @@ from gamengen.vae import (
 )
 
 SCRIPT = "finetune_autoencoder.py"
-GENERATE = "ViZDoomPPO/load_model_generate_dataset.py"
 
 
 def record(out: Path, episodes: int, steps: int, frame_size: str | None = None) -> Path:
     """Real E1M1 frames from the agent side's generator (random policy)."""
     size = ["--frame_size", frame_size] if frame_size else []
-    run_script(
-        GENERATE,
-        "--random_policy",
-        "--episodes",
-        episodes,
-        "--num_workers",
-        2,
-        "--max_steps_per_episode",
-        steps,
-        "--out_dir",
-        out,
-        "--seed",
-        3,
-        *size,
-    )
+    record_random_episodes(out, episodes, steps, "--seed", 3, *size)
     return out
 
 
