@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_DIR = REPO / "ViZDoomPPO"
@@ -53,6 +57,22 @@ def record_random_episodes(
         *("--random_policy", "--episodes", episodes, "--num_workers", 2, "--max_steps_per_episode", steps),
         *("--out_dir", out_dir, *more),
         check=check,
+    )
+
+
+def sd_shaped_vae() -> AutoencoderKL:
+    """A random VAE with Stable Diffusion's latent geometry (four levels: downsampling factor 8, 4 latent channels,
+    its scaling factor) but few channels: 320x240 frames -> 4x30x40 latents in milliseconds."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 16, 16],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=0.18215,
     )
 
 

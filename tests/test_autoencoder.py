@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import record_random_episodes, run_script
+from conftest import record_random_episodes, run_script, sd_shaped_vae
 from diffusers import AutoencoderKL
 
 from gamengen.config import get_config
@@ -58,21 +58,20 @@ def summary(output_dir: Path) -> dict:
     return json.loads((output_dir / "vae_training.json").read_text())
 
 
+def train_tiny_vae(dataset: Path, max_train_steps: int, output_dir: Path, check: bool = True):
+    """The README's command: a tiny VAE, encoder too, trained from scratch."""
+    return finetune(
+        *("--preset", "tiny", "--train_encoder", "--dataset_name", dataset),
+        *("--max_train_steps", max_train_steps, "--output_dir", output_dir),
+        check=check,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_vae(tiny_dataset, tmp_path_factory) -> Path:
     """The README's command: a tiny VAE trained from scratch (encoder too) for 40 steps."""
     out = tmp_path_factory.mktemp("tiny_vae") / "run"
-    result = finetune(
-        "--preset",
-        "tiny",
-        "--train_encoder",
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        40,
-        "--output_dir",
-        out,
-    )
+    result = train_tiny_vae(tiny_dataset, 40, out)
     assert "held-out PSNR: before" in result.stdout
     return out
 
@@ -151,18 +150,7 @@ def test_a_rerun_never_overwrites_an_earlier_run(tiny_vae, tiny_dataset, tmp_pat
     out = tmp_path / "copy"
     shutil.copytree(tiny_vae, out)
     weights = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
-    result = finetune(
-        "--preset",
-        "tiny",
-        "--train_encoder",
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        2,
-        "--output_dir",
-        out,
-        check=False,
-    )
+    result = train_tiny_vae(tiny_dataset, 2, out, check=False)
     assert result.returncode != 0 and "--resume_from_checkpoint latest" in result.stderr
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
 
@@ -171,14 +159,7 @@ def test_sd14_path_loads_a_local_pretrained_folder_and_pads_frames(sd14_dataset,
     """A small "pretrained" VAE with SD's latent geometry (factor 8, 4 channels), saved with
     save_pretrained, goes through the same loader a Hub id does, on 320x240 frames padded to 320x256."""
     torch.manual_seed(0)
-    stock = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 16, 16],
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-    )
+    stock = sd_shaped_vae()
     stock.save_pretrained(tmp_path / "stock" / "vae")
     out = tmp_path / "out"
     result = finetune(
