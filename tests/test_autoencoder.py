@@ -97,20 +97,9 @@ def test_training_the_tiny_vae_from_scratch_raises_heldout_psnr(tiny_vae):
 
 def test_decoder_only_keeps_the_encoder_bit_identical_and_improves_the_decoder(tiny_vae, tiny_dataset, tmp_path):
     out = tmp_path / "decoder"
-    finetune(
-        "--preset",
-        "tiny",
-        "--pretrained_model_name_or_path",
-        tiny_vae,
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        30,
-        "--checkpointing_steps",
-        20,
-        "--output_dir",
-        out,
-    )
+    decoder_only = ("--preset", "tiny", "--pretrained_model_name_or_path", tiny_vae, "--dataset_name", tiny_dataset)
+    decoder_only += ("--checkpointing_steps", 20, "--output_dir", out)
+    finetune(*decoder_only, "--max_train_steps", 30)
     before, after = load_vae(tiny_vae), load_vae(out)
     frozen = ("encoder.", "quant_conv.")
     for name, weight in state(before, frozen).items():
@@ -123,22 +112,7 @@ def test_decoder_only_keeps_the_encoder_bit_identical_and_improves_the_decoder(t
     assert after.config.scaling_factor == before.config.scaling_factor  # the latent space did not move
 
     # Resume: a longer run continues from the latest checkpoint (30) and its step count.
-    resumed = finetune(
-        "--preset",
-        "tiny",
-        "--pretrained_model_name_or_path",
-        tiny_vae,
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        35,
-        "--checkpointing_steps",
-        20,
-        "--output_dir",
-        out,
-        "--resume_from_checkpoint",
-        "latest",
-    )
+    resumed = finetune(*decoder_only, "--max_train_steps", 35, "--resume_from_checkpoint", "latest")
     assert "at step 30" in resumed.stdout
     numbers = summary(out)
     assert (numbers["global_step"], numbers["steps_this_run"]) == (35, 5)
