@@ -57,7 +57,7 @@ from gamengen.latent_cache import (
     write_latent_manifest,
     write_latent_shard,
 )
-from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
+from gamengen.layout import DatasetError, add_dataset_arguments, columns_from_args
 from gamengen.model import ModelLoadError
 from gamengen.run_folder import UsageError
 from gamengen.samplers import FrameDataset
@@ -82,9 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument(
-        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
-    )
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--pretrained_vae_model_name_or_path",
         default=None,
@@ -112,8 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataloader_num_workers", type=int, default=0, help="processes decoding PNG frames (0: in the main process)"
     )
-    parser.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
-    add_column_arguments(parser)
     parser.add_argument(
         "--num_actions",
         type=int,

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_json_atomic
-from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
+from gamengen.layout import DatasetError, add_dataset_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError
 from gamengen.run_folder import UsageError, check_run_dir
@@ -101,11 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train the whole VAE (from scratch when there is no pretrained one); default: decoder only",
     )
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
-    )
-    data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
-    add_column_arguments(data)
+    add_dataset_arguments(data)
     data.add_argument(
         "--holdout_fraction",
         type=float,
@@ -137,9 +133,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2000,
         help="total optimisation steps (a resumed run counts from its checkpoint)",
-    )
-    train.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step"
     )
     train.add_argument(
         "--gradient_checkpointing",

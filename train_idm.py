@@ -29,7 +29,7 @@ from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.idm import CATEGORIES, IDMError, action_category, check_idm_output, save_idm
 from gamengen.idm_training import load_transitions, score_transitions, train_idm
 from gamengen.latent_cache import dataset_fingerprint
-from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
+from gamengen.layout import DatasetError, add_dataset_arguments, columns_from_args
 from gamengen.windows import check_action_ids
 
 
@@ -38,11 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
-    )
-    data.add_argument("--cache_dir", default=None, help="where Hub datasets are cached")
-    add_column_arguments(data)
+    add_dataset_arguments(data, cached="datasets")
     data.add_argument(
         "--holdout_fraction",
         type=float,

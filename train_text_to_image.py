@@ -45,7 +45,7 @@ from gamengen.config import (
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
-from gamengen.layout import PEER_COLUMNS, DatasetError, add_column_arguments, columns_from_args
+from gamengen.layout import PEER_COLUMNS, DatasetError, add_dataset_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import (
     ModelLoadError,
@@ -171,16 +171,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default: {by_preset('residual')}; docs/research_log.md#residual-parameterisation-precisely)",
     )
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
-    )
+    add_dataset_arguments(data)
     data.add_argument(
         "--latents_dir",
         default=None,
         help="latents cached by encode_latents.py: training then never runs the VAE encoder",
     )
-    data.add_argument("--cache_dir", default=None, help="where Hub datasets and models are cached")
-    add_column_arguments(data)
     data.add_argument(
         "--num_actions",
         type=int,
@@ -232,9 +228,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="accepted for the seed repository's commands: the context dropout that classifier-free guidance needs "
         "(--context_dropout 0.1, the paper's) is already the default; --context_dropout 0 turns it off",
-    )
-    train.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step"
     )
     train.add_argument(
         "--gradient_checkpointing",

@@ -160,7 +160,13 @@ def load_world_model(
 
     root = resolve_checkpoint(name_or_path, revision)
     if _peer().is_peer_checkpoint(root):  # the seed repository's layout, converted on load
-        return _peer().load_peer_checkpoint(root, device=device, dtype=dtype, num_actions=num_actions)
+        bundle = _peer().convert_peer_checkpoint(root)
+        if num_actions is not None and num_actions != bundle.config.num_actions:
+            raise _peer().PeerCheckpointError(
+                f"the checkpoint has {bundle.config.num_actions} actions (its action embedding's rows), "
+                f"the data has {num_actions}"
+            )
+        return placed(bundle, device, dtype)
     parts = [
         CONFIG_FILE,
         f"{UNET_SUBFOLDER}/config.json",
@@ -221,6 +227,11 @@ def load_world_model(
         if model.action_position is not None:
             model.action_position.copy_(position)
     scheduler = DDIMScheduler.from_pretrained(root, subfolder=SCHEDULER_SUBFOLDER)
-    model.to(device=device, dtype=dtype).eval()
-    vae.to(device=device).eval()
-    return WorldModelBundle(model=model, vae=vae, scheduler=scheduler, config=config)
+    return placed(WorldModelBundle(model=model, vae=vae, scheduler=scheduler, config=config), device, dtype)
+
+
+def placed(bundle: WorldModelBundle, device: str | torch.device, dtype: torch.dtype) -> WorldModelBundle:
+    """``bundle`` with its world model and VAE on ``device`` in ``dtype``, in evaluation mode."""
+    bundle.model.to(device=device, dtype=dtype).eval()
+    bundle.vae.to(device=device, dtype=dtype).eval()
+    return bundle

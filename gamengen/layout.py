@@ -61,6 +61,16 @@ PEER_COLUMNS = ColumnNames(
 )
 
 
+def add_dataset_arguments(group: Any, cached: str = "datasets and models") -> None:
+    """``--dataset_name`` (required), ``--cache_dir`` (where Hub ``cached`` go) and the column options of
+    ``add_column_arguments``: the dataset options of every script that trains on or encodes a dataset."""
+    group.add_argument(
+        "--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id (USER/NAME)"
+    )
+    group.add_argument("--cache_dir", default=None, help=f"where Hub {cached} are cached")
+    add_column_arguments(group)
+
+
 def add_column_arguments(group: Any) -> None:
     """The ``--frame_column/--action_column/--episode_column/--step_column`` options of every script
     that reads a dataset (for datasets of another layout, e.g. public ``frames``/``actions`` ones)."""

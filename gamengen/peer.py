@@ -356,28 +356,6 @@ def convert_peer_checkpoint(
     return WorldModelBundle(model=model.eval(), vae=autoencoder.eval(), scheduler=scheduler, config=config)
 
 
-def load_peer_checkpoint(
-    name_or_path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    num_actions: int | None = None,
-    revision: str | None = None,
-) -> WorldModelBundle:
-    """``gamengen.checkpoint.load_world_model`` for a seed checkpoint: converted in memory, then placed like any
-    other."""
-    bundle = convert_peer_checkpoint(name_or_path, revision=revision)
-    if num_actions is not None and num_actions != bundle.config.num_actions:
-        raise PeerCheckpointError(
-            f"the checkpoint has {bundle.config.num_actions} actions (its action embedding's rows), "
-            f"the data has {num_actions}"
-        )
-    bundle.model.to(device=device, dtype=dtype).eval()
-    bundle.vae.to(device=device).eval()
-    if bundle.vae.dtype != dtype:
-        bundle.vae.to(dtype=dtype)
-    return bundle
-
-
 def peer_model_card(config: WorldModelConfig) -> str:
     """The README of a converted checkpoint: where it came from and what the engine does differently."""
     source = config.dataset.get("converted_from", "a gameNgen-repro checkpoint")

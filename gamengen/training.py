@@ -72,7 +72,10 @@ def run_trainer(
 
 def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed: str) -> None:
     """The options every accelerate training script shares (diffusers' names): learning-rate schedule,
-    mixed precision, checkpointing and resumption, trackers and the Hub."""
+    gradient accumulation, mixed precision, checkpointing and resumption, trackers and the Hub."""
+    train.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="batches accumulated into one optimisation step"
+    )
     train.add_argument(
         "--lr_scheduler",
         default="constant",

@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_DIR = REPO / "ViZDoomPPO"
@@ -40,6 +44,38 @@ def run_script(
     return result
 
 
+GENERATOR = "ViZDoomPPO/load_model_generate_dataset.py"
+
+
+def record_random_episodes(
+    out_dir: Path, episodes: int, steps: int, *more: object, check: bool = True
+) -> subprocess.CompletedProcess:
+    """The agent side's generator with a random policy: ``episodes`` episodes cut at ``steps`` steps, from 2 worker
+    processes, into ``out_dir``; ``more`` are further options of load_model_generate_dataset.py."""
+    return run_script(
+        GENERATOR,
+        *("--random_policy", "--episodes", episodes, "--num_workers", 2, "--max_steps_per_episode", steps),
+        *("--out_dir", out_dir, *more),
+        check=check,
+    )
+
+
+def sd_shaped_vae() -> AutoencoderKL:
+    """A random VAE with Stable Diffusion's latent geometry (four levels: downsampling factor 8, 4 latent channels,
+    its scaling factor) but few channels: 320x240 frames -> 4x30x40 latents in milliseconds."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 16, 16],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        scaling_factor=0.18215,
+    )
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for the rendezvous of multi-process launches)."""
     import socket
@@ -53,22 +89,7 @@ def free_port() -> int:
 def random_dataset(tmp_path_factory) -> Path:
     """A small real dataset: 4 random-policy E1M1 episodes of 24 steps from 2 worker processes."""
     out = tmp_path_factory.mktemp("random_ds")
-    run_script(
-        "ViZDoomPPO/load_model_generate_dataset.py",
-        "--random_policy",
-        "--episodes",
-        "4",
-        "--num_workers",
-        "2",
-        "--max_steps_per_episode",
-        "24",
-        "--output",
-        "parquet",
-        "--out_dir",
-        out,
-        "--seed",
-        "7",
-    )
+    record_random_episodes(out, 4, 24, "--output", "parquet", "--seed", 7)
     return out
 
 
@@ -79,24 +100,7 @@ TINY_STEPS = 40  # per episode of the tiny_dataset fixture
 def tiny_dataset(tmp_path_factory) -> Path:
     """2 random-policy E1M1 episodes of 40 steps at the tiny preset's 64x48, from 2 worker processes."""
     out = tmp_path_factory.mktemp("tiny_ds")
-    run_script(
-        "ViZDoomPPO/load_model_generate_dataset.py",
-        *(
-            "--random_policy",
-            "--episodes",
-            2,
-            "--num_workers",
-            2,
-            "--max_steps_per_episode",
-            TINY_STEPS,
-            "--frame_size",
-            "64x48",
-            "--out_dir",
-            out,
-            "--seed",
-            5,
-        ),
-    )
+    record_random_episodes(out, 2, TINY_STEPS, "--frame_size", "64x48", "--seed", 5)
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import record_random_episodes, run_script, sd_shaped_vae
 from diffusers import AutoencoderKL
 
 from gamengen.config import get_config
@@ -29,27 +29,12 @@ from gamengen.vae import (
 )
 
 SCRIPT = "finetune_autoencoder.py"
-GENERATE = "ViZDoomPPO/load_model_generate_dataset.py"
 
 
 def record(out: Path, episodes: int, steps: int, frame_size: str | None = None) -> Path:
     """Real E1M1 frames from the agent side's generator (random policy)."""
     size = ["--frame_size", frame_size] if frame_size else []
-    run_script(
-        GENERATE,
-        "--random_policy",
-        "--episodes",
-        episodes,
-        "--num_workers",
-        2,
-        "--max_steps_per_episode",
-        steps,
-        "--out_dir",
-        out,
-        "--seed",
-        3,
-        *size,
-    )
+    record_random_episodes(out, episodes, steps, "--seed", 3, *size)
     return out
 
 
@@ -73,21 +58,20 @@ def summary(output_dir: Path) -> dict:
     return json.loads((output_dir / "vae_training.json").read_text())
 
 
+def train_tiny_vae(dataset: Path, max_train_steps: int, output_dir: Path, check: bool = True):
+    """The README's command: a tiny VAE, encoder too, trained from scratch."""
+    return finetune(
+        *("--preset", "tiny", "--train_encoder", "--dataset_name", dataset),
+        *("--max_train_steps", max_train_steps, "--output_dir", output_dir),
+        check=check,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_vae(tiny_dataset, tmp_path_factory) -> Path:
     """The README's command: a tiny VAE trained from scratch (encoder too) for 40 steps."""
     out = tmp_path_factory.mktemp("tiny_vae") / "run"
-    result = finetune(
-        "--preset",
-        "tiny",
-        "--train_encoder",
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        40,
-        "--output_dir",
-        out,
-    )
+    result = train_tiny_vae(tiny_dataset, 40, out)
     assert "held-out PSNR: before" in result.stdout
     return out
 
@@ -113,20 +97,9 @@ def test_training_the_tiny_vae_from_scratch_raises_heldout_psnr(tiny_vae):
 
 def test_decoder_only_keeps_the_encoder_bit_identical_and_improves_the_decoder(tiny_vae, tiny_dataset, tmp_path):
     out = tmp_path / "decoder"
-    finetune(
-        "--preset",
-        "tiny",
-        "--pretrained_model_name_or_path",
-        tiny_vae,
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        30,
-        "--checkpointing_steps",
-        20,
-        "--output_dir",
-        out,
-    )
+    decoder_only = ("--preset", "tiny", "--pretrained_model_name_or_path", tiny_vae, "--dataset_name", tiny_dataset)
+    decoder_only += ("--checkpointing_steps", 20, "--output_dir", out)
+    finetune(*decoder_only, "--max_train_steps", 30)
     before, after = load_vae(tiny_vae), load_vae(out)
     frozen = ("encoder.", "quant_conv.")
     for name, weight in state(before, frozen).items():
@@ -139,22 +112,7 @@ def test_decoder_only_keeps_the_encoder_bit_identical_and_improves_the_decoder(t
     assert after.config.scaling_factor == before.config.scaling_factor  # the latent space did not move
 
     # Resume: a longer run continues from the latest checkpoint (30) and its step count.
-    resumed = finetune(
-        "--preset",
-        "tiny",
-        "--pretrained_model_name_or_path",
-        tiny_vae,
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        35,
-        "--checkpointing_steps",
-        20,
-        "--output_dir",
-        out,
-        "--resume_from_checkpoint",
-        "latest",
-    )
+    resumed = finetune(*decoder_only, "--max_train_steps", 35, "--resume_from_checkpoint", "latest")
     assert "at step 30" in resumed.stdout
     numbers = summary(out)
     assert (numbers["global_step"], numbers["steps_this_run"]) == (35, 5)
@@ -166,18 +124,7 @@ def test_a_rerun_never_overwrites_an_earlier_run(tiny_vae, tiny_dataset, tmp_pat
     out = tmp_path / "copy"
     shutil.copytree(tiny_vae, out)
     weights = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
-    result = finetune(
-        "--preset",
-        "tiny",
-        "--train_encoder",
-        "--dataset_name",
-        tiny_dataset,
-        "--max_train_steps",
-        2,
-        "--output_dir",
-        out,
-        check=False,
-    )
+    result = train_tiny_vae(tiny_dataset, 2, out, check=False)
     assert result.returncode != 0 and "--resume_from_checkpoint latest" in result.stderr
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
 
@@ -186,14 +133,7 @@ def test_sd14_path_loads_a_local_pretrained_folder_and_pads_frames(sd14_dataset,
     """A small "pretrained" VAE with SD's latent geometry (factor 8, 4 channels), saved with
     save_pretrained, goes through the same loader a Hub id does, on 320x240 frames padded to 320x256."""
     torch.manual_seed(0)
-    stock = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 16, 16],
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-    )
+    stock = sd_shaped_vae()
     stock.save_pretrained(tmp_path / "stock" / "vae")
     out = tmp_path / "out"
     result = finetune(

@@ -25,6 +25,11 @@ from gamengen.vae import build_vae, frames_to_tensor
 FAST = ("--max_windows", 8, "--horizon", 6, "--timing_frames", 2, "--num_examples", 3)
 
 
+def evaluate_options(model_folder: Path, dataset: Path, output_dir: Path, *more: object) -> tuple[object, ...]:
+    """evaluate.py's checkpoint, dataset and output folder, then ``more``."""
+    return ("--model_folder", model_folder, "--dataset_name", dataset, "--output_dir", output_dir, *more)
+
+
 # -- metrics --------------------------------------------------------------------------------------
 
 
@@ -172,9 +177,7 @@ def test_actions_are_grouped_by_the_change_they_make():
 def evaluation(tiny_dataset, tiny_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
     """One evaluation of the random-init checkpoint, run as a user runs it."""
     out = tmp_path_factory.mktemp("eval")
-    result = run_script(
-        "evaluate.py", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--output_dir", out, *FAST
-    )
+    result = run_script("evaluate.py", *evaluate_options(tiny_checkpoint, tiny_dataset, out), *FAST)
     assert "teacher-forced PSNR" in result.stdout and "wrote" in result.stdout
     return out, json.loads((out / "metrics.json").read_text())
 
@@ -321,17 +324,7 @@ def test_the_trainers_held_out_episodes_are_used_by_default(tiny_dataset, tmp_pa
 def test_an_earlier_evaluation_is_not_overwritten(evaluation, tiny_dataset, tiny_checkpoint):
     out, metrics = evaluation
     before = (out / "metrics.json").read_text()
-    result = run_script(
-        "evaluate.py",
-        "--model_folder",
-        tiny_checkpoint,
-        "--dataset_name",
-        tiny_dataset,
-        "--output_dir",
-        out,
-        *FAST,
-        check=False,
-    )
+    result = run_script("evaluate.py", *evaluate_options(tiny_checkpoint, tiny_dataset, out), *FAST, check=False)
     assert result.returncode == 1 and "already holds an evaluation" in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.stderr and (out / "metrics.json").read_text() == before
 
@@ -339,32 +332,12 @@ def test_an_earlier_evaluation_is_not_overwritten(evaluation, tiny_dataset, tiny
 def test_a_checkpoint_of_other_actions_is_refused_before_any_work(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
     other = save_tiny_checkpoint(tmp_path / "other", ["NOOP", "FORWARD", "TURN_LEFT"])
     with pytest.raises(DatasetError, match="other.*the dataset's actions .* are not the checkpoint's"):
-        in_process(
-            evaluate,
-            "--model_folder",
-            tiny_checkpoint,
-            "--compare",
-            other,
-            "--dataset_name",
-            tiny_dataset,
-            "--output_dir",
-            tmp_path / "e",
-        )
+        in_process(evaluate, *evaluate_options(tiny_checkpoint, tiny_dataset, tmp_path / "e", "--compare", other))
     assert not (tmp_path / "e").exists()
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model_folder", "a", "--compare", "b", "--names", "only-one", "--dataset_name", "d"])
     with pytest.raises(EngineError):
-        in_process(
-            evaluate,
-            "--model_folder",
-            tiny_checkpoint,
-            "--dataset_name",
-            tiny_dataset,
-            "--output_dir",
-            tmp_path / "e",
-            "--noise_bucket",
-            99,
-        )
+        in_process(evaluate, *evaluate_options(tiny_checkpoint, tiny_dataset, tmp_path / "e", "--noise_bucket", 99))
 
 
 def test_an_idm_reports_action_following_for_every_pass(tiny_dataset, tiny_checkpoint, tmp_path):
@@ -381,18 +354,7 @@ def test_an_idm_reports_action_following_for_every_pass(tiny_dataset, tiny_check
         8,
     )
     out = tmp_path / "eval"
-    run_script(
-        "evaluate.py",
-        "--model_folder",
-        tiny_checkpoint,
-        "--dataset_name",
-        tiny_dataset,
-        "--output_dir",
-        out,
-        "--idm",
-        idm,
-        *FAST,
-    )
+    run_script("evaluate.py", *evaluate_options(tiny_checkpoint, tiny_dataset, out, "--idm", idm), *FAST)
     following = json.loads((out / "metrics.json").read_text())["models"][0]["action_following"]
     for name in ("real", "teacher_forced", "shuffled_given", "shuffled_recorded", "drift"):
         block = following[name]

@@ -15,13 +15,11 @@ import gymnasium as gym
 import numpy as np
 import psutil
 import pyarrow.parquet as pq
-from conftest import AGENT_DIR, run_script, script_env
+from conftest import AGENT_DIR, GENERATOR, record_random_episodes, run_script, script_env
 from PIL import Image
 
 from common.envs import ACTION_NAMES, DoomConfig, observation_space
 from common.utils import METADATA_KEY, decode_frame, list_shards
-
-GENERATE = "ViZDoomPPO/load_model_generate_dataset.py"
 
 
 def read_dataset(folder):
@@ -65,20 +63,7 @@ def test_huggingface_datasets_round_trip(random_dataset):
 
 
 def test_same_seed_reproduces_the_same_actions(tmp_path, random_dataset):
-    run_script(
-        GENERATE,
-        "--random_policy",
-        "--episodes",
-        "2",
-        "--num_workers",
-        "2",
-        "--max_steps_per_episode",
-        "24",
-        "--out_dir",
-        tmp_path,
-        "--seed",
-        "7",
-    )
+    record_random_episodes(tmp_path, 2, 24, "--seed", 7)
     again = read_dataset(tmp_path)
     first = read_dataset(random_dataset)
     # worker 0's first episode of both runs: same (seed, worker) -> same actions
@@ -87,20 +72,9 @@ def test_same_seed_reproduces_the_same_actions(tmp_path, random_dataset):
 
 
 def test_rerun_adds_shards_and_never_touches_earlier_ones(tmp_path):
-    args = [
-        "--random_policy",
-        "--episodes",
-        "2",
-        "--num_workers",
-        "2",
-        "--max_steps_per_episode",
-        "8",
-        "--out_dir",
-        tmp_path,
-    ]
-    run_script(GENERATE, *args)
+    record_random_episodes(tmp_path, 2, 8)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in list_shards(tmp_path)}
-    run_script(GENERATE, *args, "--seed", "1")
+    record_random_episodes(tmp_path, 2, 8, "--seed", 1)
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in list_shards(tmp_path)}
     assert all(after[name] == digest for name, digest in before.items())
     assert len(after) == 2 * len(before)
@@ -108,7 +82,7 @@ def test_rerun_adds_shards_and_never_touches_earlier_ones(tmp_path):
     assert table.episode_id.nunique() == 4  # ids unique across runs and workers
 
     # a different game into the same folder is refused, and nothing is deleted
-    result = run_script(GENERATE, *args, "--frame_size", "160x120", check=False)
+    result = record_random_episodes(tmp_path, 2, 8, "--frame_size", "160x120", check=False)
     assert result.returncode == 2 and "frame_width" in result.stderr
     assert {p.name for p in list_shards(tmp_path)} == set(after)
 
@@ -218,20 +192,7 @@ def test_a_crashed_worker_stops_the_run_and_its_game(tmp_path):
 
 
 def test_gif_output_has_one_captioned_frame_per_step(tmp_path):
-    run_script(
-        GENERATE,
-        "--random_policy",
-        "--episodes",
-        "2",
-        "--num_workers",
-        "2",
-        "--max_steps_per_episode",
-        "10",
-        "--output",
-        "gif",
-        "--out_dir",
-        tmp_path,
-    )
+    record_random_episodes(tmp_path, 2, 10, "--output", "gif")
     gifs = sorted(tmp_path.glob("*.gif"))
     assert len(gifs) == 2
     for gif in gifs:
@@ -241,12 +202,12 @@ def test_gif_output_has_one_captioned_frame_per_step(tmp_path):
 
 
 def test_upload_needs_a_repo_name(tmp_path):
-    result = run_script(GENERATE, "--random_policy", "--upload", "--out_dir", tmp_path, check=False)
+    result = run_script(GENERATOR, "--random_policy", "--upload", "--out_dir", tmp_path, check=False)
     assert result.returncode == 2 and "--hf_repo" in result.stderr
 
 
 def test_missing_model_file_is_named(tmp_path):
-    result = run_script(GENERATE, "--model_path", tmp_path / "nope.zip", "--out_dir", tmp_path, check=False)
+    result = run_script(GENERATOR, "--model_path", tmp_path / "nope.zip", "--out_dir", tmp_path, check=False)
     assert result.returncode == 2 and "nope.zip not found" in result.stderr
 
 
@@ -262,7 +223,7 @@ def test_model_for_another_action_space_is_refused(tmp_path):
     from stable_baselines3 import PPO
 
     PPO("MultiInputPolicy", WrongActionsEnv(), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "wrong.zip")
-    result = run_script(GENERATE, "--model_path", tmp_path / "wrong.zip", "--out_dir", tmp_path / "out", check=False)
+    result = run_script(GENERATOR, "--model_path", tmp_path / "wrong.zip", "--out_dir", tmp_path / "out", check=False)
     assert result.returncode == 2
     assert f"trained with 3 actions but this environment has {len(ACTION_NAMES)}" in result.stderr
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def checkpoint(tiny_checkpoint) -> Path:
 
 
 save_checkpoint = save_tiny_checkpoint
+
+
+def rollout_options(model_folder: Path, dataset: Path, output_dir: Path, *more: object) -> tuple[object, ...]:
+    """run_autoregressive.py's checkpoint, dataset and output folder, then ``more``."""
+    return ("--model_folder", model_folder, "--dataset_name", dataset, "--output_dir", output_dir, *more)
+
+
+def run_autoregressive_script(model_folder: Path, dataset: Path, output_dir: Path) -> subprocess.CompletedProcess:
+    """run_autoregressive.py in a process of its own, as a user runs it; its failure is the test's to check."""
+    return run_script("run_autoregressive.py", *rollout_options(model_folder, dataset, output_dir), check=False)
 
 
 def gif_frames(path: Path) -> list[Image.Image]:
@@ -93,7 +104,7 @@ def test_run_autoregressive_writes_every_generated_frame_beside_the_truth_and_pr
 def test_scripted_actions_roll_out_every_script_from_every_episode(dataset, checkpoint, tmp_path, in_process):
     results = in_process(
         run_autoregressive,
-        *("--model_folder", checkpoint, "--dataset_name", dataset, "--output_dir", tmp_path, "--no_mp4"),
+        *rollout_options(checkpoint, dataset, tmp_path, "--no_mp4"),
         *("--actions", "FORWARD*3,turn_left*2", "ATTACK", "--num_frames", 7, "--start_step", 2),
     )
     assert [r["name"] for r in results] == ["ep0_script0", "ep0_script1"]
@@ -108,12 +119,7 @@ def test_scripted_actions_roll_out_every_script_from_every_episode(dataset, chec
 def test_a_script_without_num_frames_plays_it_once(dataset, checkpoint, tmp_path, in_process):
     (result,) = in_process(
         run_autoregressive,
-        "--model_folder",
-        checkpoint,
-        "--dataset_name",
-        dataset,
-        "--output_dir",
-        tmp_path,
+        *rollout_options(checkpoint, dataset, tmp_path),
         "--actions",
         "FORWARD*2,USE",
         "--save_arrays",
@@ -132,12 +138,7 @@ def test_an_unknown_action_name_is_refused_with_the_action_list(dataset, checkpo
     with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD, BACKWARD"):
         in_process(
             run_autoregressive,
-            "--model_folder",
-            checkpoint,
-            "--dataset_name",
-            dataset,
-            "--output_dir",
-            tmp_path,
+            *rollout_options(checkpoint, dataset, tmp_path),
             "--actions",
             "FORWARD*2,JUMP",
         )
@@ -178,12 +179,7 @@ def test_a_recorded_rollout_longer_than_the_episode_is_refused(dataset, checkpoi
     ):
         in_process(
             run_autoregressive,
-            "--model_folder",
-            checkpoint,
-            "--dataset_name",
-            dataset,
-            "--output_dir",
-            tmp_path,
+            *rollout_options(checkpoint, dataset, tmp_path),
             "--num_frames",
             40,
         )
@@ -193,16 +189,7 @@ def test_a_checkpoint_with_a_missing_part_is_refused_with_a_message(dataset, che
     broken = tmp_path / "wm"
     shutil.copytree(checkpoint, broken)
     shutil.rmtree(broken / "vae")
-    result = run_script(
-        "run_autoregressive.py",
-        "--model_folder",
-        broken,
-        "--dataset_name",
-        dataset,
-        "--output_dir",
-        tmp_path,
-        check=False,
-    )
+    result = run_autoregressive_script(broken, dataset, tmp_path)
     assert result.returncode == 1
     assert (
         "error:" in result.stderr and "not a complete world-model checkpoint: missing vae/config.json" in result.stderr
@@ -216,32 +203,13 @@ def test_a_truncated_weights_file_is_named_with_what_to_do(dataset, checkpoint, 
     shutil.copytree(checkpoint, broken)
     weights = broken / part if part.endswith(".safetensors") else next((broken / part).glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
-    result = run_script(
-        "run_autoregressive.py",
-        "--model_folder",
-        broken,
-        "--dataset_name",
-        dataset,
-        "--output_dir",
-        tmp_path,
-        check=False,
-    )
+    result = run_autoregressive_script(broken, dataset, tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"could not read the weights in {weights}" in result.stderr and "damaged or incomplete" in result.stderr
 
 
 def test_a_second_run_into_the_same_output_dir_is_refused_unless_overwrite(dataset, checkpoint, tmp_path, in_process):
-    options = (
-        "--model_folder",
-        checkpoint,
-        "--dataset_name",
-        dataset,
-        "--output_dir",
-        tmp_path,
-        "--num_frames",
-        2,
-        "--no_mp4",
-    )
+    options = rollout_options(checkpoint, dataset, tmp_path, "--num_frames", 2, "--no_mp4")
     in_process(run_autoregressive, *options)
     first = (tmp_path / "rollouts.json").read_bytes()
     with pytest.raises(EngineError, match="already holds rollouts.*pass --overwrite"):
@@ -264,16 +232,7 @@ def test_an_action_id_beyond_the_model_names_a_fix_this_script_has(dataset, chec
     actions = table.column(column).to_pylist()
     actions[3] = 99
     pq.write_table(table.set_column(column, table.schema.field(column), pa.array(actions, pa.int16())), shard)
-    result = run_script(
-        "run_autoregressive.py",
-        "--model_folder",
-        checkpoint,
-        "--dataset_name",
-        bad,
-        "--output_dir",
-        tmp_path / "out",
-        check=False,
-    )
+    result = run_autoregressive_script(checkpoint, bad, tmp_path / "out")
     assert result.returncode == 1 and "has action id 99" in result.stderr, result.stderr[-2000:]
     assert (
         "this checkpoint's" in result.stderr and "are fixed" in result.stderr and "--num_actions" not in result.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_script, sd_shaped_vae
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 
@@ -26,19 +26,6 @@ from gamengen.peer import PEER_ACTION_NAMES, PeerCheckpointError, convert_peer_c
 CONTEXT = 3  # the stand-in's context frames (the published checkpoints have 9)
 TOKEN_DIM = 32  # the stand-in's action-token size (the published checkpoints: 768)
 NUM_ACTIONS = 18  # the seed's action set
-
-
-def tiny_vae() -> AutoencoderKL:
-    """Four levels like SD's VAE (downsampling factor 8: 320x240 frames -> 4x30x40 latents), few channels."""
-    return AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 16, 16],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        scaling_factor=0.18215,
-    )
 
 
 def write_peer_checkpoint(folder: Path, num_embeddings: int = NUM_ACTIONS, seed: int = 0) -> Path:
@@ -61,7 +48,7 @@ def write_peer_checkpoint(folder: Path, num_embeddings: int = NUM_ACTIONS, seed:
         unet.conv_in.weight.normal_(0, 0.2)
         unet.class_embedding.weight.normal_(0, 1)
     unet.save_pretrained(folder / "unet")
-    tiny_vae().save_pretrained(folder / "vae")
+    sd_shaped_vae().save_pretrained(folder / "vae")
     # The seed loads SD v1.4's scheduler config into a DDIMScheduler and switches it to v-prediction.
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -168,7 +155,7 @@ def test_action_names_can_be_given_and_are_generic_beyond_the_seeds_action_set(p
 
 def test_a_fine_tuned_decoder_replaces_the_decoder_and_keeps_the_encoder(peer_checkpoint, tmp_path):
     torch.manual_seed(3)
-    decoder = tiny_vae().decoder.state_dict()
+    decoder = sd_shaped_vae().decoder.state_dict()
     torch.save(decoder, tmp_path / "trained_vae_decoder.pth")
     original = AutoencoderKL.from_pretrained(peer_checkpoint / "vae")
     output = tmp_path / "wm"

@@ -170,30 +170,11 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
 
 
 def test_bad_input_is_refused_with_the_problem_and_the_fix(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
+    headless = ("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless")
     with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD"):
-        in_process(
-            run_playable_env,
-            "--model_folder",
-            tiny_checkpoint,
-            "--dataset_name",
-            tiny_dataset,
-            "--ui",
-            "headless",
-            "--actions",
-            "FORWARD,JUMP",
-        )
+        in_process(run_playable_env, *headless, "--actions", "FORWARD,JUMP")
     with pytest.raises(EngineError, match="--actions_file .*missing.txt does not exist"):
-        in_process(
-            run_playable_env,
-            "--model_folder",
-            tiny_checkpoint,
-            "--dataset_name",
-            tiny_dataset,
-            "--ui",
-            "headless",
-            "--actions_file",
-            tmp_path / "missing.txt",
-        )
+        in_process(run_playable_env, *headless, "--actions_file", tmp_path / "missing.txt")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

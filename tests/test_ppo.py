@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -32,24 +33,20 @@ SMALL_RUN = [
 ]
 
 
+def train_smoke_run(root: Path, total_timesteps: int, *more: object) -> subprocess.CompletedProcess:
+    """The small run named smoke, logged under root/logs with a checkpoint every 128 steps."""
+    return run_script(
+        TRAIN,
+        *("--total_timesteps", total_timesteps, *SMALL_RUN, "--checkpoint_freq", 128),
+        *("--log_dir", root / "logs", "--run_name", "smoke", *more),
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo")
     record = root / "rec"
-    result = run_script(
-        TRAIN,
-        "--total_timesteps",
-        "256",
-        *SMALL_RUN,
-        "--checkpoint_freq",
-        "128",
-        "--log_dir",
-        root / "logs",
-        "--run_name",
-        "smoke",
-        "--record_dir",
-        record,
-    )
+    result = train_smoke_run(root, 256, "--record_dir", record)
     return root, record, result
 
 
@@ -101,20 +98,7 @@ def test_resume_continues_the_step_count(trained):
     from stable_baselines3 import PPO
 
     root, _, _ = trained
-    result = run_script(
-        TRAIN,
-        "--total_timesteps",
-        "384",
-        *SMALL_RUN,
-        "--checkpoint_freq",
-        "128",
-        "--log_dir",
-        root / "logs",
-        "--run_name",
-        "smoke",
-        "--resume",
-        "latest",
-    )
+    result = train_smoke_run(root, 384, "--resume", "latest")
     assert "resumed from" in result.stdout and "at step 256" in result.stdout
     assert PPO.load(root / "logs" / "models" / "smoke" / "final_model.zip", device="cpu").num_timesteps == 384
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import REPO, run_script, script_env
+from conftest import REPO, record_random_episodes, run_script, script_env
 
 from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
@@ -27,10 +27,7 @@ TRAIN = "train_text_to_image.py"
 def setup(tmp_path_factory) -> dict[str, Path]:
     """6 random-policy episodes of 64x48 frames, a random tiny VAE, and its latent cache."""
     root = tmp_path_factory.mktemp("world_model")
-    run_script(
-        "ViZDoomPPO/load_model_generate_dataset.py", "--random_policy", "--episodes", 6, "--num_workers", 2,
-        "--max_steps_per_episode", 40, "--frame_size", "64x48", "--out_dir", root / "ds", "--seed", 3,
-    )  # fmt: skip
+    record_random_episodes(root / "ds", 6, 40, "--frame_size", "64x48", "--seed", 3)
     torch.manual_seed(0)
     save_vae(build_vae(get_config("tiny")), root / "vae")
     run_script(
@@ -72,21 +69,17 @@ def train(setup, output_dir, *extra, check=True):
     return run_script(TRAIN, *args, check=check)
 
 
+def train_on_latents(setup, output_dir, max_train_steps, *extra, check=True):
+    """train() on the setup's latent cache for ``max_train_steps`` steps."""
+    return train(
+        setup, output_dir, "--latents_dir", setup["lat"], "--max_train_steps", max_train_steps, *extra, check=check
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(setup):
     out = setup["root"] / "wm"
-    result = train(
-        setup,
-        out,
-        "--latents_dir",
-        setup["lat"],
-        "--max_train_steps",
-        20,
-        "--checkpointing_steps",
-        10,
-        "--learning_rate",
-        "1e-3",
-    )
+    result = train_on_latents(setup, out, 20, "--checkpointing_steps", 10, "--learning_rate", "1e-3")
     return out, result
 
 
@@ -109,42 +102,19 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained, setu
 def test_a_new_run_never_overwrites_an_earlier_one(trained, setup):
     out, _ = trained
     before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    result = train(setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 5, check=False)
+    result = train_on_latents(setup, out, 5, check=False)
     assert result.returncode == 2 and "--resume_from_checkpoint latest" in result.stderr
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
 def test_resume_continues_the_step_count(trained, setup):
     out, _ = trained
-    result = train(
-        setup,
-        out,
-        "--latents_dir",
-        setup["lat"],
-        "--max_train_steps",
-        25,
-        "--resume_from_checkpoint",
-        "latest",
-        "--learning_rate",
-        "1e-3",
-    )
+    result = train_on_latents(setup, out, 25, "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3")
     assert "resumed from" in result.stdout and "at step 20" in result.stdout
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 25
     assert (out / "checkpoint-25").is_dir()
 
-    other = train(
-        setup,
-        out,
-        "--latents_dir",
-        setup["lat"],
-        "--max_train_steps",
-        30,
-        "--resume_from_checkpoint",
-        "latest",
-        "--context_length",
-        2,
-        check=False,
-    )
+    other = train_on_latents(setup, out, 30, "--resume_from_checkpoint", "latest", "--context_length", 2, check=False)
     assert other.returncode == 2 and "context length 4" in other.stderr
 
 
@@ -158,20 +128,8 @@ def test_the_paper_parameterisation_with_ema_and_min_snr_trains_and_saves(setup)
     """--no-residual (sd14's default), an EMA of the weights and min-SNR weighting: the options of
     docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked."""
     out = setup["root"] / "wm_options"
-    result = train(
-        setup,
-        out,
-        "--latents_dir",
-        setup["lat"],
-        "--max_train_steps",
-        4,
-        "--no-residual",
-        "--ema_decay",
-        "0.9",
-        "--snr_gamma",
-        5,
-        "--num_threads",
-        1,
+    result = train_on_latents(
+        setup, out, 4, "--no-residual", "--ema_decay", "0.9", "--snr_gamma", 5, "--num_threads", 1
     )
     assert "held-out next-frame PSNR" in result.stdout
     assert load_world_model(out).config.residual is False
@@ -222,24 +180,14 @@ def test_a_dataset_without_action_names_gets_the_action_count_of_its_cache(setup
 def test_a_resumed_run_says_where_its_weights_come_from(trained, setup):
     out, first = trained
     assert "new tiny UNet" in first.stdout
-    result = train(
-        setup, out, "--latents_dir", setup["lat"], "--max_train_steps", 26, "--resume_from_checkpoint", "latest"
-    )
+    result = train_on_latents(setup, out, 26, "--resume_from_checkpoint", "latest")
     assert "new tiny UNet" not in result.stdout and "its weights come from the checkpoint it resumes" in result.stdout
 
 
 def test_latents_of_another_vae_are_refused(setup, tmp_path):
     torch.manual_seed(1)
     save_vae(build_vae(get_config("tiny")), tmp_path / "other_vae")
-    result = train(
-        {**setup, "vae": tmp_path / "other_vae"},
-        tmp_path / "out",
-        "--latents_dir",
-        setup["lat"],
-        "--max_train_steps",
-        1,
-        check=False,
-    )
+    result = train_on_latents({**setup, "vae": tmp_path / "other_vae"}, tmp_path / "out", 1, check=False)
     assert result.returncode == 2 and "VAE" in result.stderr
 
 
