@@ -233,5 +233,7 @@ def load_world_model(
 def placed(bundle: WorldModelBundle, device: str | torch.device, dtype: torch.dtype) -> WorldModelBundle:
     """``bundle`` with its world model and VAE on ``device`` in ``dtype``, in evaluation mode."""
     bundle.model.to(device=device, dtype=dtype).eval()
-    bundle.vae.to(device=device, dtype=dtype).eval()
+    bundle.vae.to(device=device).eval()
+    if bundle.vae.dtype != dtype:  # a converted seed VAE; ours is loaded in ``dtype`` (diffusers warns on a no-op cast)
+        bundle.vae.to(dtype=dtype)
     return bundle
