@@ -246,3 +246,32 @@ def test_recorder_rows_pair_each_frame_with_the_action_taken_at_it(tmp_path):
     assert table.done.tolist() == [False] * (len(actions) - 1) + [True]
     for row, frame in enumerate(seen):
         assert np.array_equal(decode_frame(table.frame[row]), frame)
+
+
+GAME_AT = """
+import sys, time
+sys.path.insert(0, {agent!r})
+from common.envs import DoomConfig, DoomEnv
+env = DoomEnv(DoomConfig(frame_width=160, frame_height=120))
+time.sleep(max(0.0, {start} - time.time()))
+env.reset(seed=0)
+env.close()
+"""
+
+
+def test_games_started_together_in_a_fresh_folder_all_start(tmp_path):
+    """ViZDoom creates ./_vizdoom/ when missing and crashed (SIGSEGV, "Failed to create ./_vizdoom/ directory: File
+    exists") when another game made it first; a fresh clone's generator workers hit that in CI."""
+    import time
+
+    start = time.time() + 6  # every process is imported and waiting by then; they start their games together
+    code = GAME_AT.format(agent=str(AGENT_DIR), start=start)
+    games = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(4)
+    ]
+    outputs = [game.communicate(timeout=120)[0].decode(errors="replace") for game in games]
+    for game, output in zip(games, outputs):
+        assert game.returncode == 0, output
+        assert "Failed to create" not in output
+    assert (tmp_path / "_vizdoom").is_dir()

@@ -455,6 +455,11 @@ class DoomEnv(gym.Env):
         game.set_episode_timeout(r.episode_timeout)
         game.set_episode_start_time(1)
         game.set_mode(vzd.Mode.PLAYER)
+        # The engine creates ./_vizdoom/ (its user folder) when missing, checking first and then calling mkdir; a game
+        # that loses that race to another one started at the same moment (the generator's workers, PPO's vector
+        # envs, on a fresh clone) dies with "Failed to create ./_vizdoom/ directory: File exists" and SIGSEGV.
+        # Creating it here, where "already there" is fine, closes the race.
+        os.makedirs("_vizdoom", mode=0o700, exist_ok=True)
         before = set(_vizdoom_children())
         game.init()
         self.game = game
