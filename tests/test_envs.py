@@ -271,7 +271,7 @@ def test_games_started_together_in_a_fresh_folder_all_start(tmp_path):
         for _ in range(4)
     ]
     outputs = [game.communicate(timeout=120)[0].decode(errors="replace") for game in games]
-    for game, output in zip(games, outputs):
+    for game, output in zip(games, outputs, strict=True):
         assert game.returncode == 0, output
         assert "Failed to create" not in output
     assert (tmp_path / "_vizdoom").is_dir()
