@@ -64,6 +64,7 @@ from gamengen.vae import (
     check_vae,
     decode_latents,
     encode_frames,
+    is_lossless,
     load_vae,
     pad_frames,
     save_vae,
@@ -159,6 +160,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of an LPIPS term (needs the lpips package and its weights; the paper uses MSE only)",
     )
     train.add_argument(
+        "--edge_weight",
+        type=float,
+        default=0.0,
+        help="weight of an edge term: the L1 distance between the horizontal and vertical pixel differences of the "
+        "reconstruction and the frame (MSE alone blurs edges; docs/research_log.md#the-autoencoders-edges)",
+    )
+    train.add_argument(
         "--validation_steps",
         type=int,
         default=250,
@@ -237,20 +245,34 @@ def perceptual_loss_network(weight: float, device: torch.device) -> torch.nn.Mod
     return model
 
 
+def edge_loss(reconstruction: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between the horizontal and the vertical neighbour differences of two images: zero only
+    when every edge has the frame's height, so unlike MSE it does not let a blur pass for the mean of the sharp
+    frames it could be."""
+    loss = reconstruction.new_zeros(())
+    for axis in (-1, -2):
+        loss = loss + F.l1_loss(reconstruction.diff(dim=axis), pixels.diff(dim=axis))
+    return loss
+
+
 def reconstruction_loss(
     model: torch.nn.Module,
     pixels: torch.Tensor,
     kl_weight: float,
     lpips_weight: float,
     perceptual: torch.nn.Module | None,
+    edge_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The objective on a batch of frames: MSE (+ ``kl_weight`` x KL, + ``lpips_weight`` x LPIPS), and the MSE
-    alone (logged)."""
+    """The objective on a batch of frames: MSE (+ ``kl_weight`` x KL, + ``lpips_weight`` x LPIPS, +
+    ``edge_weight`` x the edge term), and the MSE alone (logged)."""
     reconstruction, kl = model(pixels)
-    mse = F.mse_loss(reconstruction.float(), pixels.float())
+    reconstruction, pixels = reconstruction.float(), pixels.float()
+    mse = F.mse_loss(reconstruction, pixels)
     loss = mse + kl_weight * kl.float().mean()
     if perceptual is not None:
-        loss = loss + lpips_weight * perceptual(reconstruction.float(), pixels.float()).mean()
+        loss = loss + lpips_weight * perceptual(reconstruction, pixels).mean()
+    if edge_weight > 0:
+        loss = loss + edge_weight * edge_loss(reconstruction, pixels)
     return loss, {"mse": mse}
 
 
@@ -362,6 +384,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     accelerator = make_accelerator(args, output_dir)
     set_seed(args.seed)
     config = get_config(args.preset)
+    if is_lossless(config):
+        return write_lossless_autoencoder(args, config, accelerator, output_dir)
 
     # Data: recorded episodes, a held-out split by episode id, a fixed set of held-out frames; and the model.
     with accelerator.main_process_first():  # a Hub dataset or VAE is downloaded once, by the main process
@@ -403,7 +427,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     vae = accelerator.unwrap_model(model).vae
 
     def loss_of_batch(pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return reconstruction_loss(model, pixels, args.kl_weight, args.lpips_weight, perceptual)
+        return reconstruction_loss(model, pixels, args.kl_weight, args.lpips_weight, perceptual, args.edge_weight)
 
     options = LoopOptions.from_args(args, project="finetune_autoencoder")
     hooks = Hooks(validate=validation)
@@ -439,6 +463,41 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print_summary(summary, run, vae_dir, grid_path(output_dir, run.step))
         if args.push_to_hub:
             push_to_hub(args, output_dir, ["vae/*", SUMMARY_FILE], f"VAE after {run.step} steps")
+    accelerator.end_training()
+    return summary
+
+
+def write_lossless_autoencoder(
+    args: argparse.Namespace, config: ModelConfig, accelerator: Accelerator, output_dir: Path
+) -> dict[str, Any]:
+    """The space-to-depth preset's autoencoder: nothing to train (it is exact), only its scaling factor to measure
+    on the training frames; written as ``output_dir/vae`` like a trained VAE, so every later step reads it alike."""
+    summary: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        train_episodes, heldout_episodes = load_episodes(args, config, accelerator)
+        vae = build_vae(config)
+        vae.register_to_config(scaling_factor=measure_scaling_factor(vae, train_episodes, config, torch.device("cpu")))
+        vae_dir = save_vae(vae, output_dir)
+        summary = {
+            "preset": config.preset,
+            "mode": "lossless",
+            "pretrained_model_name_or_path": None,
+            "dataset_name": str(args.dataset_name),
+            "train_episodes": len(train_episodes.episodes),
+            "train_frames": len(train_episodes),
+            "heldout_episodes": heldout_episodes.episode_ids,
+            "global_step": 0,
+            "heldout_psnr_after": None,  # exact: decoding gives back the frame
+            "scaling_factor": float(vae.config.scaling_factor),
+        }
+        write_json_atomic(output_dir / SUMMARY_FILE, summary, indent=2)
+        print(
+            f"the {config.preset!r} preset's autoencoder is lossless (space to depth, factor "
+            f"{vae.config.factor}, latents {'x'.join(map(str, config.latent_shape))}): nothing to train; "
+            f"latent scaling factor {vae.config.scaling_factor:.5f}; saved {vae_dir}"
+        )
+        if args.push_to_hub:
+            push_to_hub(args, output_dir, ["vae/*", SUMMARY_FILE], "lossless space-to-depth autoencoder")
     accelerator.end_training()
     return summary
 

@@ -121,7 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--smoke", action="store_true", help="the same pipeline at the smallest sizes (= --budget smoke)"
     )
     parser.add_argument(
-        "--preset", default="tiny", choices=["tiny", "sd14"], help="world-model preset (sd14: the paper's, for GPUs)"
+        "--preset",
+        default="tiny",
+        choices=["tiny", "tiny-s2d", "sd14"],
+        help="world-model preset (sd14: the paper's, for GPUs; tiny-s2d: a lossless autoencoder, an experiment)",
     )
     parser.add_argument(
         "--redo",
@@ -192,6 +195,27 @@ def game_options(budget: Budget, preset: str) -> list[str]:
     ]
 
 
+def lossless(preset: str) -> bool:
+    from gamengen.config import get_config
+    from gamengen.vae import is_lossless
+
+    return is_lossless(get_config(preset))
+
+
+def autoencoder_command(run: Path, budget: Budget, args: argparse.Namespace) -> list[str]:
+    """The vae stage: train the preset's VAE from scratch, or (tiny-s2d) write the lossless one, untrained."""
+    command = ["finetune_autoencoder.py", "--preset", args.preset, "--dataset_name", str(run / "dataset")]
+    command += ["--output_dir", str(run / "vae"), "--seed", str(args.seed)]
+    if lossless(args.preset):
+        return command
+    return command + [
+        *("--train_encoder", "--max_train_steps", str(budget.vae_steps)),
+        *("--train_batch_size", str(budget.vae_batch_size)),
+        *("--validation_steps", str(max(budget.vae_steps // 2, 1))),
+        *("--checkpointing_steps", str(max(budget.vae_steps // 3, 1))),
+    ]
+
+
 def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[str, list[list[str]]]:
     """Each stage's script invocations (paths relative to the repository)."""
     data, agent = run / "dataset", run / "agent"
@@ -249,32 +273,7 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
             ["train_idm.py", "--dataset_name", str(data), "--output_dir", str(run / "idm"), "--seed", seed]
             + ["--max_train_steps", str(budget.idm_steps)]
         ],
-        "vae": [
-            [
-                "finetune_autoencoder.py",
-                "--preset",
-                args.preset,
-                "--train_encoder",
-                "--dataset_name",
-                str(data),
-                "--output_dir",
-                str(run / "vae"),
-            ]
-            + [
-                "--max_train_steps",
-                str(budget.vae_steps),
-                "--train_batch_size",
-                str(budget.vae_batch_size),
-                "--seed",
-                seed,
-            ]
-            + [
-                "--validation_steps",
-                str(max(budget.vae_steps // 2, 1)),
-                "--checkpointing_steps",
-                str(max(budget.vae_steps // 3, 1)),
-            ]
-        ],
+        "vae": [autoencoder_command(run, budget, args)],
         "latents": [
             [
                 "encode_latents.py",
@@ -420,7 +419,9 @@ def run_logged(command: list[str], log: Path, threads: int | None = None) -> int
             raise
 
 
-def estimate(stage: str, budget: Budget) -> float:
+def estimate(stage: str, budget: Budget, preset: str = "tiny") -> float:
+    if stage == "vae" and lossless(preset):
+        return RATES["vae"][1]  # nothing to train: start-up and the scaling factor
     units = {
         "ppo": budget.ppo_steps,
         "generate": budget.episodes * budget.episode_steps,
@@ -492,7 +493,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"[quickstart] moved {run / 'dataset'} aside to {moved}")
         save_state(run, state)
 
-    total_estimate = sum(estimate(s, budget) for s in STAGES if s not in state["stages"])
+    total_estimate = sum(estimate(s, budget, args.preset) for s in STAGES if s not in state["stages"])
     print(
         f"[quickstart] {args.budget} budget, preset {args.preset}, run folder {run}: about "
         f"{fmt_seconds(total_estimate)} of work left"
@@ -519,7 +520,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"[quickstart] moved the interrupted {path} aside to {move_aside(path)}")
         elif stage != "generate" and outputs[stage][1].exists():
             print(f"[quickstart] moved the interrupted {outputs[stage][1]} aside to {move_aside(outputs[stage][1])}")
-        expected = estimate(stage, budget)
+        expected = estimate(stage, budget, args.preset)
         print(
             f"\n[quickstart] {number}/{len(STAGES)} {stage}: estimated {fmt_seconds(expected)} (log: "
             f"{run / 'logs' / (stage + '.log')})",

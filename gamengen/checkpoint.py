@@ -28,7 +28,7 @@ from gamengen.model import (
     make_world_model,
     read_weights,
 )
-from gamengen.vae import VAE_SUBFOLDER, check_vae
+from gamengen.vae import VAE_SUBFOLDER, check_vae, read_autoencoder
 
 SCHEDULER_SUBFOLDER = "scheduler"
 ACTION_EMBEDDING_FILE = "action_embedding.safetensors"
@@ -212,9 +212,7 @@ def load_world_model(
             f"action position embedding is {found}, expected ({config.context_length}, "
             f"{unet.config.cross_attention_dim})"
         )
-    vae = read_weights(
-        root / VAE_SUBFOLDER, lambda: AutoencoderKL.from_pretrained(root, subfolder=VAE_SUBFOLDER, torch_dtype=dtype)
-    )
+    vae = read_weights(root / VAE_SUBFOLDER, lambda: read_autoencoder(root, VAE_SUBFOLDER, dtype))
     try:
         check_vae(vae, config.model)
     except ModelLoadError as error:

@@ -49,6 +49,8 @@ def encoder_fingerprint(vae: Any) -> str:
         if name.startswith(("encoder.", "quant_conv.")):
             digest.update(f"{name}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    if "factor" in vae.config:  # the space-to-depth autoencoder: no weights, its factor decides the latents
+        digest.update(f"space_to_depth:{int(vae.config.factor)}".encode())
     digest.update(f"scaling_factor:{float(vae.config.scaling_factor)!r}".encode())
     return digest.hexdigest()
 

@@ -7,8 +7,10 @@
   ``unpad_frames``);
 - latents given to the diffusion model are the VAE posterior times ``vae.config.scaling_factor``
   (``encode_frames`` / ``decode_latents`` apply padding and scaling in one place);
-- a checkpoint is a folder (or Hub repo) with a ``vae/`` subfolder written by
-  ``AutoencoderKL.save_pretrained``.
+- a checkpoint is a folder (or Hub repo) with a ``vae/`` subfolder written by ``save_pretrained`` of an
+  ``AutoencoderKL`` or, for the ``tiny`` preset, of a ``SpaceToDepthAutoencoder``: the lossless "autoencoder"
+  that moves each 4x4 patch of pixels into 48 channels of one latent cell (nothing to train, nothing lost;
+  docs/research_log.md#a-lossless-autoencoder-for-the-tiny-preset).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from gamengen.config import ModelConfig
 from gamengen.files import atomic_path
@@ -30,9 +35,87 @@ VAE_SUBFOLDER = "vae"
 PAD_VALUE = -1.0
 
 
-def build_vae(config: ModelConfig) -> AutoencoderKL:
-    """An untrained AutoencoderKL of the preset's size (random init; seed torch first)."""
-    return AutoencoderKL(**config.vae, scaling_factor=config.latent_scaling_factor)
+class ExactLatent:
+    """The "posterior" of a lossless autoencoder: one point, so its mode and its samples are the latent itself."""
+
+    def __init__(self, latent: torch.Tensor) -> None:
+        self.latent = latent
+
+    def mode(self) -> torch.Tensor:
+        return self.latent
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.latent
+
+
+class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):
+    """A lossless "autoencoder" with the AutoencoderKL interface the scripts use: ``encode`` moves each
+    ``factor x factor`` patch of pixels into ``3 * factor**2`` channels of one latent cell (``pixel_unshuffle``),
+    ``decode`` puts them back (``pixel_shuffle``), exactly. It has no weights to train; ``scaling_factor``
+    (1 / std of the encoded frames, measured on the dataset) gives the diffusion model unit-variance latents.
+    Latents of a 64x48 frame at factor 4: 48x12x16, the tiny UNet's grid."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        factor: int = 4,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        latent_channels: int = 48,
+        scaling_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if in_channels != out_channels or latent_channels != in_channels * factor**2:
+            raise ValueError(
+                f"a space-to-depth autoencoder of factor {factor} maps {in_channels} channels to "
+                f"{in_channels * factor**2} latent channels and back, not {latent_channels} -> {out_channels}"
+            )
+        # Holds the module's dtype and device (it has no parameters); saved so that a vae/ folder has weights.
+        self.register_buffer("unit", torch.ones(()))
+
+    def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput:
+        latent = F.pixel_unshuffle(pixels.to(self.unit.dtype), self.config.factor)
+        return AutoencoderKLOutput(latent_dist=ExactLatent(latent)) if return_dict else (ExactLatent(latent),)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True) -> DecoderOutput:
+        pixels = F.pixel_shuffle(latents.to(self.unit.dtype), self.config.factor)
+        return DecoderOutput(sample=pixels) if return_dict else (pixels,)
+
+    def forward(self, pixels: torch.Tensor) -> DecoderOutput:
+        return self.decode(self.encode(pixels).latent_dist.mode())
+
+
+AUTOENCODER_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, SpaceToDepthAutoencoder)}
+
+
+def is_lossless(config: ModelConfig) -> bool:
+    """Whether the preset's autoencoder is the space-to-depth one (nothing to train)."""
+    return config.vae.get("_class_name") == SpaceToDepthAutoencoder.__name__
+
+
+def build_vae(config: ModelConfig) -> AutoencoderKL | SpaceToDepthAutoencoder:
+    """An untrained autoencoder of the preset's kind and size (random init for AutoencoderKL; seed torch first)."""
+    arguments = {k: v for k, v in config.vae.items() if k != "_class_name"}
+    cls = AUTOENCODER_CLASSES[config.vae.get("_class_name", AutoencoderKL.__name__)]
+    return cls(**arguments, scaling_factor=config.latent_scaling_factor)
+
+
+def autoencoder_class(
+    name_or_path: str | os.PathLike, subfolder: str = VAE_SUBFOLDER, **hub: str | None
+) -> type[AutoencoderKL | SpaceToDepthAutoencoder]:
+    """The class that wrote a ``vae/`` folder (its ``_class_name``): AutoencoderKL or SpaceToDepthAutoencoder."""
+    name = AutoencoderKL.load_config(str(name_or_path), subfolder=subfolder, **hub).get("_class_name")
+    return AUTOENCODER_CLASSES.get(name, AutoencoderKL)
+
+
+def read_autoencoder(
+    root: str | os.PathLike, subfolder: str = VAE_SUBFOLDER, torch_dtype: torch.dtype | None = None, **hub: str | None
+) -> AutoencoderKL | SpaceToDepthAutoencoder:
+    """``from_pretrained`` of the class that wrote ``root/subfolder``."""
+    cls = autoencoder_class(root, subfolder, **hub)
+    return cls.from_pretrained(str(root), subfolder=subfolder, torch_dtype=torch_dtype, **hub)
 
 
 def load_vae(
@@ -57,16 +140,10 @@ def load_vae(
                 "AutoencoderKL.save_pretrained (e.g. the --output_dir of finetune_autoencoder.py, or a diffusers "
                 f"Stable Diffusion folder).{hint}"
             )
-        return read_weights(
-            root / subfolder, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder, torch_dtype=torch_dtype)
-        )
+        return read_weights(root / subfolder, lambda: read_autoencoder(root, subfolder, torch_dtype))
     try:
-        return AutoencoderKL.from_pretrained(
-            str(pretrained_model_name_or_path),
-            subfolder=subfolder,
-            revision=revision,
-            torch_dtype=torch_dtype,
-            cache_dir=cache_dir,
+        return read_autoencoder(
+            pretrained_model_name_or_path, subfolder, torch_dtype, revision=revision, cache_dir=cache_dir
         )
     except OSError as error:
         raise ModelLoadError(
@@ -85,14 +162,19 @@ def save_vae(vae: AutoencoderKL, output_dir: str | os.PathLike) -> Path:
     return final
 
 
-def vae_scale_factor(vae: AutoencoderKL) -> int:
-    """Pixels per latent cell of a VAE (8 for Stable Diffusion's)."""
+def vae_scale_factor(vae: AutoencoderKL | SpaceToDepthAutoencoder) -> int:
+    """Pixels per latent cell of a VAE (8 for Stable Diffusion's, 4 for the tiny preset's)."""
+    if isinstance(vae, SpaceToDepthAutoencoder):
+        return int(vae.config.factor)
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def check_vae(vae: AutoencoderKL, config: ModelConfig) -> None:
     """Refuse a VAE whose latent space does not have the preset's shape."""
     problems = []
+    kind, wanted = type(vae).__name__, config.vae.get("_class_name", AutoencoderKL.__name__)
+    if kind != wanted:
+        problems.append(f"it is a {kind}, the preset uses a {wanted}")
     if vae.config.in_channels != 3 or vae.config.out_channels != 3:
         problems.append(f"it maps {vae.config.in_channels} to {vae.config.out_channels} channels, not RGB (3)")
     if vae.config.latent_channels != config.latent_channels:

@@ -238,3 +238,20 @@ def test_presets_have_the_documented_latent_shapes():
     assert type(tiny).from_dict(tiny.to_dict()) == tiny
     with pytest.raises(ValueError, match="unknown preset"):
         get_config("sd15")
+
+
+def test_the_edge_term_charges_blur_that_mse_lets_pass(tiny_dataset, tmp_path):
+    from finetune_autoencoder import edge_loss
+
+    frames = frames_to_tensor(np.stack([open_dataset(tiny_dataset).frame(i) for i in (0, 20)]))
+    blurred = torch.nn.functional.avg_pool2d(frames, 3, stride=1, padding=1, count_include_pad=False)
+    mse = torch.nn.functional.mse_loss(blurred, frames)
+    shifted = frames + mse.sqrt()  # a uniform brightness error of the same MSE: no edge moved
+    assert torch.nn.functional.mse_loss(shifted, frames) == pytest.approx(float(mse), rel=1e-4)
+    assert float(edge_loss(frames, frames)) == 0.0
+    assert float(edge_loss(shifted, frames)) < 1e-6 < float(edge_loss(blurred, frames))
+
+    out = tmp_path / "edges"
+    train = ("--preset", "tiny", "--train_encoder", "--dataset_name", tiny_dataset, "--max_train_steps", 3)
+    finetune(*train, "--edge_weight", 0.5, "--output_dir", out)
+    assert summary(out)["global_step"] == 3
