@@ -167,6 +167,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reconstruction and the frame (MSE alone blurs edges; docs/research_log.md#the-autoencoders-edges)",
     )
     train.add_argument(
+        "--posterior_noise",
+        type=float,
+        default=1.0,
+        help="the decoder is trained on mean + this x std x noise of the encoder's posterior (1: a posterior "
+        "sample; 0: its mean, the latent the world model sees; docs/research_log.md#the-autoencoders-edges)",
+    )
+    train.add_argument(
+        "--adversarial_weight",
+        type=float,
+        default=0.0,
+        help="weight of a patch discriminator's hinge loss (the adversarial term Stable Diffusion's VAE was trained "
+        "with; docs/research_log.md#the-autoencoders-edges); the discriminator trains alongside, with the same "
+        "learning rate",
+    )
+    train.add_argument(
+        "--adversarial_start",
+        type=int,
+        default=0,
+        help="the step from which the adversarial term (and the discriminator's training) is on",
+    )
+    train.add_argument(
         "--validation_steps",
         type=int,
         default=250,
@@ -202,19 +223,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class Reconstruction(torch.nn.Module):
     """The trained module: frames -> (reconstruction, KL per frame). With the encoder frozen the
-    latents are computed without a graph; the posterior is sampled so the decoder learns to decode
-    the neighbourhood of each latent, not only its mean (the world model's predictions are not exact)."""
+    latents are computed without a graph. The decoder sees ``mean + posterior_noise x std x eps``: at 1 (the
+    default) a posterior sample, so it learns to decode the neighbourhood of each latent, not only its mean
+    (the world model's predictions are not exact); at 0 the mean, which the world model is trained on."""
 
-    def __init__(self, vae: AutoencoderKL, config: ModelConfig, train_encoder: bool) -> None:
+    def __init__(
+        self, vae: AutoencoderKL, config: ModelConfig, train_encoder: bool, posterior_noise: float = 1.0
+    ) -> None:
         super().__init__()
         self.vae = vae
         self.config = config
         self.train_encoder = train_encoder
+        self.posterior_noise = posterior_noise
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             posterior = self.vae.encode(pad_frames(pixels, self.config)).latent_dist
-            latents = posterior.sample()
+            latents = posterior.mean
+            if self.posterior_noise > 0:
+                noise = torch.randn_like(posterior.std)
+                latents = latents + self.posterior_noise * posterior.std * noise
         reconstruction = unpad_frames(self.vae.decode(latents).sample, self.config)
         kl = posterior.kl() if self.train_encoder else torch.zeros(len(pixels), device=pixels.device)
         return reconstruction, kl
@@ -255,6 +283,53 @@ def edge_loss(reconstruction: torch.Tensor, pixels: torch.Tensor) -> torch.Tenso
     return loss
 
 
+class PatchDiscriminator(torch.nn.Module):
+    """Tells real frames from reconstructions patch by patch: one logit per cell of a quarter-resolution grid,
+    each seeing about 14x14 pixels (a small PatchGAN). Texture a blurred decoder leaves out is what it sees."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        wide = 2 * channels
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, channels, 4, stride=2, padding=1),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(channels, wide, 4, stride=2, padding=1),
+            torch.nn.GroupNorm(8, wide),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(wide, wide, 3, padding=1),
+            torch.nn.GroupNorm(8, wide),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(wide, 1, 3, padding=1),
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.layers(pixels)
+
+
+class Adversary:
+    """The ``--adversarial_weight`` term, hinge losses: from ``start`` on, every micro-batch first takes one
+    discriminator step on (real frames, detached reconstructions), then charges the reconstruction
+    ``weight x -D(reconstruction)``. ``step`` follows the training loop (Hooks.after_step)."""
+
+    def __init__(self, discriminator, optimizer, accelerator: Accelerator, weight: float, start: int) -> None:
+        self.discriminator, self.optimizer, self.accelerator = discriminator, optimizer, accelerator
+        self.weight, self.start, self.step = weight, start, 0
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+
+    def generator_loss(self, reconstruction: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor | None:
+        if self.step < self.start:
+            return None
+        self.discriminator.requires_grad_(True)
+        real, fake = self.discriminator(pixels), self.discriminator(reconstruction.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+        self.optimizer.step()
+        self.discriminator.requires_grad_(False)  # the generator's term trains the VAE only
+        return -self.weight * self.discriminator(reconstruction).float().mean()
+
+
 def reconstruction_loss(
     model: torch.nn.Module,
     pixels: torch.Tensor,
@@ -262,9 +337,10 @@ def reconstruction_loss(
     lpips_weight: float,
     perceptual: torch.nn.Module | None,
     edge_weight: float = 0.0,
+    adversary: Adversary | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The objective on a batch of frames: MSE (+ ``kl_weight`` x KL, + ``lpips_weight`` x LPIPS, +
-    ``edge_weight`` x the edge term), and the MSE alone (logged)."""
+    ``edge_weight`` x the edge term, + the adversarial term), and the MSE alone (logged)."""
     reconstruction, kl = model(pixels)
     reconstruction, pixels = reconstruction.float(), pixels.float()
     mse = F.mse_loss(reconstruction, pixels)
@@ -273,6 +349,9 @@ def reconstruction_loss(
         loss = loss + lpips_weight * perceptual(reconstruction, pixels).mean()
     if edge_weight > 0:
         loss = loss + edge_weight * edge_loss(reconstruction, pixels)
+    adversarial = adversary.generator_loss(reconstruction, pixels) if adversary is not None else None
+    if adversarial is not None:
+        loss = loss + adversarial
     return loss, {"mse": mse}
 
 
@@ -420,17 +499,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.dataloader_num_workers,
         drop_last=False,
     )
-    model = Reconstruction(vae, config, args.train_encoder)
+    model = Reconstruction(vae, config, args.train_encoder, args.posterior_noise)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )
     vae = accelerator.unwrap_model(model).vae
+    adversary = None
+    if args.adversarial_weight > 0:  # prepared too, so checkpoints hold the discriminator and its optimizer
+        discriminator = PatchDiscriminator()
+        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.learning_rate)
+        discriminator, discriminator_optimizer = accelerator.prepare(discriminator, discriminator_optimizer)
+        adversary = Adversary(
+            discriminator, discriminator_optimizer, accelerator, args.adversarial_weight, args.adversarial_start
+        )
 
     def loss_of_batch(pixels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return reconstruction_loss(model, pixels, args.kl_weight, args.lpips_weight, perceptual, args.edge_weight)
+        terms = (args.kl_weight, args.lpips_weight, perceptual, args.edge_weight, adversary)
+        return reconstruction_loss(model, pixels, *terms)
 
     options = LoopOptions.from_args(args, project="finetune_autoencoder")
-    hooks = Hooks(validate=validation)
+    hooks = Hooks(validate=validation, after_step=adversary.after_step if adversary is not None else None)
     run = train(accelerator, options, model, optimizer, lr_scheduler, train_dataloader, loss_of_batch, hooks)
 
     summary: dict[str, Any] = {}

@@ -255,3 +255,29 @@ def test_the_edge_term_charges_blur_that_mse_lets_pass(tiny_dataset, tmp_path):
     train = ("--preset", "tiny", "--train_encoder", "--dataset_name", tiny_dataset, "--max_train_steps", 3)
     finetune(*train, "--edge_weight", 0.5, "--output_dir", out)
     assert summary(out)["global_step"] == 3
+
+
+def test_the_adversarial_term_trains_a_discriminator_that_checkpoints_and_resumes(tiny_dataset, tmp_path):
+    out = tmp_path / "adversarial"
+    train = ("--preset", "tiny", "--train_encoder", "--dataset_name", tiny_dataset, "--output_dir", out)
+    train += ("--adversarial_weight", 0.05, "--adversarial_start", 2, "--checkpointing_steps", 3)
+    finetune(*train, "--max_train_steps", 3)
+    # the discriminator and its optimizer are saved beside the VAE's, so a resumed run continues both
+    assert {"model_1.safetensors", "optimizer_1.bin"} <= {p.name for p in (out / "checkpoint-3").iterdir()}
+    resumed = finetune(*train, "--max_train_steps", 5, "--resume_from_checkpoint", "latest")
+    assert "at step 3" in resumed.stdout and summary(out)["global_step"] == 5
+
+
+def test_posterior_noise_zero_trains_the_decoder_on_the_latent_the_world_model_sees(tiny_dataset):
+    from finetune_autoencoder import Reconstruction
+
+    config = get_config("tiny")
+    torch.manual_seed(0)
+    vae = build_vae(config)
+    pixels = frames_to_tensor(np.stack([open_dataset(tiny_dataset).frame(i) for i in (0, 9)]))
+    with torch.no_grad():
+        mean = decode_latents(vae, encode_frames(vae, pixels, config), config)
+        sampled = [Reconstruction(vae, config, True)(pixels)[0] for _ in range(2)]
+        exact = [Reconstruction(vae, config, True, posterior_noise=0.0)(pixels)[0] for _ in range(2)]
+    assert not torch.equal(sampled[0], sampled[1])  # a posterior sample each time
+    assert torch.equal(exact[0], exact[1]) and torch.allclose(exact[0], mean, atol=1e-5)
