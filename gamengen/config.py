@@ -51,6 +51,14 @@ TINY_VAE_CONFIG: dict[str, Any] = {
 }
 
 
+def autoencoder_scale_factor(vae_config: Any) -> int:
+    """Pixels per latent cell along each axis of an autoencoder config (a dict or a diffusers config): every
+    AutoencoderKL level but the last halves the size; the space-to-depth autoencoder has its ``factor``."""
+    if "factor" in vae_config:
+        return int(vae_config["factor"])
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 @dataclass
 class ModelConfig:
     """Frame geometry and latent space shared by every script (VAE part of the model contract)."""
@@ -84,11 +92,8 @@ class ModelConfig:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell along each axis: every VAE level but the last halves the size (the
-        space-to-depth autoencoder: its ``factor``)."""
-        if "factor" in self.vae:
-            return int(self.vae["factor"])
-        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+        """Pixels per latent cell along each axis (``autoencoder_scale_factor`` of the preset's VAE config)."""
+        return autoencoder_scale_factor(self.vae)
 
     @property
     def latent_channels(self) -> int:

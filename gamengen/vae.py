@@ -8,7 +8,7 @@
 - latents given to the diffusion model are the VAE posterior times ``vae.config.scaling_factor``
   (``encode_frames`` / ``decode_latents`` apply padding and scaling in one place);
 - a checkpoint is a folder (or Hub repo) with a ``vae/`` subfolder written by ``save_pretrained`` of an
-  ``AutoencoderKL`` or, for the ``tiny`` preset, of a ``SpaceToDepthAutoencoder``: the lossless "autoencoder"
+  ``AutoencoderKL`` or, for the ``tiny-s2d`` preset, of a ``SpaceToDepthAutoencoder``: the lossless "autoencoder"
   that moves each 4x4 patch of pixels into 48 channels of one latent cell (nothing to train, nothing lost;
   docs/research_log.md#a-lossless-autoencoder-for-the-tiny-preset).
 """
@@ -26,7 +26,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
-from gamengen.config import ModelConfig
+from gamengen.config import ModelConfig, autoencoder_scale_factor
 from gamengen.files import atomic_path
 from gamengen.model import ModelLoadError, _is_local, read_weights
 
@@ -163,10 +163,8 @@ def save_vae(vae: AutoencoderKL, output_dir: str | os.PathLike) -> Path:
 
 
 def vae_scale_factor(vae: AutoencoderKL | SpaceToDepthAutoencoder) -> int:
-    """Pixels per latent cell of a VAE (8 for Stable Diffusion's, 4 for the tiny preset's)."""
-    if isinstance(vae, SpaceToDepthAutoencoder):
-        return int(vae.config.factor)
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    """Pixels per latent cell of a VAE (8 for Stable Diffusion's, 4 for the tiny presets')."""
+    return autoencoder_scale_factor(vae.config)
 
 
 def check_vae(vae: AutoencoderKL, config: ModelConfig) -> None:

@@ -1,5 +1,5 @@
 """The README and the manual in docs/ stay honest: their commands use only options the scripts accept, and
-every link and `docs/...md` path they (and the code) mention exists.
+every link and docs path they (and the code) mention exists.
 
 Each script's ``--help`` runs once (they import torch, a few seconds each), all of them side by side.
 """
