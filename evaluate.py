@@ -798,7 +798,8 @@ def report_markdown(evaluation: Evaluation) -> str:
         f"Dataset `{evaluation.dataset['name']}`: {len(evaluation.episodes)} episodes ({evaluation.episode_source}), "
         f"{len(evaluation.windows)} teacher-forced windows, "
         f"drift over {settings['horizon']} frames from step {copy_last.drift.start_step}.",
-        f"Sampling: {settings['num_inference_steps']} DDIM steps, CFG {settings['guidance_scale']}, context noise "
+        f"Sampling: {settings['num_inference_steps']} DDIM steps (timesteps {settings.get('timesteps')}, eta "
+        f"{settings.get('eta', 0.0)}), CFG {settings['guidance_scale']}, context noise "
         f"bucket {settings['noise_bucket']}, "
         f"seed {settings['seed']}, {settings['dtype']} on {settings['device']}.",
         "",

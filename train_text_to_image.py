@@ -36,6 +36,7 @@ from PIL import Image
 from gamengen.checkpoint import CONFIG_FILE, save_world_model
 from gamengen.config import (
     DEFAULT_CONTEXT_LENGTH,
+    PREDICTION_TYPES,
     PRESETS,
     WORLD_MODEL_TRAINING_DEFAULTS,
     WorldModelConfig,
@@ -148,6 +149,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)"
+    )
+    model.add_argument(
+        "--sampler_timesteps",
+        default="trailing",
+        help="the sampler's timesteps stored in the checkpoint: trailing, karras or a list such as 999,500,150,30 "
+        "(gamengen/ddim.py; the engine's --timesteps overrides it)",
+    )
+    model.add_argument(
+        "--sampler_eta",
+        type=float,
+        default=0.0,
+        help="DDIM eta stored in the checkpoint: 0 deterministic, 1 ancestral (the engine's --eta overrides it)",
+    )
+    model.add_argument(
+        "--prediction_type",
+        choices=PREDICTION_TYPES,
+        default="v_prediction",
+        help="what the UNet predicts: v_prediction (the paper), epsilon (the noise) or sample (the clean latent, "
+        "or its change under --residual)",
+    )
+    model.add_argument(
+        "--clean_residual_base",
+        action="store_true",
+        help="under --residual, take the change from the CLEAN last context latent at training instead of the "
+        "noise-augmented one the UNet sees (docs/research_log.md#residual-parameterisation-precisely)",
     )
     model.add_argument(
         "--action_positions",
@@ -349,19 +375,24 @@ def diffusion_loss(
     noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=device)
     buckets = torch.randint(0, config.noise_buckets, (size,), generator=generator, device=device)
+    clean_context = context
     context = corrupt_context(context, buckets, config, generator)
-    target = target - residual_base(context, config)  # residual parameterisation: the change (else unchanged)
+    # residual parameterisation: the change from the base (else the target unchanged)
+    target = target - residual_base(clean_context if config.clean_residual_base else context, config)
     noisy = scheduler.add_noise(target, noise, timesteps)
-    velocity = scheduler.get_velocity(target, noise, timesteps)
+    objective = {"v_prediction": lambda: scheduler.get_velocity(target, noise, timesteps), "epsilon": lambda: noise}
+    objective = objective.get(config.prediction_type, lambda: target)()
     dropped = torch.rand(size, generator=generator, device=device) < config.context_dropout
     context = drop_context(context, dropped)
     prediction = model(noisy, timesteps, context, actions, buckets)
     if snr_gamma is None:
-        return F.mse_loss(prediction.float(), velocity.float())
+        return F.mse_loss(prediction.float(), objective.float())
     alphas = scheduler.alphas_cumprod.to(device)[timesteps].float()
     snr = alphas / (1 - alphas)
-    weights = snr.clamp(max=snr_gamma) / (snr + 1)
-    per_sample = F.mse_loss(prediction.float(), velocity.float(), reduction="none").flatten(1).mean(1)
+    # min-SNR-gamma (Hang et al. 2023): the x0 loss weighted by min(SNR, gamma), in each objective's units
+    to_objective = {"v_prediction": snr + 1, "epsilon": snr, "sample": torch.ones_like(snr)}[config.prediction_type]
+    weights = snr.clamp(max=snr_gamma) / to_objective
+    per_sample = F.mse_loss(prediction.float(), objective.float(), reduction="none").flatten(1).mean(1)
     return (per_sample * weights).mean()
 
 
@@ -568,6 +599,10 @@ def world_model_config(args: argparse.Namespace, action_names: list[str], proven
         context_dropout=args.context_dropout,
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps,
+        sampler_timesteps=args.sampler_timesteps,
+        sampler_eta=args.sampler_eta,
+        prediction_type=args.prediction_type,
+        clean_residual_base=args.clean_residual_base,
         residual=args.residual,
         action_positions=args.action_positions,
         action_class=args.action_class,

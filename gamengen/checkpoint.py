@@ -97,8 +97,8 @@ def default_model_card(config: WorldModelConfig) -> str:
         f"# GameNGen world model ({config.model.preset})\n\n"
         f"Predicts the next {config.model.frame_width}x{config.model.frame_height} DOOM frame from the last "
         f"{config.context_length} frames and actions ({config.num_actions} actions: {', '.join(config.action_names)}). "
-        f"Sampling: {config.num_inference_steps} DDIM steps, v-prediction, CFG {config.guidance_scale} on the "
-        "context.\n\n"
+        f"Sampling: {config.num_inference_steps} DDIM steps ({config.sampler_timesteps} timesteps, eta "
+        f"{config.sampler_eta}), {config.prediction_type}, CFG {config.guidance_scale} on the context.\n\n"
         f"Dataset: {config.dataset.get('name', 'unknown')}\n"
     )
 

@@ -70,6 +70,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="DDIM steps per frame (default: the checkpoint's, 4 as the paper)",
     )
     group.add_argument(
+        "--timesteps",
+        default=None,
+        help="the sampler's timesteps: trailing (999,749,499,249 at 4 steps), karras (lower noise at the last "
+        "steps), or a list such as 999,500,150,30 (its length is the number of steps); default: the checkpoint's",
+    )
+    group.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="DDIM eta: 0 deterministic, 1 ancestral (fresh noise each step); default: the checkpoint's, 0",
+    )
+    group.add_argument(
         "--noise_bucket",
         type=int,
         default=None,
@@ -110,6 +122,8 @@ def engine_from_args(args: argparse.Namespace) -> GameEngine:
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps,
         noise_bucket=args.noise_bucket,
+        timesteps=args.timesteps,
+        eta=args.eta,
         seed=args.seed,
         compile=args.compile or args.compile_mode is not None,
         compile_mode=args.compile_mode,

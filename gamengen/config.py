@@ -193,6 +193,7 @@ TINY_UNET_CONFIG: dict[str, Any] = {
 # Context length per preset: the paper's 64 frames; a short context for the CPU preset (the
 # paper's context ablation: 1 frame is clearly worse than 2+, beyond 4 gains are small).
 DEFAULT_CONTEXT_LENGTH = {"sd14": 64, "tiny": 4, "tiny-s2d": 4}
+PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")  # what the UNet predicts (diffusers' names)
 
 
 @dataclass
@@ -215,17 +216,26 @@ class WorldModelConfig:
     context_dropout: float = 0.1  # paper: all context frames dropped 10% of the time (for CFG)
     guidance_scale: float = 1.5  # paper: CFG on the context only
     num_inference_steps: int = 4  # paper: 4 DDIM steps
+    # Which timesteps the sampler calls the model at (``gamengen.ddim.ddim_schedule``): "trailing" (the
+    # scheduler's, 4 steps: 999, 749, 499, 249), "karras", or a comma-separated list; and the DDIM eta
+    # (0 = deterministic, 1 = DDPM's ancestral noise). The engine's defaults; its options override them.
+    sampler_timesteps: str = "trailing"
+    sampler_eta: float = 0.0
     # Bucket of the noise added to the context at inference. 0 (no noise): generated frames already
     # carry the model's own small errors, and the paper's noise augmentation exists so that the
     # model tolerates such corrupted context; a higher bucket trades sharpness for stability.
     inference_noise_bucket: int = 0
-    prediction_type: str = "v_prediction"
+    prediction_type: str = "v_prediction"  # or "epsilon", "sample" (x0; the change under ``residual``)
     # Residual parameterisation (off for the paper): the diffusion model generates the CHANGE from the
     # last context latent (``target - base``, base = the last context latent as the model sees it,
     # noise augmentation included, before context dropout), and the base is added back after
     # sampling (``gamengen.model.residual_base``). A model whose output is zero then predicts the
     # last frame again: training starts at copy-last quality instead of noise.
     residual: bool = False
+    # Under ``residual``: training takes the change from the CLEAN last context latent instead of the
+    # noise-augmented one the UNet sees (the engine's base is then the context before its inference noise).
+    # Off: the model learns to remove its base's corruption (docs/research_log.md).
+    clean_residual_base: bool = False
     # A learned embedding of each action's slot in the context (oldest .. newest) added to its token.
     # Without it the UNet's cross-attention sees the N action tokens as an unordered set and cannot
     # tell the action that produced the target (the newest) from older ones. Off for the paper
@@ -248,6 +258,8 @@ class WorldModelConfig:
             raise ValueError(f"context_length must be >= 1, got {self.context_length}")
         if not self.action_names:
             raise ValueError("action_names is empty: a world model needs the dataset's action list")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
         if not 0 <= self.inference_noise_bucket < self.noise_buckets:
             raise ValueError(
                 f"inference_noise_bucket {self.inference_noise_bucket} is not in 0..{self.noise_buckets - 1}"

@@ -58,6 +58,9 @@ class GameEngine:
         guidance_scale: CFG scale on the context (default: the checkpoint's, 1.5 as the paper); 1.0
             turns guidance off (one UNet branch).
         num_inference_steps: DDIM steps per frame (default: the checkpoint's, 4 as the paper).
+        timesteps: the sampler's timesteps: "trailing", "karras" or a comma-separated list (default: the
+            checkpoint's ``sampler_timesteps``; ``gamengen.ddim.ddim_schedule``).
+        eta: DDIM eta, 0 deterministic .. 1 ancestral (default: the checkpoint's ``sampler_eta``).
         noise_bucket: noise-augmentation bucket of the context at inference (default: the
             checkpoint's ``inference_noise_bucket``, 0 = clean; see the module docstring).
         seed: seed of the engine's random generator (initial noise, context noise); ``reset`` can reseed.
@@ -79,6 +82,8 @@ class GameEngine:
         noise_bucket: int | None = None,
         seed: int | None = 0,
         compile: bool = False,
+        timesteps: str | None = None,
+        eta: float | None = None,
         compile_mode: str | None = None,
         compile_backend: str = "inductor",
         pad_short_context: bool = True,
@@ -106,7 +111,14 @@ class GameEngine:
         self.num_inference_steps = int(
             self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         )
-        self._prediction_type, self._schedule = ddim_schedule(self.scheduler, self.num_inference_steps, self.device)
+        self.timesteps = str(self.config.sampler_timesteps if timesteps is None else timesteps)
+        self.eta = float(self.config.sampler_eta if eta is None else eta)
+        if not 0.0 <= self.eta <= 1.0:
+            raise EngineError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = ancestral), got {self.eta}")
+        self._prediction_type, self._schedule = ddim_schedule(
+            self.scheduler, self.num_inference_steps, self.device, self.timesteps
+        )
+        self.num_inference_steps = len(self._schedule)
         self._denoiser = (
             torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model
         )
@@ -361,11 +373,11 @@ class GameEngine:
         )
         conditioning = self._conditioning(context, actions)
         for step in self._schedule:
-            sample = ddim_update(
-                sample, self._guided(sample, step.timestep_tensor, conditioning), step, self._prediction_type
-            )
+            prediction = self._guided(sample, step.timestep_tensor, conditioning)
+            sample = ddim_update(sample, prediction, step, self._prediction_type, self.eta, self.generator)
         if self.config.residual:  # the sample is the change from the last context latent the model saw
-            sample = sample + residual_base(context, self.config).float()
+            base = latents if self.config.clean_residual_base else context  # before / after the context noise
+            sample = sample + residual_base(base, self.config).float()
         if self.sync_timing:
             torch.cuda.synchronize(self.device)
         unet_ms = 1000 * (time.perf_counter() - started)
@@ -406,6 +418,8 @@ class GameEngine:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "num_inference_steps": self.num_inference_steps,
+            "sampler_timesteps": self.timesteps,
+            "eta": self.eta,
             "guidance_scale": self.guidance_scale,
             "noise_bucket": self.noise_bucket,
             "context_length": self.context_length,

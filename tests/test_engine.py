@@ -404,3 +404,78 @@ def test_a_residual_model_that_predicts_no_change_repeats_the_last_frame(bundle)
     plain._denoiser = no_change
     plain.reset(latents=latents, actions=[0, 0, 0])
     assert (plain.step_latent("NOOP") - latents[-1]).abs().mean() > 0.5  # without the residual: a blank frame
+
+
+# -- the sampler's options: timesteps, eta, prediction types ---------------------------------------
+
+
+def test_ancestral_steps_equal_diffusers_ddim_with_the_same_noise(bundle):
+    """eta > 0: each update is DDIMScheduler.step(eta=...) given the same fresh noise, which the engine draws
+    from its seeded generator after the initial noise; and eta changes the frame."""
+    engine = GameEngine(bundle, seed=3, eta=0.7, guidance_scale=1.0)
+    engine.reset(random_frames(N), [1, 2, 3])
+    context, actions = engine.context_latents[None], torch.tensor([[1, 2, 3, 1]])
+    latent = engine.step_latent("FORWARD")
+
+    scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
+    scheduler.set_timesteps(4)
+    generator = torch.Generator().manual_seed(3)
+    sample = torch.randn(1, 4, 12, 16, generator=generator)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            prediction = bundle.model(sample, t[None], context, actions, torch.tensor([0]))
+            fresh = torch.randn(1, 4, 12, 16, generator=generator)
+            sample = scheduler.step(prediction, t, sample, eta=0.7, variance_noise=fresh).prev_sample
+    torch.testing.assert_close(latent, sample[0], atol=1e-4, rtol=1e-4)
+
+    deterministic = GameEngine(bundle, seed=3, guidance_scale=1.0)
+    deterministic.reset(random_frames(N), [1, 2, 3])
+    assert (deterministic.step_latent("FORWARD") - latent).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("timesteps", "called"), [("karras", [999, 786, 427, 59]), ("999,500,150,30", [999, 500, 150, 30]), ("800", [800])]
+)
+def test_the_sampler_calls_the_model_at_the_chosen_timesteps(bundle, timesteps, called):
+    engine = GameEngine(bundle, seed=0, timesteps=timesteps)
+    engine.reset(random_frames(N), [1, 2, 3])
+    with UNetSpy(bundle.model) as spy:
+        engine.step_latent("FORWARD")
+    assert [int(call[1][0]) for call in spy.calls] == called
+    assert engine.num_inference_steps == len(called) and engine.describe()["timesteps"] == called
+
+
+def test_bad_sampler_options_are_refused_with_an_example(bundle):
+    with pytest.raises(EngineError, match="strictly decreasing.*999,500,150,30"):
+        GameEngine(bundle, timesteps="30,150,500")
+    with pytest.raises(EngineError, match="strictly decreasing integers in 0..999"):
+        GameEngine(bundle, timesteps="1200,100")
+    with pytest.raises(EngineError, match="neither a schedule \\(trailing, karras\\)"):
+        GameEngine(bundle, timesteps="fast")
+    with pytest.raises(EngineError, match="eta must be in \\[0, 1\\]"):
+        GameEngine(bundle, eta=2.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
+def test_a_residual_model_of_each_prediction_type_that_predicts_no_change_repeats_the_last_frame(
+    bundle, prediction_type
+):
+    """The engine reads the model output as the checkpoint's prediction type: x0 (here the change) for
+    "sample", the noise for "epsilon"; a zero change repeats the last frame under either."""
+    scheduler = DDIMScheduler.from_config(bundle.scheduler.config, prediction_type=prediction_type)
+    from dataclasses import replace
+
+    config = replace(bundle.config, residual=True, prediction_type=prediction_type)
+    engine = GameEngine(type(bundle)(model=bundle.model, vae=bundle.vae, scheduler=scheduler, config=config), seed=0)
+    alphas = bundle.scheduler.alphas_cumprod
+
+    def no_change(noisy, timesteps, *_):  # x0 = 0: the sample itself is all noise, eps = x_t / sqrt(1 - a)
+        if prediction_type == "sample":
+            return torch.zeros_like(noisy)
+        return noisy / (1 - alphas[timesteps].view(-1, 1, 1, 1)).sqrt()
+
+    engine._denoiser = no_change
+    latents = torch.randn(N, 4, 12, 16, generator=torch.Generator().manual_seed(1))
+    engine.reset(latents=latents, actions=[0, 0, 0])
+    for _ in range(2):
+        assert (engine.step_latent("NOOP") - latents[-1]).abs().mean() < 0.05

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +19,7 @@ from conftest import REPO, record_random_episodes, run_script, script_env
 
 from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
+from gamengen.engine import GameEngine
 from gamengen.vae import build_vae, save_vae
 
 TRAIN = "train_text_to_image.py"
@@ -133,6 +135,24 @@ def test_the_paper_parameterisation_with_ema_and_min_snr_trains_and_saves(setup)
     )
     assert "held-out next-frame PSNR" in result.stdout
     assert load_world_model(out).config.residual is False
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_other_prediction_types_train_and_the_checkpoint_samples_with_them(setup, prediction_type):
+    """--prediction_type, --clean_residual_base and the sampler's stored timesteps and eta reach the
+    checkpoint (config and scheduler), and the engine plays it with them."""
+    out = setup["root"] / f"wm_{prediction_type}"
+    extra = ["--prediction_type", prediction_type, "--sampler_timesteps", "999,400,60", "--sampler_eta", "0.5"]
+    result = train_on_latents(setup, out, 3, *extra, "--clean_residual_base")
+    assert "held-out next-frame PSNR" in result.stdout
+    bundle = load_world_model(out)
+    assert bundle.scheduler.config.prediction_type == bundle.config.prediction_type == prediction_type
+    assert bundle.config.clean_residual_base and bundle.config.sampler_eta == 0.5
+    engine = GameEngine(bundle, seed=0)
+    assert engine.describe()["timesteps"] == [999, 400, 60] and engine.eta == 0.5
+    frames = np.zeros((4, 48, 64, 3), dtype=np.uint8)
+    engine.reset(frames, [0, 0, 0])
+    assert engine.step("FORWARD").shape == (48, 64, 3)
 
 
 def test_action_id_out_of_range_is_named(setup, tmp_path):
