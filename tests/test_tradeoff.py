@@ -23,3 +23,21 @@ def test_the_tradeoff_measures_each_step_count_and_reuses_finished_evaluations(t
     again = run_script(*command, "--output_dir", out)  # both evaluations exist: nothing is evaluated again
     assert "[tradeoff] random," not in again.stdout
     assert json.loads((out / "tradeoff.json").read_text())["rows"] == rows
+
+
+def test_each_sampler_gets_its_own_evaluation_and_line(tiny_checkpoint, tiny_dataset, tmp_path):
+    out = tmp_path / "samplers"
+    command = ("benchmarks/sharpness_tradeoff.py", "--model_folder", tiny_checkpoint, "--names", "random")
+    command += ("--dataset_name", tiny_dataset, "--steps", 2, "--max_windows", 4, "--num_episodes", 1)
+    run_script(*command, "--samplers", "trailing", "karras:1", "--output_dir", out)
+    rows = json.loads((out / "tradeoff.json").read_text())["rows"]
+    assert [(r["model"], r["timesteps"], r["eta"]) for r in rows] == [
+        ("random", "trailing", 0.0),
+        ("random (karras-eta1)", "karras", 1.0),
+    ]
+    settings = json.loads((out / "random-karras-eta1-steps2" / "metrics.json").read_text())["settings"]
+    assert settings["timesteps"] == [999, 427] and settings["eta"] == 1.0
+    assert rows[0]["psnr"] != rows[1]["psnr"]
+
+    bad = run_script(*command, "--samplers", "karras:2", "--output_dir", out, check=False)
+    assert bad.returncode == 2 and "must be in [0, 1]" in bad.stderr
