@@ -276,6 +276,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(paper)",
     )
     train.add_argument(
+        "--lognormal_noise",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MEAN", "STD"),
+        help="draw the training noise level as EDM does (Karras et al. 2022): log(sigma) ~ N(MEAN, STD), e.g. -1.2 "
+        "1.2, mapped to the nearest timestep, instead of uniform timesteps; with v-prediction this is EDM's "
+        "preconditioned objective for sigma_data 1 (docs/research_log.md#samplers-and-parameterisations)",
+    )
+    train.add_argument(
         "--num_threads",
         type=int,
         default=None,
@@ -362,18 +372,24 @@ def diffusion_loss(
     scheduler,
     generator: torch.Generator | None = None,
     snr_gamma: float | None = None,
+    lognormal_noise: tuple[float, float] | None = None,
 ):
     """The training objective on a batch of cached (or freshly encoded) latent windows.
 
     v-prediction MSE on the next frame's latent (or, with ``config.residual``, on its change from the
     last context latent), with the context noise-augmented (a uniformly drawn bucket per sample) and
     dropped entirely with probability ``config.context_dropout``. ``snr_gamma``: min-SNR weighting
-    of the timesteps (``min(SNR, gamma) / (SNR + 1)`` for v-prediction), uniform when None."""
+    of the timesteps (``min(SNR, gamma) / (SNR + 1)`` for v-prediction), uniform when None.
+    ``lognormal_noise`` (mean, std): the timesteps are those nearest to noise levels ``sigma = sqrt((1 - a) / a)``
+    drawn log-normally, as EDM trains, instead of uniform timesteps."""
     target, context, actions = batch["target"], batch["context"], batch["actions"]
     device = target.device
     size = target.shape[0]
     noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=device)
+    if lognormal_noise is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=device)
+    else:
+        timesteps = lognormal_timesteps(scheduler, size, *lognormal_noise, generator=generator, device=device)
     buckets = torch.randint(0, config.noise_buckets, (size,), generator=generator, device=device)
     clean_context = context
     context = corrupt_context(context, buckets, config, generator)
@@ -394,6 +410,17 @@ def diffusion_loss(
     weights = snr.clamp(max=snr_gamma) / to_objective
     per_sample = F.mse_loss(prediction.float(), objective.float(), reduction="none").flatten(1).mean(1)
     return (per_sample * weights).mean()
+
+
+def lognormal_timesteps(
+    scheduler, size: int, mean: float, std: float, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``size`` timesteps whose noise levels ``sigma = sqrt((1 - a) / a)`` are the nearest (from above) to
+    ``exp(N(mean, std))`` draws, clamped to the schedule's range."""
+    alphas = scheduler.alphas_cumprod.to(device)
+    sigmas = ((1 - alphas) / alphas).sqrt()  # increasing with the timestep
+    drawn = torch.exp(mean + std * torch.randn(size, generator=generator, device=device))
+    return torch.searchsorted(sigmas, drawn).clamp(max=len(sigmas) - 1)
 
 
 def load_windows(
@@ -557,7 +584,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     def loss_of_batch(batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         if args.latents_dir is None:
             batch = encode_pixel_windows(vae, batch, config.model)
-        return diffusion_loss(model, batch, config, scheduler, generator, args.snr_gamma), {}
+        return diffusion_loss(model, batch, config, scheduler, generator, args.snr_gamma, args.lognormal_noise), {}
 
     def validate_now(step: int) -> float:
         with ema_weights(ema, accelerator.unwrap_model(model)):

@@ -226,6 +226,51 @@ def test_residual_training_target_is_the_change_from_the_noised_last_context_fra
         torch.testing.assert_close(captured["noisy"], scheduler.add_noise(target - base, noise, timesteps))
 
 
+@pytest.mark.parametrize(
+    ("prediction_type", "clean_base", "lognormal"),
+    [("sample", False, None), ("sample", True, None), ("epsilon", False, None), ("v_prediction", False, (-0.4, 1.2))],
+)
+def test_the_training_objective_of_each_prediction_type_base_and_noise_sampling(
+    config, prediction_type, clean_base, lognormal
+):
+    """The loss is the MSE to x0 - base ("sample"), the noise ("epsilon") or v; the base is the clean or the
+    noised last context latent; with ``lognormal_noise`` the timesteps are those of log-normal noise levels."""
+    import train_text_to_image as trainer
+
+    scheduler = make_scheduler(config)
+    batch = window_batch(config, size=8)
+    target = batch["context"][:, -1] + 0.1 * torch.randn(8, *config.model.latent_shape)
+    windows = {"target": target, "context": batch["context"], "actions": batch["actions"]}
+    config.residual, config.prediction_type, config.clean_residual_base = True, prediction_type, clean_base
+    captured = {}
+
+    def spy(noisy, timesteps, context, actions, buckets):
+        captured.update(timesteps=timesteps)
+        return torch.zeros_like(noisy)
+
+    loss = trainer.diffusion_loss(spy, windows, config, scheduler, torch.Generator().manual_seed(0), None, lognormal)
+    generator = torch.Generator().manual_seed(0)  # replay: noise, timesteps, buckets, context noise
+    noise = torch.randn(target.shape, generator=generator)
+    if lognormal is None:
+        timesteps = torch.randint(0, 1000, (8,), generator=generator)
+    else:
+        sigmas = torch.exp(lognormal[0] + lognormal[1] * torch.randn(8, generator=generator))
+        table = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).sqrt()
+        timesteps = torch.tensor([int((table >= sigma).nonzero()[0]) for sigma in sigmas])
+    buckets = torch.randint(0, config.noise_buckets, (8,), generator=generator)
+    noised = corrupt_context(batch["context"], buckets, config, generator)
+    change = target - (batch["context"] if clean_base else noised)[:, -1]
+    objective = {
+        "sample": change,
+        "epsilon": noise,
+        "v_prediction": scheduler.get_velocity(change, noise, timesteps),
+    }[prediction_type]
+    torch.testing.assert_close(captured["timesteps"], timesteps)
+    torch.testing.assert_close(loss, objective.pow(2).mean())
+    if clean_base:  # the context noise differs between the bases: the two objectives are not the same
+        assert not torch.allclose(change, target - noised[:, -1])
+
+
 def test_action_positions_tell_the_newest_action_from_older_ones(config, tmp_path):
     """Without slot embeddings the action tokens are an unordered set for cross-attention: reordering
     the context actions cannot change the prediction. With them (tiny default) it does, and the slot
