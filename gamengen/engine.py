@@ -31,7 +31,7 @@ import torch
 
 from gamengen.actions import EngineError, action_id, context_action_ids
 from gamengen.checkpoint import WorldModelBundle, load_world_model
-from gamengen.ddim import ddim_schedule, ddim_update, guidance_conditioning, guided_prediction
+from gamengen.ddim import TIMESTEP_SCHEDULES, ddim_schedule, ddim_update, guidance_conditioning, guided_prediction
 from gamengen.devices import default_device, parse_dtype
 from gamengen.model import corrupt_context, residual_base
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
@@ -118,6 +118,12 @@ class GameEngine:
         self._prediction_type, self._schedule = ddim_schedule(
             self.scheduler, self.num_inference_steps, self.device, self.timesteps
         )
+        explicit = self.timesteps.strip() not in TIMESTEP_SCHEDULES  # a list: its length is the step count
+        if explicit and num_inference_steps is not None and len(self._schedule) != num_inference_steps:
+            raise EngineError(
+                f"the timesteps {self.timesteps!r} are {len(self._schedule)} steps but {num_inference_steps} were "
+                "asked for: drop --num_inference_steps, or pass --timesteps trailing or karras with it"
+            )
         self.num_inference_steps = len(self._schedule)
         self._denoiser = (
             torch.compile(self.model, mode=compile_mode, backend=compile_backend) if compile else self.model

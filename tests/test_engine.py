@@ -454,6 +454,9 @@ def test_bad_sampler_options_are_refused_with_an_example(bundle):
         GameEngine(bundle, timesteps="fast")
     with pytest.raises(EngineError, match="eta must be in \\[0, 1\\]"):
         GameEngine(bundle, eta=2.0)
+    with pytest.raises(EngineError, match="are 3 steps but 4 were asked for: drop --num_inference_steps"):
+        GameEngine(bundle, timesteps="999,500,100", num_inference_steps=4)
+    assert GameEngine(bundle, timesteps="999,500,100", num_inference_steps=3).num_inference_steps == 3
 
 
 @pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
