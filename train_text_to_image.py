@@ -396,8 +396,10 @@ def diffusion_loss(
     # residual parameterisation: the change from the base (else the target unchanged)
     target = target - residual_base(clean_context if config.clean_residual_base else context, config)
     noisy = scheduler.add_noise(target, noise, timesteps)
-    objective = {"v_prediction": lambda: scheduler.get_velocity(target, noise, timesteps), "epsilon": lambda: noise}
-    objective = objective.get(config.prediction_type, lambda: target)()
+    if config.prediction_type == "v_prediction":
+        objective = scheduler.get_velocity(target, noise, timesteps)
+    else:
+        objective = noise if config.prediction_type == "epsilon" else target  # "sample": x0 (the change)
     dropped = torch.rand(size, generator=generator, device=device) < config.context_dropout
     context = drop_context(context, dropped)
     prediction = model(noisy, timesteps, context, actions, buckets)

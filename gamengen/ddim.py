@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from gamengen.actions import EngineError
+from gamengen.config import PREDICTION_TYPES
 
 # Named timestep schedules (``--timesteps``): "trailing" is the scheduler's own (4 steps: 999, 749, 499, 249, the
 # last model call at noise sigma 0.69); "karras" spaces the noise levels as Karras et al. (2022, rho = 7) between the
@@ -80,7 +81,7 @@ def ddim_schedule(
     timestep 0); "karras" (``karras_timesteps``); or an explicit list (``num_steps`` is then its length), each
     step landing on the next one's alpha and the last on the final alpha."""
     prediction_type = scheduler.config.prediction_type
-    if prediction_type not in ("v_prediction", "epsilon", "sample"):
+    if prediction_type not in PREDICTION_TYPES:
         raise EngineError(
             f"the scheduler predicts {prediction_type!r}; the engine samples v_prediction, epsilon or sample models"
         )
