@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
 
+from gamengen.actions import EngineError
 from gamengen.checkpoint import CONFIG_FILE, save_world_model
 from gamengen.config import (
     DEFAULT_CONTEXT_LENGTH,
@@ -43,6 +44,7 @@ from gamengen.config import (
     get_config,
     get_world_model_config,
 )
+from gamengen.ddim import parse_timesteps
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
@@ -333,6 +335,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--context_dropout must be in [0, 1)")
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
         parser.error("--ema_decay must be in (0, 1)")
+    if not 0.0 <= args.sampler_eta <= 1.0:
+        parser.error("--sampler_eta must be in [0, 1] (0 = deterministic DDIM, 1 = ancestral)")
+    try:  # checked now, not at the first validation or when the checkpoint is played
+        parse_timesteps(args.sampler_timesteps, num_train_timesteps=1000)
+    except EngineError as error:
+        parser.error(f"--sampler_timesteps: {error}")
     if args.pretrained_vae_model_name_or_path is None:
         if preset_defaults["pretrained_model_name_or_path"] is None:
             parser.error(

@@ -232,6 +232,23 @@ def test_preset_defaults_fill_only_the_options_left_unset():
     assert tiny.pretrained_model_name_or_path is None
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--sampler_timesteps", "100,500"], "--sampler_timesteps: timesteps '100,500' must be strictly decreasing"),
+        (["--sampler_eta", "1.5"], "--sampler_eta must be in \\[0, 1\\]"),
+    ],
+)
+def test_a_bad_stored_sampler_is_refused_before_training(option, message, capsys):
+    import train_text_to_image as trainer
+
+    with pytest.raises(SystemExit) as stopped:
+        trainer.parse_args(
+            ["--preset", "tiny", "--dataset_name", "ds", "--pretrained_vae_model_name_or_path", "v", *option]
+        )
+    assert stopped.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_without_a_traceback(setup, tmp_path):
     """It printed a raw KeyboardInterrupt traceback and lost the steps since the last checkpoint."""
     out = tmp_path / "wm"
