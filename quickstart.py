@@ -57,7 +57,11 @@ class Budget:
     # (docs/research_log.md#the-autoencoders-edges).
     vae_steps: int = 1200
     vae_batch_size: int = 8
+    # World-model steps in fp32, and in bf16 where the CPU computes it (1.25x the training samples/s: the same
+    # wall time; docs/research_log.md#bf16-as-the-default). --wm_steps N sets both.
     wm_steps: int = 1000
+    wm_steps_bf16: int = 1250
+    wm_precision: str = "auto"  # auto: bf16 where the CPU has bf16 instructions (or on a GPU), else no
     wm_batch_size: int = 32
     context_length: int = 4
     eval_windows: int = 128
@@ -77,6 +81,7 @@ BUDGETS = {
         vae_steps=8,
         vae_batch_size=4,
         wm_steps=8,
+        wm_steps_bf16=8,
         wm_batch_size=4,
         eval_windows=8,
         eval_episodes=2,
@@ -85,7 +90,9 @@ BUDGETS = {
         script="TURN_LEFT*4,FORWARD*4",
     ),
     "20min": Budget(),
-    "60min": Budget(ppo_steps=8192, episodes=96, idm_steps=600, vae_steps=2400, wm_steps=4000, eval_windows=256),
+    "60min": Budget(
+        ppo_steps=8192, episodes=96, idm_steps=600, vae_steps=2400, wm_steps=4000, wm_steps_bf16=5000, eval_windows=256
+    ),
 }
 
 # Throughput measured on the 2-core development machine (README, quickstart section), for the time
@@ -96,9 +103,18 @@ RATES = {
     "idm": (5.0, 15.0),  # optimisation steps/s at batch 64
     "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
-    "world": (1.7, 15.0),  # optimisation steps/s at batch 32
+    "world": (1.7, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16)
     "evaluate": (10.0, 15.0),  # generated frames/s
     "rollouts": (10.0, 15.0),  # generated frames/s
+}
+
+BF16_SPEEDUP = 1.25  # training samples/s of bf16 autocast over fp32 where the CPU has bf16 instructions
+PRECISIONS = ("auto", "bf16", "no")
+SIZE_HELP = {
+    "wm_steps": "world-model steps (in fp32; given, it sets the steps of either precision)",
+    "wm_steps_bf16": "world-model steps when it trains in bf16 (the same wall time as --wm_steps in fp32)",
+    "wm_precision": "world-model training precision; auto: bf16 where the CPU has bf16 instructions or on a GPU "
+    "that supports it, else no (emulated bf16 ran 13x slower than fp32)",
 }
 
 
@@ -155,7 +171,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes = parser.add_argument_group("sizes (override the budget's)")
     for item in fields(Budget):
         sizes.add_argument(
-            f"--{item.name}", type=type(item.default) if not isinstance(item.default, str) else str, default=None
+            f"--{item.name}",
+            type=type(item.default) if not isinstance(item.default, str) else str,
+            default=None,
+            choices=PRECISIONS if item.name == "wm_precision" else None,
+            help=SIZE_HELP.get(item.name),
         )
     args = parser.parse_args(argv)
     if args.smoke:
@@ -168,8 +188,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def budget_from_args(args: argparse.Namespace) -> Budget:
+    """The budget's sizes with the command line's overrides, its world-model precision resolved (``auto`` ->
+    ``bf16`` or ``no`` on this machine) and the step count of that precision in ``wm_steps``."""
     overrides = {item.name: getattr(args, item.name) for item in fields(Budget) if getattr(args, item.name) is not None}
-    return replace(BUDGETS[args.budget], **overrides)
+    budget = replace(BUDGETS[args.budget], **overrides)
+    precision = world_precision() if budget.wm_precision == "auto" else budget.wm_precision
+    steps = budget.wm_steps_bf16 if precision == "bf16" and args.wm_steps is None else budget.wm_steps
+    return replace(budget, wm_precision=precision, wm_steps=steps, wm_steps_bf16=steps)
+
+
+def world_precision() -> str:
+    """bf16 where it is fast: a GPU that supports it, or a CPU with bf16 instructions (emulated bf16 ran the
+    training step 13x slower than fp32; gamengen.devices.cpu_computes_bf16)."""
+    import torch
+
+    from gamengen.devices import cpu_computes_bf16
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_computes_bf16() else "no"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,6 +350,8 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
                 str(budget.wm_batch_size),
                 "--context_length",
                 str(budget.context_length),
+                "--mixed_precision",
+                budget.wm_precision,
             ]
             + [
                 "--validation_steps",
@@ -435,6 +474,8 @@ def estimate(stage: str, budget: Budget, preset: str = "tiny") -> float:
         "rollouts": 2 * budget.rollout_frames,
     }[stage]
     rate, start_up = RATES[stage]
+    if stage == "world" and budget.wm_precision == "bf16":
+        rate *= BF16_SPEEDUP
     return start_up + units / rate
 
 

@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from tqdm.auto import tqdm
 
+from gamengen.devices import cpu_computes_bf16
 from gamengen.run_folder import CHECKPOINT_PREFIX, DEFAULT_CHECKPOINTS_KEPT, UsageError, resume, save_checkpoint
 
 
@@ -128,6 +129,12 @@ def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     check_launch(accelerator)
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_computes_bf16():
+        accelerator.print(
+            "warning: --mixed_precision bf16 on a CPU without bf16 instructions: torch emulates bf16, and the tiny "
+            "world model's training steps ran 13x slower than in fp32 that way (docs/training.md#bf16-on-a-cpu). "
+            "Pass --mixed_precision no on this machine."
+        )
     return accelerator
 
 
