@@ -94,6 +94,33 @@ def test_a_rerun_with_other_sizes_is_refused_instead_of_mixing_runs(smoke_run):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_world_model_trains_in_bf16_only_where_the_cpu_computes_it(monkeypatch, native_bf16):
+    """auto: bf16 with wm_steps_bf16 steps (1.25x the samples/s, the same wall time) on a CPU with bf16
+    instructions; fp32 with wm_steps elsewhere, where emulated bf16 is 13x slower. --wm_steps sets either."""
+    import torch
+
+    import gamengen.devices
+
+    monkeypatch.setattr(gamengen.devices, "cpu_computes_bf16", lambda: native_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def world(*argv):
+        args = quickstart.parse_args(list(argv))
+        budget = quickstart.budget_from_args(args)
+        command = quickstart.stage_commands(Path("run"), budget, args)["world"][0]
+        value = {name: command[command.index(name) + 1] for name in ("--mixed_precision", "--max_train_steps")}
+        return value["--mixed_precision"], int(value["--max_train_steps"]), quickstart.estimate("world", budget)
+
+    precision, steps, seconds = world()
+    assert (precision, steps) == (("bf16", 1250) if native_bf16 else ("no", 1000))
+    assert seconds == pytest.approx(quickstart.estimate("world", quickstart.BUDGETS["20min"]))  # same wall time
+    assert world("--budget", "60min")[:2] == (("bf16", 5000) if native_bf16 else ("no", 4000))
+    assert world("--wm_steps", "900")[:2] == (precision, 900)
+    assert world("--wm_precision", "no")[:2] == ("no", 1000)
+    assert world("--wm_precision", "bf16")[:2] == ("bf16", 1250)
+
+
 def test_several_seeds_are_summarised_by_their_mean_and_spread(smoke_run, tmp_path):
     """--seeds K runs the pipeline into seed-<s>/ folders; summary.md gives each headline number's mean ± std."""
     run, _ = smoke_run

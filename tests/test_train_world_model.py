@@ -19,6 +19,7 @@ from conftest import REPO, record_random_episodes, run_script, script_env
 
 from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
+from gamengen.devices import cpu_computes_bf16
 from gamengen.engine import GameEngine
 from gamengen.vae import build_vae, save_vae
 
@@ -46,7 +47,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "ds": root / "ds", "vae": root / "vae", "lat": root / "lat"}
 
 
-def train(setup, output_dir, *extra, check=True):
+def train(setup, output_dir, *extra, check=True, **env):
     args = [
         "--preset",
         "tiny",
@@ -68,13 +69,17 @@ def train(setup, output_dir, *extra, check=True):
         2,
         *extra,
     ]
-    return run_script(TRAIN, *args, check=check)
+    return run_script(TRAIN, *args, check=check, **env)
 
 
-def train_on_latents(setup, output_dir, max_train_steps, *extra, check=True):
+def train_on_latents(setup, output_dir, max_train_steps, *extra, check=True, **env):
     """train() on the setup's latent cache for ``max_train_steps`` steps."""
     return train(
-        setup, output_dir, "--latents_dir", setup["lat"], "--max_train_steps", max_train_steps, *extra, check=check
+        setup,
+        output_dir,
+        *("--latents_dir", setup["lat"], "--max_train_steps", max_train_steps, *extra),
+        check=check,
+        **env,
     )
 
 
@@ -153,6 +158,21 @@ def test_other_prediction_types_train_and_the_checkpoint_samples_with_them(setup
     frames = np.zeros((4, 48, 64, 3), dtype=np.uint8)
     engine.reset(frames, [0, 0, 0])
     assert engine.step("FORWARD").shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("kernels", ["avx2", "native"])
+def test_bf16_training_says_so_where_the_cpu_emulates_bf16(setup, tmp_path, kernels):
+    """--mixed_precision bf16 trains either way; where torch emulates bf16 (here forced with ATEN_CPU_CAPABILITY=avx2,
+    the kernels of a CPU without AVX512) the run warns that it is 13x slower and names the fix."""
+    if kernels == "native" and not cpu_computes_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    env = {"ATEN_CPU_CAPABILITY": kernels} if kernels == "avx2" else {}
+    result = train_on_latents(setup, tmp_path / "wm", 2, "--mixed_precision", "bf16", **env)
+    assert json.loads((tmp_path / "wm" / "training_summary.json").read_text())["global_step"] == 2
+    warned = "warning: --mixed_precision bf16 on a CPU without bf16 instructions" in result.stdout
+    assert warned == (kernels == "avx2")
+    if warned:
+        assert "13x slower" in result.stdout and "--mixed_precision no" in result.stdout
 
 
 def test_action_id_out_of_range_is_named(setup, tmp_path):
