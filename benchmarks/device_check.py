@@ -4,9 +4,12 @@ Usually run through ``benchmarks/device_check.sh``, which first installs the whe
 and runs the CUDA tests (``pytest -m cuda``); directly:
 
     python benchmarks/device_check.py [--dry_run] [--output_dir DIR] [--parts a,b] [--part_timeout NAME=SECONDS]
+                                      [--time_budget SECONDS]
 
 Each part runs in its own process under a time bound; a part that fails or runs out of time records why
-("error: ..." or "not measured: ...") and the next part goes on:
+("error: ..." or "not measured: ...") and the next part goes on. ``--time_budget`` bounds the parts
+together: each part's bound shrinks to what is left, and the parts that no longer fit are recorded as not
+measured (the order below is the priority):
 
 * ``device``: GPU name, torch and CUDA versions, the dense bf16 peak that MFU is taken over, and a
   measured bf16 matrix-product rate (8192^3) for comparison;
@@ -68,6 +71,7 @@ MAX_GRAD_NORM = 1.0  # the trainer's default (paper: 1.0)
 ENGINE_GUIDANCE_SCALE = 1.5  # paper
 ENGINE_DDIM_STEPS = 4  # paper
 MATMUL_SIZE = 8192
+MIN_PART_SECONDS = 10.0  # under --time_budget, a part with less time than this left is not started
 
 
 class NotMeasured(Exception):
@@ -85,6 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PART_NAMES), help="comma-separated parts to run, in this order")
     parser.add_argument(
         "--part_timeout", action="append", default=[], metavar="NAME=SECONDS", help="a part's time bound (repeatable)"
+    )
+    parser.add_argument(
+        "--time_budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the parts together stop within this: each part's bound shrinks to what is left, and a part with less "
+        f"than {MIN_PART_SECONDS:g} s left is not run (default: no budget, each part its own bound)",
     )
     parser.add_argument(
         "--isolate",
@@ -134,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.timeouts[name] = float(seconds)
         except ValueError:
             parser.error(f"--part_timeout {item}: SECONDS must be a number")
+    if args.time_budget is not None and args.time_budget < 0:
+        parser.error("--time_budget must be >= 0 seconds")
     if args.output_dir is None:
         args.output_dir = os.environ.get("OUT") or str(REPO / "benchmarks" / "results")
     return args
@@ -309,6 +323,7 @@ def measure_training(
 
     from train_text_to_image import diffusion_loss, make_optimizer
 
+    setup_started = time.perf_counter()
     model, _, scheduler, config = build_models(preset, device, with_vae=False, **config_overrides)
     model.train()
     optimizer = make_optimizer(optimizer_name, model.parameters(), learning_rate, 0.0)
@@ -331,6 +346,7 @@ def measure_training(
 
     flops = count_flops(lambda: forward_backward(model))  # counted eagerly: compilation changes kernels, not FLOPs
     model.zero_grad(set_to_none=True)
+    setup_seconds = time.perf_counter() - setup_started
     warmup = 3 if compiled else 2
     started = time.perf_counter()
     for _ in range(warmup):
@@ -382,6 +398,7 @@ def measure_training(
         "optimizer": f"{optimizer_name} (+ clip_grad_norm {MAX_GRAD_NORM}, zero_grad)",
         "precision": "bf16 autocast, fp32 weights" if autocast_bf16 else "fp32",
         "compiled": f"torch.compile (backend {options.compile_backend})" if compiled else "eager",
+        "setup_s": setup_seconds,
         "warmup_steps": warmup,
         "warmup_s": warmup_seconds,
         "measured_steps": options.train_steps,
@@ -400,6 +417,7 @@ def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: st
 
     diffusers_logging.set_verbosity_error()  # casting the VAE to bf16 warns, as intended here
     device = compute_device(options)
+    setup_started = time.perf_counter()
     model, vae, scheduler, config = build_models(sd14_stand_in(options), device, with_vae=True)
     model, vae = model.to(dtype=torch.bfloat16).eval(), vae.to(dtype=torch.bfloat16).eval()
     bundle = WorldModelBundle(model, vae, scheduler, config)
@@ -419,6 +437,7 @@ def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: st
     actions = torch.randint(0, config.num_actions, (config.context_length - 1,), generator=generator).tolist()
     engine.reset(latents=latents, actions=actions)
     reset_peak_memory(device)
+    setup_seconds = time.perf_counter() - setup_started
     warmup = 1 if options.dry_run else (3 if not compiled else 6)  # CUDA graphs are recorded on the first calls
     started = time.perf_counter()
     for index in range(warmup):
@@ -442,6 +461,7 @@ def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: st
         "p99_ms": float(np.percentile(total_ms, 99)),
         "peak_memory_gib": peak_memory_gib(device),
         "frames": len(timings),
+        "setup_s": setup_seconds,
         "warmup_frames": warmup,
         "warmup_s": warmup_seconds,
         "compiled": f"torch.compile ({options.compile_backend}, {compile_mode or 'default'})" if compiled else "eager",
@@ -528,7 +548,7 @@ class Part:
     section: str  # top-level key of the report
     key: str | None  # key inside the section (None: the part's result is the whole section)
     run: Callable[[argparse.Namespace], Iterator[tuple[str | None, Any]]]
-    timeout_s: float  # default time bound on a GPU machine; the defaults add up to 350 s
+    timeout_s: float  # default time bound on a GPU machine (see PARTS)
 
     def expected_keys(self, options: argparse.Namespace) -> list[str | None]:
         if self.name.startswith("train_sd14"):
@@ -538,15 +558,19 @@ class Part:
         return [None]
 
 
-# Cheap, certain measurements first; the compiled ones (minutes of compilation each) last.
+# Cheap, certain measurements first; the compiled ones (minutes of compilation each) last, CUDA graphs first
+# among them (the eager sd14 engine is launch-bound). The bounds are sized from the first H200 run
+# (docs/gpu.md): the parts' start (imports, CUDA, building sd14 on the GPU) took 10-30 s, the engine's
+# compilation 92 s. Together they exceed one device call: --time_budget (device_check.sh passes one) cuts
+# the last parts short rather than the whole run.
 PARTS = [
     Part("device", "device", None, part_device, 30),
-    Part("train_sd14_eager", "train_sd14", "eager", part_train_sd14(compiled=False), 45),
-    Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 40),
-    Part("train_tiny", "train_tiny", None, part_train_tiny, 20),
-    Part("engine_sd14_compile", "engine_sd14", "compile", part_engine(True, None), 70),
-    Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 70),
-    Part("train_sd14_compile", "train_sd14", "compile", part_train_sd14(compiled=True), 75),
+    Part("train_sd14_eager", "train_sd14", "eager", part_train_sd14(compiled=False), 90),
+    Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 50),
+    Part("train_tiny", "train_tiny", None, part_train_tiny, 40),
+    Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 180),
+    Part("engine_sd14_compile", "engine_sd14", "compile", part_engine(True, None), 150),
+    Part("train_sd14_compile", "train_sd14", "compile", part_train_sd14(compiled=True), 240),
 ]
 PART_NAMES = [part.name for part in PARTS]
 
@@ -687,9 +711,20 @@ def run_all(options: argparse.Namespace) -> Path:
         write_bytes_atomic(markdown_path, render_markdown(results))
 
     write()
+    budget_started = time.perf_counter()
     for name in options.parts:
         part = next(p for p in PARTS if p.name == name)
         timeout = options.timeouts[name]
+        if options.time_budget is not None:
+            left = options.time_budget - (time.perf_counter() - budget_started)
+            if left < MIN_PART_SECONDS:
+                status = f"not measured: the --time_budget of {options.time_budget:g} s was used up"
+                store(results, part, options, {}, status)
+                results["parts"][name] = {"status": status}
+                write()
+                print(f"== {name}: {status}", flush=True)
+                continue
+            timeout = min(timeout, round(left, 1))
         print(f"== {name}" + (f" (bound {timeout:g} s)" if options.isolate else " (in this process)"), flush=True)
         started = time.perf_counter()
         if options.isolate:
@@ -799,8 +834,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("peak_memory_gib", 3),
         ("achieved_tflops", 3),
         ("mfu", 3),
+        ("setup_s", 3),
     ]
     train_header = ["mode", "batch", "samples/s", "step ms", "fwd+bwd ms", "optimizer ms", "peak GiB", "TFLOP/s", "MFU"]
+    train_header.append("setup s")
     lines += [f"## Training step: sd14 world model, bf16 autocast, Adafactor + clipping{stand_in}", ""]
     rows = []
     for mode, measurements in results.get("train_sd14", {}).items():
@@ -818,10 +855,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("p50_ms", 3),
         ("p99_ms", 3),
         ("peak_memory_gib", 3),
+        ("setup_s", 3),
         ("warmup_s", 3),
     ]
     engine_header = ["mode", "frames/s", "UNet ms", "decode ms", "total ms", "p50 ms", "p99 ms", "peak GiB"]
-    engine_header.append("warm-up s")
+    engine_header += ["setup s", "warm-up s"]
     lines += ["", f"## Engine: sd14 320x256, context 64, 4 DDIM steps, CFG 1.5, bf16{stand_in}", ""]
     engine = results.get("engine_sd14", {})
     rows = [rows_of(measurement, [mode], engine_columns, len(engine_header)) for mode, measurement in engine.items()]

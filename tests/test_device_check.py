@@ -96,6 +96,25 @@ def test_a_part_that_runs_out_of_time_is_recorded_and_the_others_still_run(tmp_p
     assert "| train_tiny | not measured: timed out after 0.5 s |" in markdown
 
 
+def test_a_time_budget_shortens_a_part_and_skips_the_parts_that_no_longer_fit(tmp_path):
+    # 10.6 s in all: train_tiny's bound of 60 s shrinks to 10.6; whether it finishes or not, less than the
+    # 10 s a part needs is left for the device part, which is recorded as not measured, not started late.
+    run_script(
+        "benchmarks/device_check.py",
+        *("--dry_run", "--isolate", "--parts", "train_tiny,device", "--part_timeout", "train_tiny=60"),
+        *("--time_budget", "10.6", "--output_dir", tmp_path),
+        timeout=300,
+        OMP_NUM_THREADS="1",
+    )
+    results = json.loads((tmp_path / "device_check_dry_run.json").read_text())
+    markdown = (tmp_path / "device_check_dry_run.md").read_text()
+    assert results["parts"]["train_tiny"]["timeout_s"] == 10.6
+    used_up = "not measured: the --time_budget of 10.6 s was used up"
+    assert results["parts"]["device"] == {"status": used_up}
+    assert results["device"] == {"not_measured": used_up.removeprefix("not measured: ")}
+    assert f"| device | {used_up} |" in markdown
+
+
 def test_a_failed_measurement_shows_its_error_in_the_report():
     device_check = load_device_check()
     results = {
