@@ -64,7 +64,8 @@ def test_every_artifact_exists_and_loads(smoke_run):
     summary = (run / "summary.md").read_text()
     assert "| world model |" in summary and "| copy last frame |" in summary and "| same, shuffled actions |" in summary
     assert "| VAE reconstruction (ceiling) |" in summary and "| sharpness | GMSD |" in summary
-    assert "Action following (inverse-dynamics model" in summary and (run / "idm" / "idm_config.json").is_file()
+    assert "Action following (inverse-dynamics model" in summary and "teacher-forced / real: " in summary
+    assert (run / "idm" / "idm_config.json").is_file()
     assert "action_following" in metrics["models"][0]
     for gif in gifs:
         assert f"]({gif.relative_to(run)})" in summary  # the gifs are shown in the summary
@@ -137,5 +138,9 @@ def test_several_seeds_are_summarised_by_their_mean_and_spread(smoke_run, tmp_pa
     assert "| 0.25 ± 1.06 | -0.50 | 1.00 | 1.00 | -0.50 |" in row
     assert "beats copy-last on 1 of 2 seeds" in summary and "| sharpness (1 = the game's) |" in summary
     assert "seed-3/summary.md" in summary
+    following = base["models"][0]["action_following"]  # both IDM ratios, each under its own name
+    for label, key in (("action", "relative_accuracy"), ("category", "relative_category_accuracy")):
+        row = next(line for line in summary.splitlines() if line.startswith(f"| IDM {label} accuracy, generated / "))
+        assert f"| {following[key]:.2f} ± 0.00 |" in row, row
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--seeds", "0"])
