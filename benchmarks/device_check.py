@@ -19,6 +19,9 @@ measured (the order below is the priority):
   clipping and Adafactor as ``train_text_to_image.py``. Samples/s, ms per step, forward+backward and
   optimizer ms apart, peak memory, FLOPs per step (``torch.utils.flop_counter.FlopCounterMode`` on one
   eager step: model FLOPs, forward and backward) and MFU = FLOPs / step time / the dense bf16 peak;
+* ``optimizer_sd14``: the optimizer phase alone (clipping, step, zero_grad) over sd14's parameters with
+  random gradients, for each of the trainer's ``--optimizer`` choices (transformers' Adafactor, torch's
+  multi-tensor Adafactor, AdamW): ms per step and peak memory;
 * ``engine_sd14_eager`` / ``engine_sd14_compile`` / ``engine_sd14_reduce_overhead``: ``GameEngine``
   frames at 320x256, context 64, 4 DDIM steps, CFG 1.5, bf16, SD v1.4's VAE (random weights): frames/s,
   UNet / decode / total ms per frame (the engine's own per-stage timing) and p50 / p99 frame latency;
@@ -406,6 +409,52 @@ def measure_training(
     }
 
 
+OPTIMIZERS = ("adafactor", "adafactor_torch", "adamw")  # train_text_to_image.py --optimizer choices
+
+
+def measure_optimizer(options: argparse.Namespace, optimizer_name: str, device) -> dict[str, Any]:
+    """The trainer's optimizer phase (clip, step, clear) alone over sd14's parameters with random gradients:
+    which optimizer keeps a GPU step short (transformers' Adafactor loops over the tensors in Python)."""
+    import torch
+
+    from train_text_to_image import make_optimizer
+
+    setup_started = time.perf_counter()
+    model, _, _, _ = build_models(sd14_stand_in(options), device, with_vae=False)
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    generator = torch.Generator(device=device).manual_seed(0)
+    gradients = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype) * 1e-3 for p in parameters]
+    optimizer = make_optimizer(optimizer_name, parameters, 2e-5, 0.0)
+
+    def optimizer_step() -> None:
+        for parameter, gradient in zip(parameters, gradients, strict=True):
+            parameter.grad = gradient  # the same tensor each time: no copy inside the timed phase
+        torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    setup_seconds = time.perf_counter() - setup_started
+    for _ in range(2):
+        optimizer_step()
+    synchronize(device)
+    reset_peak_memory(device)
+    started = time.perf_counter()
+    for _ in range(options.train_steps):
+        optimizer_step()
+    synchronize(device)
+    return {
+        "model": model_label(options),
+        "optimizer": optimizer_name,
+        "optimizer_ms": 1000 * (time.perf_counter() - started) / options.train_steps,
+        "tensors": len(parameters),
+        "parameters_millions": sum(p.numel() for p in parameters) / 1e6,
+        "peak_memory_gib": peak_memory_gib(device),
+        "setup_s": setup_seconds,
+        "measured_steps": options.train_steps,
+        "device": str(device),
+    }
+
+
 def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: str | None) -> dict[str, Any]:
     """Frames of the GameEngine over the sd14 models in bf16: frames/s, per-stage ms, p50 / p99 latency."""
     import numpy as np
@@ -525,6 +574,12 @@ def part_train_sd14(compiled: bool) -> Callable[[argparse.Namespace], Iterator[t
     return run
 
 
+def part_optimizer_sd14(options: argparse.Namespace) -> Iterator[tuple[str | None, Any]]:
+    device = compute_device(options)
+    for name in OPTIMIZERS:
+        yield name, guarded(measure_optimizer, device, options, name, device)
+
+
 def part_engine(compiled: bool, mode: str | None) -> Callable[[argparse.Namespace], Iterator[tuple[str | None, Any]]]:
     def run(options: argparse.Namespace) -> Iterator[tuple[str | None, Any]]:
         yield None, measure_engine(options, compiled, mode)
@@ -553,6 +608,8 @@ class Part:
     def expected_keys(self, options: argparse.Namespace) -> list[str | None]:
         if self.name.startswith("train_sd14"):
             return [f"batch_{b}" for b in options.train_batch_sizes]
+        if self.name == "optimizer_sd14":
+            return list(OPTIMIZERS)
         if self.name == "train_tiny":
             return [f"batch_{b}_{dtype}" for b in options.tiny_batch_sizes for dtype in ("fp32", "bf16")]
         return [None]
@@ -566,6 +623,7 @@ class Part:
 PARTS = [
     Part("device", "device", None, part_device, 30),
     Part("train_sd14_eager", "train_sd14", "eager", part_train_sd14(compiled=False), 90),
+    Part("optimizer_sd14", "optimizer_sd14", None, part_optimizer_sd14, 60),
     Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 50),
     Part("train_tiny", "train_tiny", None, part_train_tiny, 40),
     Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 180),
@@ -775,7 +833,8 @@ def summary_line(measurement: Any) -> str:
         return str(outcome(measurement))
     if not isinstance(measurement, dict):
         return str(measurement)
-    keys = ("name", "samples_per_s", "step_ms", "frames_per_s", "total_ms", "p99_ms", "peak_memory_gib", "mfu")
+    keys = ("name", "samples_per_s", "step_ms", "optimizer_ms", "frames_per_s", "total_ms", "p99_ms", "peak_memory_gib")
+    keys += ("mfu",)
     return ", ".join(f"{key} {number(measurement[key])}" for key in keys if key in measurement)
 
 
@@ -846,6 +905,15 @@ def render_markdown(results: dict[str, Any]) -> str:
                 measurement = {**measurement, "mfu": percent(measurement.get("mfu"))}
             rows.append(rows_of(measurement, [mode, key.removeprefix("batch_")], train_columns, len(train_header)))
     lines += table(train_header, rows)
+
+    optimizers = results.get("optimizer_sd14", {})
+    lines += ["", f"## Optimizer phase alone: sd14 parameters, clipping + step + zero_grad{stand_in}", ""]
+    optimizer_header = ["optimizer", "ms per step", "tensors", "parameters (M)", "peak GiB", "setup s"]
+    optimizer_columns = [("optimizer_ms", 3), ("tensors", 4), ("parameters_millions", 4)]
+    optimizer_columns += [("peak_memory_gib", 3), ("setup_s", 3)]
+    optimizer_rows = optimizers.items() if outcome(optimizers) is None else [("all", optimizers)]
+    width = len(optimizer_header)
+    lines += table(optimizer_header, [rows_of(m, [name], optimizer_columns, width) for name, m in optimizer_rows])
 
     engine_columns = [
         ("frames_per_s", 3),

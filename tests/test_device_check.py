@@ -65,6 +65,10 @@ def test_dry_run_measures_every_section_and_names_the_device(dry_run):
         assert measurement["dtype"] == "bfloat16"
     for key in ("batch_4_fp32", "batch_4_bf16"):
         assert has_numbers(results["train_tiny"][key], TRAIN_NUMBERS), results["train_tiny"][key]
+    for name in ("adafactor", "adafactor_torch", "adamw"):  # each trainer optimizer's step alone, same parameters
+        measurement = results["optimizer_sd14"][name]
+        assert has_numbers(measurement, ("optimizer_ms", "tensors", "parameters_millions")), measurement
+    assert len({m["parameters_millions"] for m in results["optimizer_sd14"].values()}) == 1
 
     tests = results["cuda_tests"]  # no GPU here: every CUDA test is collected and skipped, none fails
     assert tests["failed"] == 0 and tests["error"] == 0
@@ -72,9 +76,11 @@ def test_dry_run_measures_every_section_and_names_the_device(dry_run):
 
     assert f"# Device check: {device['name']}" in markdown
     assert "Dry run on the CPU" in markdown
-    for heading in ("CUDA tests", "## Training step: sd14", "## Engine: sd14", "## Training step: tiny", "## Parts"):
+    headings = ("CUDA tests", "## Training step: sd14", "## Optimizer phase alone", "## Engine: sd14", "## Parts")
+    for heading in (*headings, "## Training step: tiny"):
         assert heading in markdown, heading
     rows = ("| eager | 2 |", "| compile | 4 |", "| reduce-overhead |", "| batch 4 bf16 |", "| train_sd14_compile | ok")
+    rows += ("| adafactor_torch |", "| optimizer_sd14 | ok")
     for row in rows:
         assert row in markdown, row
 
