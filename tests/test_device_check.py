@@ -85,16 +85,19 @@ def test_dry_run_measures_every_section_and_names_the_device(dry_run):
         assert row in markdown, row
 
 
-def test_a_part_that_runs_out_of_time_is_recorded_and_the_others_still_run(tmp_path):
+def isolated_dry_run(out, *options: str) -> tuple[dict, str]:
+    """device_check.py's dry run of train_tiny then device, each part in its own process: (results, markdown)."""
     run_script(
         "benchmarks/device_check.py",
-        *("--dry_run", "--isolate", "--parts", "train_tiny,device", "--part_timeout", "train_tiny=0.5"),
-        *("--output_dir", tmp_path),
+        *("--dry_run", "--isolate", "--parts", "train_tiny,device", *options, "--output_dir", out),
         timeout=300,
         OMP_NUM_THREADS="1",
     )
-    results = json.loads((tmp_path / "device_check_dry_run.json").read_text())
-    markdown = (tmp_path / "device_check_dry_run.md").read_text()
+    return json.loads((out / "device_check_dry_run.json").read_text()), (out / "device_check_dry_run.md").read_text()
+
+
+def test_a_part_that_runs_out_of_time_is_recorded_and_the_others_still_run(tmp_path):
+    results, markdown = isolated_dry_run(tmp_path, "--part_timeout", "train_tiny=0.5")
     assert results["parts"]["train_tiny"]["status"] == "not measured: timed out after 0.5 s"
     assert results["train_tiny"]["batch_4_fp32"] == {"not_measured": "timed out after 0.5 s"}
     assert results["parts"]["device"]["status"] == "ok" and results["device"]["name"] in markdown
@@ -105,15 +108,7 @@ def test_a_part_that_runs_out_of_time_is_recorded_and_the_others_still_run(tmp_p
 def test_a_time_budget_shortens_a_part_and_skips_the_parts_that_no_longer_fit(tmp_path):
     # 10.6 s in all: train_tiny's bound of 60 s shrinks to 10.6; whether it finishes or not, less than the
     # 10 s a part needs is left for the device part, which is recorded as not measured, not started late.
-    run_script(
-        "benchmarks/device_check.py",
-        *("--dry_run", "--isolate", "--parts", "train_tiny,device", "--part_timeout", "train_tiny=60"),
-        *("--time_budget", "10.6", "--output_dir", tmp_path),
-        timeout=300,
-        OMP_NUM_THREADS="1",
-    )
-    results = json.loads((tmp_path / "device_check_dry_run.json").read_text())
-    markdown = (tmp_path / "device_check_dry_run.md").read_text()
+    results, markdown = isolated_dry_run(tmp_path, "--part_timeout", "train_tiny=60", "--time_budget", "10.6")
     assert results["parts"]["train_tiny"]["timeout_s"] == 10.6
     used_up = "not measured: the --time_budget of 10.6 s was used up"
     assert results["parts"]["device"] == {"status": used_up}
