@@ -833,8 +833,10 @@ def summary_line(measurement: Any) -> str:
         return str(outcome(measurement))
     if not isinstance(measurement, dict):
         return str(measurement)
-    keys = ("name", "samples_per_s", "step_ms", "optimizer_ms", "frames_per_s", "total_ms", "p99_ms", "peak_memory_gib")
-    keys += ("mfu",)
+    keys = (
+        *("name", "samples_per_s", "step_ms", "optimizer_ms", "frames_per_s", "total_ms", "p99_ms"),
+        *("peak_memory_gib", "mfu"),
+    )
     return ", ".join(f"{key} {number(measurement[key])}" for key in keys if key in measurement)
 
 

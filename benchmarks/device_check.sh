@@ -12,9 +12,9 @@
 #    NAME=SECONDS after -- changes one), all of them within what is left of DEVICE_CHECK_BUDGET seconds
 #    (default 540: the whole script ends within 9 minutes, inside one 10-minute device call, leaving a
 #    15-minute device session time to rerun a part; a dry run: no budget unless set); the parts that no
-#    longer fit are recorded as not measured. It writes DIR/device_check.json, DIR/device_check.md and this script's log
-#    DIR/device_check.log (a dry run: device_check_dry_run.*). DIR: --output_dir, else $OUT when set, else
-#    benchmarks/results.
+#    longer fit are recorded as not measured. It writes DIR/device_check.json, DIR/device_check.md and
+#    this script's log DIR/device_check.log (a dry run: device_check_dry_run.*). DIR: --output_dir, else
+#    $OUT when set, else benchmarks/results.
 #
 # --dry_run: the same steps on the CPU with tiny models (tests the script; CI runs it).
 #
