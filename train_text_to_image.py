@@ -298,7 +298,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ema_decay",
         type=float,
         default=None,
-        help="keep an EMA of the weights with this decay (e.g. 0.999) and save it; default: none (paper)",
+        help="keep an exponential moving average of the weights with this decay (diffusers' EMAModel with its "
+        "warm-up: the decay at step n is min(D, 1 - (1 + n)^-0.75)), validate and save it instead of the last "
+        "weights; the quickstart uses 0.99; default: none (the paper's)",
     )
     train.add_argument(
         "--validation_steps",
@@ -688,6 +690,7 @@ def write_summary(
         "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
         "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
         "validation_psnr": run.validation,
+        "ema_decay": args.ema_decay,  # not None: the saved weights are this average, not the last step's
         "device": str(accelerator.device),
     }
     output_dir = Path(args.output_dir)

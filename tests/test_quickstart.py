@@ -122,6 +122,22 @@ def test_the_world_model_trains_in_bf16_only_where_the_cpu_computes_it(monkeypat
     assert world("--wm_precision", "bf16")[:2] == ("bf16", 1250)
 
 
+def test_the_world_model_saved_is_an_average_of_its_weights_unless_asked_otherwise():
+    """The budgets train with --ema_decay 0.99 (docs/research_log.md, "A learning-rate schedule and weight
+    averaging"); --ema_decay 0 keeps the last weights; a decay of 1 or more is refused by name."""
+
+    def world(*argv):
+        args = quickstart.parse_args(list(argv))
+        return quickstart.stage_commands(Path("run"), quickstart.budget_from_args(args), args)["world"][0]
+
+    for budget in ("20min", "60min", "smoke"):
+        command = world("--budget", budget)
+        assert command[command.index("--ema_decay") + 1] == "0.99"
+    assert "--ema_decay" not in world("--ema_decay", "0")
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--ema_decay", "1"])
+
+
 def test_several_seeds_are_summarised_by_their_mean_and_spread(smoke_run, tmp_path):
     """--seeds K runs the pipeline into seed-<s>/ folders; summary.md gives each headline number's mean ± std."""
     run, _ = smoke_run

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import REPO, record_random_episodes, run_script, script_env
+from safetensors.torch import load_file
 
 from gamengen.checkpoint import load_world_model
 from gamengen.config import get_config
@@ -140,6 +141,13 @@ def test_the_paper_parameterisation_with_ema_and_min_snr_trains_and_saves(setup)
     )
     assert "held-out next-frame PSNR" in result.stdout
     assert load_world_model(out).config.residual is False
+    # The saved UNet is the average (the checkpoint's EMA state), not the last step's weights.
+    assert json.loads((out / "training_summary.json").read_text())["ema_decay"] == 0.9
+    saved = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"]
+    last = load_file(out / "checkpoint-4" / "model.safetensors")["unet.conv_in.weight"]
+    average = torch.load(out / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    assert not torch.equal(saved, last)
+    assert any(s.shape == saved.shape and torch.equal(s.to(saved.dtype), saved) for s in average)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
