@@ -67,6 +67,9 @@ class Budget:
     # same data, better on every seed; docs/research_log.md#a-learning-rate-schedule-and-weight-averaging-20-minutes).
     ema_decay: float = 0.99
     context_length: int = 4
+    # Evaluation, rollouts and live play add back the detail the VAE loses from the newest real frame, fading
+    # where the frames change (docs/engine.md#detail-carry-over; measured in docs/research_log.md#detail-carry-over).
+    carry_detail: float = 8.0
     eval_windows: int = 128
     eval_episodes: int = 8
     eval_horizon: int = 64
@@ -118,6 +121,7 @@ SIZE_HELP = {
     "wm_steps_bf16": "world-model steps when it trains in bf16 (the same wall time as --wm_steps in fp32)",
     "wm_precision": "world-model training precision; auto: bf16 where the CPU has bf16 instructions or on a GPU "
     "that supports it, else no (emulated bf16 ran 13x slower than fp32)",
+    "carry_detail": "the engine's --carry_detail for evaluation, rollouts and play (0 = off: the VAE's frames)",
     "ema_decay": "the world model saved is an exponential moving average of its weights with this decay "
     "(train_text_to_image.py --ema_decay); 0 = its last weights",
 }
@@ -189,6 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.output_dir = "runs/smoke" if args.budget == "smoke" else "runs/quickstart"
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.carry_detail is not None and not args.carry_detail >= 0:
+        parser.error("--carry_detail must be >= 0 (a fading scale in 0-255 levels; 0 = off)")
     if args.ema_decay is not None and not 0.0 <= args.ema_decay < 1.0:
         parser.error("--ema_decay must be in [0, 1) (0 = no average: the world model's last weights)")
     return args
@@ -388,6 +394,7 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
                 str(budget.eval_horizon),
             ]
             + ["--idm", str(run / "idm"), "--seed", seed]
+            + engine_options(budget)
         ],
         "rollouts": [
             ["run_autoregressive.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), heldout]
@@ -399,7 +406,8 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
                 "--no_mp4",
                 "--seed",
                 seed,
-            ],
+            ]
+            + engine_options(budget),
             ["run_autoregressive.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(data), heldout]
             + [
                 "--actions",
@@ -410,9 +418,29 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
                 str(run / "rollouts" / "scripted"),
                 "--no_mp4",
             ]
-            + ["--seed", seed],
+            + ["--seed", seed]
+            + engine_options(budget),
         ],
     }
+
+
+def engine_options(budget: Budget) -> list[str]:
+    """The engine options of the evaluate and rollouts stages and of the play command."""
+    return ["--carry_detail", f"{budget.carry_detail:g}"] if budget.carry_detail else []
+
+
+def play_command(run: Path, budget: Budget) -> str:
+    return shlex.join(
+        [
+            "python",
+            "run_playable_env.py",
+            "--model_folder",
+            str(run / "world_model"),
+            "--dataset_name",
+            str(run / "dataset"),
+        ]
+        + engine_options(budget)
+    )
 
 
 def stage_outputs(run: Path) -> dict[str, list[Path]]:
@@ -616,7 +644,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {run / 'eval' / 'report.md'}, drift.png, examples.png")
     print(f"  {run / 'rollouts'}/*/*.gif")
     print("Play the model live:")
-    print(f"  python run_playable_env.py --model_folder {run / 'world_model'} --dataset_name {run / 'dataset'}")
+    print(f"  {play_command(run, budget)}")
     return state
 
 
@@ -799,8 +827,7 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
     lines += [
         "## Next",
         "",
-        f"- play it: `python run_playable_env.py --model_folder {run / 'world_model'} "
-        f"--dataset_name {run / 'dataset'}`",
+        f"- play it: `{play_command(run, budget)}`",
         f"- evaluate again with other sampling: `python evaluate.py --model_folder {run / 'world_model'} "
         f"--dataset_name {run / 'dataset'} "
         "--num_inference_steps 8 --output_dir <folder>`",

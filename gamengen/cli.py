@@ -82,6 +82,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="DDIM eta: 0 deterministic, 1 ancestral (fresh noise each step); default: the checkpoint's, 0",
     )
     group.add_argument(
+        "--carry_detail",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="add back the detail the VAE loses from the newest real context frame, fading it per pixel by "
+        "exp(-change/TAU) where the generated frames change (TAU in 0-255 levels, e.g. 8; inf: never fades); "
+        "an experiment, docs/engine.md#detail-carry-over; default: off",
+    )
+    group.add_argument(
         "--noise_bucket",
         type=int,
         default=None,
@@ -129,6 +138,7 @@ def engine_from_args(args: argparse.Namespace) -> GameEngine:
         compile_mode=args.compile_mode,
         pad_short_context=not args.no_pad_context,
         encode_batch_size=args.encode_batch_size,
+        carry_detail=args.carry_detail,
     )
 
 

@@ -72,6 +72,9 @@ class GameEngine:
         encode_batch_size: most frames ``reset`` sends through the VAE encoder at once. A batch of B
             contexts of 64 frames at 320x256 is B*64 frames: unbounded, 16 contexts took ~80-100 GB of
             activations, more than a GPU has.
+        carry_detail: add back the detail the VAE loses from the newest real context frame, fading it per
+            pixel where the generated frames change (``exp(-change / carry_detail)``, the change in 0-255
+            levels; docs/engine.md#detail-carry-over). None or 0: off (the paper's decoding).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class GameEngine:
         pad_short_context: bool = True,
         sync_timing: bool = True,
         encode_batch_size: int = 16,
+        carry_detail: float | None = None,
     ) -> None:
         self.model = bundle.model
         self.vae = bundle.vae
@@ -107,6 +111,11 @@ class GameEngine:
         if encode_batch_size < 1:
             raise EngineError(f"encode_batch_size must be at least 1, got {encode_batch_size}")
         self.encode_batch_size = int(encode_batch_size)
+        if carry_detail is not None and not carry_detail >= 0:
+            raise EngineError(f"carry_detail is a fading scale in 0-255 levels (> 0; 0 = off), got {carry_detail}")
+        self.carry_detail = float(carry_detail) if carry_detail else None
+        self._detail: np.ndarray | None = None  # (B, H, W, 3) float32: the real detail still carried
+        self._decoded: np.ndarray | None = None  # (B, H, W, 3) float32: the last decoded frame, before the detail
         self.sync_timing = sync_timing and self.device.type == "cuda"
         self.num_inference_steps = int(
             self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -262,6 +271,12 @@ class GameEngine:
         self._latents = torch.stack([p[0] for p in padded]).to(self.device)
         self._actions = torch.stack([p[1] for p in padded]).to(self.device)
         self._batched = batched
+        self._detail = self._decoded = None
+        if self.carry_detail is not None and frames is not None:
+            newest = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
+            newest = (newest if batched else newest[None])[:, -1].cpu().numpy().astype(np.float32)
+            self._decoded = self.decode(self._latents[:, -1]).astype(np.float32)  # what the VAE keeps of it
+            self._detail = newest - self._decoded
         if seed is not None:
             self.generator.manual_seed(int(seed))
         self.timings = []
@@ -292,6 +307,8 @@ class GameEngine:
         latent, unet_ms = self._generate(action)
         decode_started = time.perf_counter()
         frames = self.decode(latent)
+        if self._detail is not None:
+            frames = self._carry(frames)
         finished = time.perf_counter()
         self.timings.append(
             FrameTiming(
@@ -305,7 +322,9 @@ class GameEngine:
         return frames if self._batched else frames[0]
 
     def step_latent(self, action: int | str | Sequence[int | str]) -> torch.Tensor:
-        """``step`` without decoding: the next frame's latent ``(C, h, w)`` (``(B, C, h, w)``), float32."""
+        """``step`` without decoding: the next frame's latent ``(C, h, w)`` (``(B, C, h, w)``), float32.
+        It ends any detail carry-over (that needs every decoded frame) until the next ``reset``."""
+        self._detail = self._decoded = None
         started = time.perf_counter()
         latent, unet_ms = self._generate(action)
         self.timings.append(
@@ -330,6 +349,14 @@ class GameEngine:
                 self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model
             )
         return tensor_to_frames(pixels)
+
+    def _carry(self, frames: np.ndarray) -> np.ndarray:
+        """Decoded uint8 frames plus the carried detail, which first fades where they changed since the last."""
+        decoded = frames.astype(np.float32)
+        change = np.abs(decoded - self._decoded).mean(axis=-1, keepdims=True)
+        self._detail *= np.exp(-change / self.carry_detail)
+        self._decoded = decoded
+        return np.clip(decoded + self._detail, 0, 255).round().astype(np.uint8)
 
     @torch.inference_mode()
     def predict(
@@ -428,6 +455,7 @@ class GameEngine:
             "eta": self.eta,
             "guidance_scale": self.guidance_scale,
             "noise_bucket": self.noise_bucket,
+            "carry_detail": self.carry_detail,
             "context_length": self.context_length,
             "compiled": self._denoiser is not self.model,
             "timesteps": [step.timestep for step in self._schedule],

@@ -482,3 +482,62 @@ def test_a_residual_model_of_each_prediction_type_that_predicts_no_change_repeat
     engine.reset(latents=latents, actions=[0, 0, 0])
     for _ in range(2):
         assert (engine.step_latent("NOOP") - latents[-1]).abs().mean() < 0.05
+
+
+# -- detail carry-over (docs/engine.md#detail-carry-over) -------------------------------------------
+
+
+def no_change_engine(bundle, **options) -> GameEngine:
+    """A residual engine whose model predicts a zero change (its latent repeats the last context latent)."""
+    engine = GameEngine(residual_bundle(bundle, True), seed=0, **options)
+    alphas = bundle.scheduler.alphas_cumprod
+
+    def no_change(noisy, timesteps, *_):
+        alpha = alphas[timesteps].view(-1, 1, 1, 1)
+        return alpha.sqrt() * noisy / (1 - alpha).sqrt()
+
+    engine._denoiser = no_change
+    return engine
+
+
+def test_carried_detail_gives_back_the_real_frame_where_nothing_changes(bundle):
+    """A model that predicts no change: without the carry-over its frames are the VAE's reconstruction of the last
+    real frame (what the VAE keeps), with it they are the real frame, step after step (up to what the sampler's
+    last noise level changes in the decoded frame: 8-13 of 255 levels with this random VAE)."""
+    frames = random_frames(N, seed=3)
+    plain, carried = no_change_engine(bundle), no_change_engine(bundle, carry_detail=float("inf"))
+    plain.reset(frames, [0, 0, 0])
+    carried.reset(frames, [0, 0, 0])
+    assert carried.describe()["carry_detail"] == float("inf") and plain.describe()["carry_detail"] is None
+    for _ in range(3):
+        blurred, sharp = plain.step("NOOP").astype(int), carried.step("NOOP").astype(int)
+        assert np.abs(blurred - frames[-1]).mean() > 50  # a random VAE keeps little of a random frame
+        assert np.abs(sharp - frames[-1]).mean() < 20
+
+
+def test_carried_detail_fades_where_the_generated_frame_changes(bundle):
+    """A real model changes every pixel of a random frame by far more than a fading scale of 1e-6 levels: the
+    detail is gone after one step, and the frames are the plain engine's. A context given as latents has no
+    real frame to take detail from; step_latent ends the carry-over."""
+    frames = random_frames(N, seed=4)
+    plain, faded = GameEngine(bundle, seed=0), GameEngine(bundle, seed=0, carry_detail=1e-6)
+    plain.reset(frames, [1, 2, 3])
+    faded.reset(frames, [1, 2, 3])
+    np.testing.assert_array_equal(faded.step("FORWARD"), plain.step("FORWARD"))
+
+    latents = torch.randn(N, 4, 12, 16, generator=torch.Generator().manual_seed(2))
+    from_latents, kept = no_change_engine(bundle, carry_detail=float("inf")), no_change_engine(bundle)
+    from_latents.reset(latents=latents, actions=[0, 0, 0])
+    kept.reset(latents=latents, actions=[0, 0, 0])
+    np.testing.assert_array_equal(from_latents.step("NOOP"), kept.step("NOOP"))
+
+    ended = no_change_engine(bundle, carry_detail=8)
+    ended.reset(frames, [0, 0, 0])
+    ended.step_latent("NOOP")
+    assert np.abs(ended.step("NOOP").astype(int) - frames[-1]).mean() > 20
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_a_bad_fading_scale_is_refused(bundle, value):
+    with pytest.raises(EngineError, match="carry_detail"):
+        GameEngine(bundle, carry_detail=value)

@@ -67,6 +67,7 @@ def test_every_artifact_exists_and_loads(smoke_run):
     assert "Action following (inverse-dynamics model" in summary and "teacher-forced / real: " in summary
     assert (run / "idm" / "idm_config.json").is_file()
     assert "action_following" in metrics["models"][0]
+    assert metrics["models"][0]["engine"]["carry_detail"] == SMOKE.carry_detail  # the quickstart's engine options
     for gif in gifs:
         assert f"]({gif.relative_to(run)})" in summary  # the gifs are shown in the summary
     for stage in quickstart.STAGES:
@@ -136,6 +137,26 @@ def test_the_world_model_saved_is_an_average_of_its_weights_unless_asked_otherwi
     assert "--ema_decay" not in world("--ema_decay", "0")
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--ema_decay", "1"])
+
+
+def test_evaluation_rollouts_and_play_carry_the_real_frames_detail_unless_asked_otherwise():
+    """--carry_detail 8 (docs/engine.md#detail-carry-over) reaches every command that generates frames and the
+    play command; --carry_detail 0 turns it off; a negative scale is refused by name."""
+
+    def commands(*argv):
+        args = quickstart.parse_args(list(argv))
+        budget = quickstart.budget_from_args(args)
+        stages = quickstart.stage_commands(Path("run"), budget, args)
+        return [*stages["evaluate"], *stages["rollouts"]], quickstart.play_command(Path("run"), budget)
+
+    generating, play = commands()
+    for command in generating:
+        assert command[command.index("--carry_detail") + 1] == "8"
+    assert play.endswith("--carry_detail 8")
+    generating, play = commands("--carry_detail", "0")
+    assert not any("--carry_detail" in command for command in generating) and "--carry_detail" not in play
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--carry_detail", "-1"])
 
 
 def test_several_seeds_are_summarised_by_their_mean_and_spread(smoke_run, tmp_path):
