@@ -164,19 +164,27 @@ def main() -> None:
         configurations = []
         for threads in (1, 2):
             for dtype in ("fp32", "bf16"):
-                configurations.append((threads, dtype, 1.5, False))
-            configurations.append((threads, "fp32", 1.0, False))
+                configurations.append((threads, dtype, 1.5, False, None))
+            configurations.append((threads, "fp32", 1.0, False, None))
+        # the quickstart's settings: the tiny preset's CFG 1.0 and the detail carry-over of its play command
+        configurations.append((1, "fp32", 1.0, False, 8.0))
         if args.compile:
-            configurations += [(1, "fp32", 1.5, True), (1, "bf16", 1.5, True), (2, "bf16", 1.5, True)]
-        for threads, dtype, scale, compiled in configurations:
+            configurations += [(1, "fp32", 1.5, True, None), (1, "bf16", 1.5, True, None), (2, "bf16", 1.5, True, None)]
+        for threads, dtype, scale, compiled, carry in configurations:
             torch.set_num_threads(threads)
             torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
             result = measure(
-                on(bundle, "cpu", torch_dtype), args.frames, args.warmup, guidance_scale=scale, compile=compiled
+                on(bundle, "cpu", torch_dtype),
+                args.frames,
+                args.warmup,
+                guidance_scale=scale,
+                compile=compiled,
+                carry_detail=carry,
             )
             name = (
                 f"tiny, CPU {threads} thread{'s' if threads > 1 else ''}, {dtype}, "
                 f"{'CFG 1.5' if scale != 1 else 'no CFG'}{', compiled' if compiled else ''}"
+                f"{f', --carry_detail {carry:g}' if carry else ''}"
             )
             results["tiny_cpu"][name] = {**result, "threads": threads}
             table.append(row(name, result))
