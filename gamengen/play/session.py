@@ -257,7 +257,25 @@ class PlaySession:
             f"python run_autoregressive.py --model_folder {self.replay['model_folder']} "
             f"--dataset_name {self.replay['dataset_name']} --episodes {self.start.episode_id} "
             f"--start_step {self.start.start_step} --seed {self.seed} --actions_file {actions_path}"
+            + "".join(f" --{name} {value}" for name, value in self.sampling_options().items())
         )
+
+    def sampling_options(self) -> dict[str, str]:
+        """The engine options this game was played with that differ from the checkpoint's defaults."""
+        engine, config = self.engine, self.engine.config
+        chosen = {
+            "guidance_scale": (engine.guidance_scale, config.guidance_scale),
+            "num_inference_steps": (engine.num_inference_steps, config.num_inference_steps),
+            "timesteps": (engine.timesteps, config.sampler_timesteps),
+            "eta": (engine.eta, config.sampler_eta),
+            "noise_bucket": (engine.noise_bucket, config.inference_noise_bucket),
+            "carry_detail": (engine.carry_detail, None),
+        }
+        return {
+            name: f"{value:g}" if isinstance(value, float) else str(value)
+            for name, (value, default) in chosen.items()
+            if value != default
+        }
 
     def close(self) -> None:
         if self.recording is not None:
