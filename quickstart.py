@@ -830,7 +830,7 @@ def write_summary(run: Path, state: dict[str, Any], budget: Budget, args: argpar
         f"- play it: `{play_command(run, budget)}`",
         f"- evaluate again with other sampling: `python evaluate.py --model_folder {run / 'world_model'} "
         f"--dataset_name {run / 'dataset'} "
-        "--num_inference_steps 8 --output_dir <folder>`",
+        f"{' '.join([*engine_options(budget), ''])}--num_inference_steps 8 --output_dir <folder>`",
         "",
     ]
     path = run / "summary.md"

@@ -68,6 +68,7 @@ def test_every_artifact_exists_and_loads(smoke_run):
     assert (run / "idm" / "idm_config.json").is_file()
     assert "action_following" in metrics["models"][0]
     assert metrics["models"][0]["engine"]["carry_detail"] == SMOKE.carry_detail  # the quickstart's engine options
+    assert f"--carry_detail {SMOKE.carry_detail:g} --num_inference_steps 8" in summary  # "evaluate again" keeps them
     for gif in gifs:
         assert f"]({gif.relative_to(run)})" in summary  # the gifs are shown in the summary
     for stage in quickstart.STAGES:
