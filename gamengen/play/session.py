@@ -8,6 +8,7 @@ the real one.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -257,7 +258,7 @@ class PlaySession:
             f"python run_autoregressive.py --model_folder {self.replay['model_folder']} "
             f"--dataset_name {self.replay['dataset_name']} --episodes {self.start.episode_id} "
             f"--start_step {self.start.start_step} --seed {self.seed} --actions_file {actions_path}"
-            + "".join(f" --{name} {value}" for name, value in self.sampling_options().items())
+            + "".join(f" --{name} {shlex.quote(value)}" for name, value in self.sampling_options().items())
         )
 
     def sampling_options(self) -> dict[str, str]:
