@@ -63,6 +63,7 @@ SD14_UNET_CONFIG: dict[str, Any] = {
 def tiny_bundle() -> WorldModelBundle:
     torch.manual_seed(0)
     config = get_world_model_config("tiny", ACTIONS)
+    config.dataset = {"metadata": {"frame_skip": 4}}  # as a quickstart checkpoint: the carry-over turns the detail
     return WorldModelBundle(
         build_world_model(config).eval(), build_vae(config.model).eval(), make_scheduler(config), config
     )

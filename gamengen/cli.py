@@ -15,7 +15,7 @@ import torch
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model
 from gamengen.devices import DTYPES
-from gamengen.engine import GameEngine
+from gamengen.engine import CARRY_MOTIONS, GameEngine
 from gamengen.episodes import EpisodeDataset
 from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 
@@ -91,6 +91,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "an experiment, docs/engine.md#detail-carry-over; default: off",
     )
     group.add_argument(
+        "--carry_motion",
+        choices=CARRY_MOTIONS,
+        default="turns",
+        help="with --carry_detail: 'turns' moves the carried detail with the view on the steps that turn (DOOM's "
+        "turn speed, from the checkpoint's dataset metadata), 'none' leaves it in place to fade (default: turns)",
+    )
+    group.add_argument(
         "--noise_bucket",
         type=int,
         default=None,
@@ -139,6 +146,7 @@ def engine_from_args(args: argparse.Namespace) -> GameEngine:
         pad_short_context=not args.no_pad_context,
         encode_batch_size=args.encode_batch_size,
         carry_detail=args.carry_detail,
+        carry_motion=args.carry_motion,
     )
 
 

@@ -35,7 +35,10 @@ from gamengen.ddim import TIMESTEP_SCHEDULES, ddim_schedule, ddim_update, guidan
 from gamengen.devices import default_device, parse_dtype
 from gamengen.model import corrupt_context, residual_base
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
+from gamengen.view_motion import trailing_turns, turn_degrees, turn_directions, turn_view
 from gamengen.windows import pad_context
+
+CARRY_MOTIONS = ("turns", "none")  # how the carried detail moves before it fades (GameEngine's carry_motion)
 
 
 @dataclass
@@ -75,6 +78,9 @@ class GameEngine:
         carry_detail: add back the detail the VAE loses from the newest real context frame, fading it per
             pixel where the generated frames change (``exp(-change / carry_detail)``, the change in 0-255
             levels; docs/engine.md#detail-carry-over). None or 0: off (the paper's decoding).
+        carry_motion: "turns" (default): the carried detail turns with the view on the steps whose action turns
+            (how far is exact in DOOM: ``gamengen.view_motion``; needs the checkpoint's dataset metadata, else
+            nothing moves); "none": it stays where it was and only fades.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class GameEngine:
         sync_timing: bool = True,
         encode_batch_size: int = 16,
         carry_detail: float | None = None,
+        carry_motion: str = "turns",
     ) -> None:
         self.model = bundle.model
         self.vae = bundle.vae
@@ -114,6 +121,15 @@ class GameEngine:
         if carry_detail is not None and not carry_detail >= 0:
             raise EngineError(f"carry_detail is a fading scale in 0-255 levels (> 0; 0 = off), got {carry_detail}")
         self.carry_detail = float(carry_detail) if carry_detail else None
+        if carry_motion not in CARRY_MOTIONS:
+            raise EngineError(f"carry_motion is one of {', '.join(CARRY_MOTIONS)}, got {carry_motion!r}")
+        self.carry_motion = carry_motion
+        metadata = self.config.dataset.get("metadata") or {}
+        # +1 / -1 / 0 per action (turns left / right / not), when the checkpoint says how far a step turns.
+        self._turns = turn_directions(self.config.action_names, metadata) if carry_motion == "turns" else None
+        self._frame_skip = int(metadata.get("frame_skip") or 0)
+        self._turning_steps: list[int] = []  # per rollout: steps in a row with a turn button held
+        self._turn_now: list[float] = []  # per rollout: degrees the view turned on the last step (+ = left)
         self._detail: np.ndarray | None = None  # (B, H, W, 3) float32: the real detail still carried
         self._decoded: np.ndarray | None = None  # (B, H, W, 3) float32: the last decoded frame, before the detail
         self.sync_timing = sync_timing and self.device.type == "cuda"
@@ -277,6 +293,8 @@ class GameEngine:
             newest = (newest if batched else newest[None])[:, -1].cpu().numpy().astype(np.float32)
             self._decoded = self.decode(self._latents[:, -1]).astype(np.float32)  # what the VAE keeps of it
             self._detail = newest - self._decoded
+            if self._turns is not None:  # the turns in a row that end the context (they set the next turn's speed)
+                self._turning_steps = [trailing_turns(row, self._turns) for row in action_ids.tolist()]
         if seed is not None:
             self.generator.manual_seed(int(seed))
         self.timings = []
@@ -350,9 +368,24 @@ class GameEngine:
             )
         return tensor_to_frames(pixels)
 
+    def _advance_turns(self, pressed: list[int]) -> None:
+        """The degrees each rollout's view turns on this step, from the pressed actions and the turns before."""
+        self._turn_now = []
+        for b, action in enumerate(pressed):
+            direction = self._turns[action]
+            self._turning_steps[b] = self._turning_steps[b] + 1 if direction else 0
+            turned = turn_degrees(self._turning_steps[b], self._frame_skip) if direction else 0.0
+            self._turn_now.append(direction * turned)
+
     def _carry(self, frames: np.ndarray) -> np.ndarray:
-        """Decoded uint8 frames plus the carried detail, which first fades where they changed since the last."""
+        """Decoded uint8 frames plus the carried detail, which first turns with the view (``carry_motion``) and
+        then fades where the frames changed since the last (after turning the last with the view)."""
         decoded = frames.astype(np.float32)
+        for b, degrees in enumerate(self._turn_now):
+            if degrees:
+                self._detail[b] = turn_view(self._detail[b], degrees, np.zeros_like(self._detail[b]))
+                self._decoded[b] = turn_view(self._decoded[b], degrees, decoded[b])
+        self._turn_now = []
         change = np.abs(decoded - self._decoded).mean(axis=-1, keepdims=True)
         self._detail *= np.exp(-change / self.carry_detail)
         self._decoded = decoded
@@ -395,6 +428,8 @@ class GameEngine:
         pressed = self._step_actions(action, batch)
         actions = actions.clone()
         actions[:, -1] = pressed
+        if self._detail is not None and self._turns is not None:
+            self._advance_turns(pressed.tolist())
         started = time.perf_counter()
         context = latents
         if self.noise_bucket > 0:
@@ -456,6 +491,7 @@ class GameEngine:
             "guidance_scale": self.guidance_scale,
             "noise_bucket": self.noise_bucket,
             "carry_detail": self.carry_detail,
+            "carry_motion": (self.carry_motion if self._turns is not None else "none") if self.carry_detail else None,
             "context_length": self.context_length,
             "compiled": self._denoiser is not self.model,
             "timesteps": [step.timestep for step in self._schedule],

@@ -541,3 +541,58 @@ def test_carried_detail_fades_where_the_generated_frame_changes(bundle):
 def test_a_bad_fading_scale_is_refused(bundle, value):
     with pytest.raises(EngineError, match="carry_detail"):
         GameEngine(bundle, carry_detail=value)
+
+
+def turning_bundle(bundle, metadata):
+    """The residual bundle under a config whose dataset metadata says how its actions turn (or not)."""
+    from dataclasses import replace
+
+    from gamengen.checkpoint import WorldModelBundle
+
+    config = replace(residual_bundle(bundle).config, dataset={"metadata": metadata})
+    return WorldModelBundle(model=bundle.model, vae=bundle.vae, scheduler=bundle.scheduler, config=config)
+
+
+TURNING = {"frame_skip": 4, "action_buttons": [[], ["MOVE_FORWARD"], ["TURN_LEFT"], ["TURN_RIGHT"], ["ATTACK"]]}
+
+
+@pytest.mark.parametrize(
+    ("context_actions", "action", "degrees"),
+    [([0, 0, 0], "TURN_LEFT", 7.03125), ([0, 0, 3], "TURN_LEFT", 12.3046875), ([2, 3, 2], "TURN_RIGHT", -14.0625)],
+)
+def test_carried_detail_turns_with_the_view(bundle, context_actions, action, degrees):
+    """With --carry_motion turns (the default) a turning step moves the carried detail as DOOM moves the view: by
+    the game's turn for that step (faster after the first steps of a turn in a row, the context's included); the
+    status bar's detail stays, and the columns the turn brings into view have none. 'none' leaves it in place."""
+    from gamengen.view_motion import turn_view
+
+    frames = np.random.default_rng(5).integers(64, 192, (N, 48, 64, 3), dtype=np.uint8)
+    outputs = {}
+    for motion in ("turns", "none", "plain"):
+        options = {"carry_detail": float("inf"), "carry_motion": motion} if motion != "plain" else {}
+        engine = no_change_engine(turning_bundle(bundle, TURNING), **options)
+        engine.reset(frames, context_actions)
+        outputs[motion] = [engine.step(action).astype(np.float32), engine.step("NOOP").astype(np.float32)]
+        if motion == "turns":
+            assert engine.describe()["carry_motion"] == "turns"
+    for turned, in_place, plain in zip(outputs["turns"], outputs["none"], outputs["plain"], strict=True):
+        detail = in_place - plain  # the detail where it was (the same generated frames under it)
+        expected = turn_view(detail, degrees, np.zeros_like(detail))
+        assert np.abs(detail).mean() > 30
+        assert np.abs((turned - plain) - expected).mean() < 3
+        assert np.abs((turned - plain) - detail)[:40].mean() > 30
+        np.testing.assert_array_equal(turned[40:], in_place[40:])  # the status bar does not turn
+
+
+def test_carried_detail_stays_where_the_checkpoint_cannot_say_how_far_a_step_turns(bundle):
+    """A checkpoint without the dataset's frame skip (a converted seed checkpoint): the detail only fades, and
+    describe() says so."""
+    frames = random_frames(N, seed=6)
+    unknown = no_change_engine(turning_bundle(bundle, {}), carry_detail=float("inf"))
+    in_place = no_change_engine(turning_bundle(bundle, TURNING), carry_detail=float("inf"), carry_motion="none")
+    for engine in (unknown, in_place):
+        engine.reset(frames, [0, 0, 0])
+    np.testing.assert_array_equal(unknown.step("TURN_LEFT"), in_place.step("TURN_LEFT"))
+    assert unknown.describe()["carry_motion"] == "none" and in_place.describe()["carry_motion"] == "none"
+    with pytest.raises(EngineError, match="carry_motion"):
+        GameEngine(bundle, carry_detail=8, carry_motion="flow")

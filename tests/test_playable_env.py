@@ -131,7 +131,7 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
         "run_playable_env.py",
         *("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--episode", 1, "--ui", "headless"),
         *("--actions_file", script, "--num_frames", 6, "--output_dir", tmp_path / "play", "--name", "walk"),
-        *("--carry_detail", 8, "--eta", 0.5),  # sampling options the replay command must repeat
+        *("--carry_detail", 8, "--carry_motion", "none", "--eta", 0.5),  # options the replay command must repeat
     )
     assert re.search(r"6 frames in [\d.]+ s = [\d.]+ FPS", result.stdout)
     assert gif_frames(tmp_path / "play" / "walk.gif") == 6  # every generated frame, none merged
@@ -144,7 +144,8 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
     # The action log's replay command (run_autoregressive.py): from the same start, seed and sampling options,
     # the same frames.
     replay = shlex.split(log["replay"])
-    assert replay[:2] == ["python", "run_autoregressive.py"] and "--carry_detail" in replay and "--eta" in replay
+    assert replay[:2] == ["python", "run_autoregressive.py"] and "--eta" in replay
+    assert replay[replay.index("--carry_detail") + 1] == "8" and replay[replay.index("--carry_motion") + 1] == "none"
     in_process(run_autoregressive, *replay[2:], "--output_dir", tmp_path / "replay", "--save_arrays", "--no_mp4")
     played = np.load(tmp_path / "play" / "walk.npz")
     replayed = np.load(tmp_path / "replay" / "ep1_script0.npz")

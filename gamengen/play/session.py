@@ -271,6 +271,7 @@ class PlaySession:
             "eta": (engine.eta, config.sampler_eta),
             "noise_bucket": (engine.noise_bucket, config.inference_noise_bucket),
             "carry_detail": (engine.carry_detail, None),
+            "carry_motion": (engine.carry_motion if engine.carry_detail else "turns", "turns"),
         }
         return {
             name: f"{value:g}" if isinstance(value, float) else str(value)
