@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from gamengen.idm import action_category
+from gamengen.metrics import status_bar_rows
+
 SLOW_TURN_TICS = 6  # a turn held for fewer tics than this turns slowly (DOOM's SLOWTURNTICS)
 SLOW_TURN_DEGREES = 320 / 65536 * 360  # per tic, while slow
 FAST_TURN_DEGREES = 640 / 65536 * 360  # per tic, after
-STATUS_BAR_ROWS = 32 / 200  # DOOM's status bar: 32 of its 200 rows
 
 
 def turn_directions(action_names: Sequence[str], metadata: dict[str, Any]) -> list[int] | None:
@@ -34,14 +36,10 @@ def turn_directions(action_names: Sequence[str], metadata: dict[str, Any]) -> li
     if not metadata.get("frame_skip"):
         return None
     buttons = metadata.get("action_buttons")
-    if not buttons or len(buttons) != len(action_names):
-        buttons = [[name] for name in action_names]
-    directions = []
-    for pressed in buttons:
-        left = any("TURN_LEFT" in str(button).upper() for button in pressed)
-        right = any("TURN_RIGHT" in str(button).upper() for button in pressed)
-        directions.append(int(left) - int(right))
-    return directions
+    if buttons and len(buttons) == len(action_names):
+        action_names = ["+".join(map(str, pressed)) for pressed in buttons]
+    # The IDM's categories: an action turns when turning is its main effect on the view (opposite turns: none).
+    return [{"turn_left": 1, "turn_right": -1}.get(action_category(name), 0) for name in action_names]
 
 
 def trailing_turns(actions: Sequence[int], directions: Sequence[int]) -> int:
@@ -78,7 +76,7 @@ def turn_view(image: np.ndarray, degrees: float, fill: np.ndarray) -> np.ndarray
     """``image`` ``(H, W, C)`` as the view turned by ``degrees`` shows it: the 3D view's columns moved, the status
     bar kept; where the view shows what ``image`` did not, ``fill``'s pixels."""
     height, width = image.shape[:2]
-    rows = int(height * (1 - STATUS_BAR_ROWS))
+    rows = height - status_bar_rows(height)
     columns = turned_columns(width, degrees)
     seen = columns >= 0
     turned = image.copy()
