@@ -20,18 +20,12 @@ The name follows diffusers' ``examples/text_to_image`` script, whose argument na
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import set_seed
-from PIL import Image
 
 from gamengen.actions import EngineError
 from gamengen.checkpoint import CONFIG_FILE, save_world_model
@@ -40,32 +34,22 @@ from gamengen.config import (
     PREDICTION_TYPES,
     PRESETS,
     WORLD_MODEL_TRAINING_DEFAULTS,
-    WorldModelConfig,
     get_config,
-    get_world_model_config,
 )
 from gamengen.ddim import parse_timesteps
-from gamengen.episodes import open_dataset, split_episode_ids
-from gamengen.files import atomic_path, write_json_atomic
-from gamengen.latent_cache import open_latent_cache
-from gamengen.layout import PEER_COLUMNS, DatasetError, add_dataset_arguments, columns_from_args
-from gamengen.metrics import psnr
+from gamengen.diffusion import diffusion_loss
+from gamengen.layout import DatasetError, add_dataset_arguments
 from gamengen.model import (
     ModelLoadError,
-    WorldModel,
     build_world_model,
-    corrupt_context,
-    drop_context,
     load_pretrained_unet,
     make_scheduler,
-    residual_base,
 )
-from gamengen.peer import PEER_ACTION_NAMES
-from gamengen.run_folder import UsageError, check_run_dir, find_checkpoint
+from gamengen.optim import OPTIMIZERS, ema_weights, make_ema, make_optimizer
+from gamengen.run_folder import check_run_dir, find_checkpoint
 from gamengen.training import (
     Hooks,
     LoopOptions,
-    TrainingRun,
     add_run_arguments,
     make_accelerator,
     make_lr_scheduler,
@@ -74,9 +58,17 @@ from gamengen.training import (
     train,
 )
 from gamengen.vae import check_vae, load_vae
-from gamengen.windows import LatentWindowDataset, PixelWindowDataset, check_action_ids, encode_pixel_windows
+from gamengen.windows import encode_pixel_windows
+from gamengen.world_training import (
+    SUMMARY_FILE,
+    check_resumable,
+    load_windows,
+    log_validation,
+    pick_validation_windows,
+    world_model_config,
+    write_summary,
+)
 
-SUMMARY_FILE = "training_summary.json"
 # What --push_to_hub uploads of output_dir.
 HUB_FILES = [
     "unet/*",
@@ -103,7 +95,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    model = parser.add_argument_group("model")
+    add_model_arguments(parser.add_argument_group("model"))
+    add_sampler_arguments(parser.add_argument_group("sampling stored in the checkpoint"))
+    add_data_arguments(parser.add_argument_group("data"))
+    train = parser.add_argument_group("training")
+    add_training_arguments(train)
+    add_run_arguments(
+        train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder"
+    )
+    return checked_args(parser, parser.parse_args(argv))
+
+
+def add_model_arguments(model: argparse._ArgumentGroup) -> None:
     model.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -143,28 +146,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="probability of dropping ALL context frames (paper: 0.1; CFG needs it)",
     )
     model.add_argument(
-        "--guidance_scale",
-        type=float,
-        default=None,
-        help=f"CFG scale on the context stored in the checkpoint (default: {by_preset('guidance_scale')}; "
-        "docs/research_log.md)",
-    )
-    model.add_argument(
-        "--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)"
-    )
-    model.add_argument(
-        "--sampler_timesteps",
-        default="trailing",
-        help="the sampler's timesteps stored in the checkpoint: trailing, karras or a list such as 999,500,150,30 "
-        "(gamengen/ddim.py; the engine's --timesteps overrides it)",
-    )
-    model.add_argument(
-        "--sampler_eta",
-        type=float,
-        default=0.0,
-        help="DDIM eta stored in the checkpoint: 0 deterministic, 1 ancestral (the engine's --eta overrides it)",
-    )
-    model.add_argument(
         "--prediction_type",
         choices=PREDICTION_TYPES,
         default="v_prediction",
@@ -198,7 +179,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="generate the change from the last context latent instead of the frame "
         f"(default: {by_preset('residual')}; docs/research_log.md#residual-parameterisation-precisely)",
     )
-    data = parser.add_argument_group("data")
+
+
+def add_sampler_arguments(model: argparse._ArgumentGroup) -> None:
+    model.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help=f"CFG scale on the context stored in the checkpoint (default: {by_preset('guidance_scale')}; "
+        "docs/research_log.md)",
+    )
+    model.add_argument(
+        "--num_inference_steps", type=int, default=4, help="DDIM steps stored in the checkpoint (paper: 4)"
+    )
+    model.add_argument(
+        "--sampler_timesteps",
+        default="trailing",
+        help="the sampler's timesteps stored in the checkpoint: trailing, karras or a list such as 999,500,150,30 "
+        "(gamengen/ddim.py; the engine's --timesteps overrides it)",
+    )
+    model.add_argument(
+        "--sampler_eta",
+        type=float,
+        default=0.0,
+        help="DDIM eta stored in the checkpoint: 0 deterministic, 1 ancestral (the engine's --eta overrides it)",
+    )
+
+
+def add_data_arguments(data: argparse._ArgumentGroup) -> None:
     add_dataset_arguments(data)
     data.add_argument(
         "--latents_dir",
@@ -219,7 +227,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fraction of episodes held out for validation (at least one)",
     )
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes")
-    train = parser.add_argument_group("training")
+
+
+def add_training_arguments(train: argparse._ArgumentGroup) -> None:
     train.add_argument(
         "--output_dir",
         default="outputs/world_model",
@@ -264,9 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     paper = "(sd14: the paper's)"
     optimizer_help = f"default: {by_preset('optimizer')} {paper}"
-    train.add_argument(
-        "--optimizer", choices=["adafactor", "adafactor_torch", "adamw"], default=None, help=optimizer_help
-    )
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=optimizer_help)
     learning_rate_help = f"default: {by_preset('learning_rate')} {paper}"
     train.add_argument("--learning_rate", type=float, default=None, help=learning_rate_help)
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (paper: 1.0)")
@@ -311,10 +319,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument(
         "--num_validation_samples", type=int, default=4, help="held-out windows sampled at each validation"
     )
-    add_run_arguments(
-        train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder"
-    )
-    args = parser.parse_args(argv)
+
+
+def checked_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The preset's defaults filled in where an option was left unset; impossible values refused."""
     preset_defaults = WORLD_MODEL_TRAINING_DEFAULTS[args.preset]
     for name, value in preset_defaults.items():
         if getattr(args, name) is None:
@@ -351,180 +359,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             )
         args.pretrained_vae_model_name_or_path = args.pretrained_model_name_or_path
     return args
-
-
-def make_optimizer(name: str, parameters, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """``adafactor``: transformers' Adafactor at a fixed learning rate (the paper's optimizer; it loops over the
-    tensors in Python, ~20 operations each, so an sd14 step issues ~14k small operations). It factors the
-    second moment over a tensor's LAST TWO dimensions (a conv kernel's 3x3), where the paper's JAX Adafactor
-    factors over its two largest. ``adafactor_torch``: torch.optim.Adafactor, the same idea with a multi-tensor
-    (foreach) step and its own beta2 schedule. ``adamw``: torch's AdamW (foreach on GPUs)."""
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            parameters,
-            lr=learning_rate,
-            scale_parameter=False,
-            relative_step=False,
-            warmup_init=False,
-            weight_decay=weight_decay,
-        )
-    if name == "adafactor_torch":
-        return torch.optim.Adafactor(parameters, lr=learning_rate, weight_decay=weight_decay, foreach=True)
-    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
-
-
-def diffusion_loss(
-    model: WorldModel,
-    batch: dict[str, torch.Tensor],
-    config: WorldModelConfig,
-    scheduler,
-    generator: torch.Generator | None = None,
-    snr_gamma: float | None = None,
-    lognormal_noise: tuple[float, float] | None = None,
-):
-    """The training objective on a batch of cached (or freshly encoded) latent windows.
-
-    v-prediction MSE on the next frame's latent (or, with ``config.residual``, on its change from the
-    last context latent), with the context noise-augmented (a uniformly drawn bucket per sample) and
-    dropped entirely with probability ``config.context_dropout``. ``snr_gamma``: min-SNR weighting
-    of the timesteps (``min(SNR, gamma) / (SNR + 1)`` for v-prediction), uniform when None.
-    ``lognormal_noise`` (mean, std): the timesteps are those nearest to noise levels ``sigma = sqrt((1 - a) / a)``
-    drawn log-normally, as EDM trains, instead of uniform timesteps."""
-    target, context, actions = batch["target"], batch["context"], batch["actions"]
-    device = target.device
-    size = target.shape[0]
-    noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
-    if lognormal_noise is None:
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=device)
-    else:
-        timesteps = lognormal_timesteps(scheduler, size, *lognormal_noise, generator=generator, device=device)
-    buckets = torch.randint(0, config.noise_buckets, (size,), generator=generator, device=device)
-    clean_context = context
-    context = corrupt_context(context, buckets, config, generator)
-    # residual parameterisation: the change from the base (else the target unchanged)
-    target = target - residual_base(clean_context if config.clean_residual_base else context, config)
-    noisy = scheduler.add_noise(target, noise, timesteps)
-    if config.prediction_type == "v_prediction":
-        objective = scheduler.get_velocity(target, noise, timesteps)
-    else:
-        objective = noise if config.prediction_type == "epsilon" else target  # "sample": x0 (the change)
-    dropped = torch.rand(size, generator=generator, device=device) < config.context_dropout
-    context = drop_context(context, dropped)
-    prediction = model(noisy, timesteps, context, actions, buckets)
-    if snr_gamma is None:
-        return F.mse_loss(prediction.float(), objective.float())
-    alphas = scheduler.alphas_cumprod.to(device)[timesteps].float()
-    snr = alphas / (1 - alphas)
-    # min-SNR-gamma (Hang et al. 2023): the x0 loss weighted by min(SNR, gamma), in each objective's units
-    to_objective = {"v_prediction": snr + 1, "epsilon": snr, "sample": torch.ones_like(snr)}[config.prediction_type]
-    weights = snr.clamp(max=snr_gamma) / to_objective
-    per_sample = F.mse_loss(prediction.float(), objective.float(), reduction="none").flatten(1).mean(1)
-    return (per_sample * weights).mean()
-
-
-def lognormal_timesteps(
-    scheduler, size: int, mean: float, std: float, generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    """``size`` timesteps whose noise levels ``sigma = sqrt((1 - a) / a)`` are the nearest (from above) to
-    ``exp(N(mean, std))`` draws, clamped to the schedule's range."""
-    alphas = scheduler.alphas_cumprod.to(device)
-    sigmas = ((1 - alphas) / alphas).sqrt()  # increasing with the timestep
-    drawn = torch.exp(mean + std * torch.randn(size, generator=generator, device=device))
-    return torch.searchsorted(sigmas, drawn).clamp(max=len(sigmas) - 1)
-
-
-def load_windows(
-    args: argparse.Namespace, vae
-) -> tuple[list[str], torch.utils.data.Dataset, torch.utils.data.Dataset, dict[str, Any]]:
-    """(action names, training windows, held-out windows, dataset provenance) for the preset.
-
-    With ``--latents_dir`` the windows are read from the latent cache (checked against this dataset,
-    preset and VAE); otherwise they are decoded from the parquet frames and encoded each step."""
-    columns = columns_from_args(args)
-    dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
-    model_config = get_config(args.preset)
-    context_length = args.context_length or DEFAULT_CONTEXT_LENGTH[args.preset]
-    cache = (
-        open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae) if args.latents_dir else None
-    )
-    action_names = dataset_action_names(args, dataset, cache)
-    train_ids, heldout_ids = split_episode_ids(dataset.episode_ids, args.holdout_fraction)
-    if cache is not None:
-        make = lambda ids: LatentWindowDataset(cache, context_length, num_actions=len(action_names), episode_ids=ids)  # noqa: E731
-    else:
-        make = lambda ids: PixelWindowDataset(  # noqa: E731
-            dataset.subset(ids), context_length, num_actions=len(action_names), config=model_config
-        )
-    provenance = {
-        "name": str(args.dataset_name),
-        "episodes": len(dataset.episode_ids),
-        "heldout_episodes": heldout_ids,
-        "latents_dir": args.latents_dir,
-        "metadata": {k: v for k, v in (dataset.metadata or {}).items() if k != "env_config"},
-    }
-    return action_names, make(train_ids), make(heldout_ids), provenance
-
-
-def dataset_action_names(args: argparse.Namespace, dataset, cache) -> list[str]:
-    """The model's action list: the dataset's names; for a dataset without them (another layout), as many as
-    --num_actions, the latent cache (encode_latents.py --num_actions) or the layout says, else the largest id
-    + 1, named ACTION_<i> (the seed repository's layout: its 18 actions' names). Every id must fit."""
-    if dataset.action_names:
-        if args.num_actions is not None and args.num_actions != len(dataset.action_names):
-            raise UsageError(
-                f"--num_actions {args.num_actions}, but the dataset names {len(dataset.action_names)} actions "
-                "in its metadata: leave --num_actions out"
-            )
-        names = list(dataset.action_names)
-    else:
-        largest = max(int(dataset.actions(i).max()) for i in range(len(dataset.episodes)))
-        seed_layout = dataset.columns == PEER_COLUMNS
-        cached = cache.manifest.get("num_actions") if cache is not None else None
-        count = args.num_actions or cached or (len(PEER_ACTION_NAMES) if seed_layout else largest + 1)
-        names = (
-            list(PEER_ACTION_NAMES[:count])
-            if seed_layout and count <= len(PEER_ACTION_NAMES)
-            else [f"ACTION_{i}" for i in range(count)]
-        )
-        if args.num_actions is None and cached is None and not seed_layout:
-            print(
-                f"note: the dataset names no actions: {count} actions (its largest id + 1); pass --num_actions to "
-                "reserve more"
-            )
-    episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
-    fix = "pass --num_actions N to give the model N actions"
-    check_action_ids(dataset.episode_ids, episode_actions, len(names), dataset.action_names or names, too_few_fix=fix)
-    return names
-
-
-@torch.no_grad()
-def validate(
-    model: WorldModel, vae, scheduler, config: WorldModelConfig, windows: list[dict[str, torch.Tensor]], seed: int
-) -> tuple[float, Image.Image]:
-    """Sample the next frame of held-out windows through the engine (4 DDIM steps, CFG on the
-    context) and return the mean PSNR against the truth and a prediction | truth grid."""
-    from gamengen.checkpoint import WorldModelBundle
-    from gamengen.engine import GameEngine
-    from gamengen.vae import decode_latents, tensor_to_frames
-
-    was_training = model.training
-    model.eval()
-    engine = GameEngine(WorldModelBundle(model=model, vae=vae, scheduler=scheduler, config=config), seed=seed)
-    predictions, truths = [], []
-    for window in windows:
-        engine.reset(latents=window["context"], actions=window["actions"][:-1])
-        predictions.append(engine.step(int(window["actions"][-1])))
-        truths.append(
-            tensor_to_frames(decode_latents(vae, window["target"][None].to(vae.device, vae.dtype), config.model))[0]
-        )
-    model.train(was_training)
-    prediction_tensor = torch.from_numpy(np.stack(predictions)).movedim(-1, 1).float() / 127.5 - 1
-    truth_tensor = torch.from_numpy(np.stack(truths)).movedim(-1, 1).float() / 127.5 - 1
-    score = float(psnr(prediction_tensor, truth_tensor).mean())
-    rows = [np.concatenate([p, t], axis=1) for p, t in zip(predictions, truths, strict=True)]
-    return score, Image.fromarray(np.concatenate(rows, axis=0))
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -625,146 +459,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             push_to_hub(args, output_dir, HUB_FILES, f"world model after {run.step} steps")
     accelerator.end_training()
     return summary
-
-
-def world_model_config(args: argparse.Namespace, action_names: list[str], provenance: dict) -> WorldModelConfig:
-    """The preset's world-model config with this run's options, for the dataset's actions."""
-    return get_world_model_config(
-        args.preset,
-        action_names,
-        context_length=args.context_length,
-        noise_buckets=args.noise_buckets,
-        max_noise_level=args.max_noise_level,
-        context_dropout=args.context_dropout,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps,
-        sampler_timesteps=args.sampler_timesteps,
-        sampler_eta=args.sampler_eta,
-        prediction_type=args.prediction_type,
-        clean_residual_base=args.clean_residual_base,
-        residual=args.residual,
-        action_positions=args.action_positions,
-        action_class=args.action_class,
-        dataset=provenance,
-    )
-
-
-def pick_validation_windows(
-    args: argparse.Namespace, heldout_windows: torch.utils.data.Dataset, vae, config: WorldModelConfig
-) -> list[dict[str, torch.Tensor]]:
-    """Up to ``--num_validation_samples`` evenly spaced held-out windows, as latents."""
-    count = min(args.num_validation_samples, len(heldout_windows))
-    picks = np.unique(np.linspace(0, len(heldout_windows) - 1, count).round().astype(int))
-    windows = [heldout_windows[int(i)] for i in picks]
-    if args.latents_dir is None:
-        batches = [encode_pixel_windows(vae, {k: v[None] for k, v in w.items()}, config.model) for w in windows]
-        windows = [{k: v[0] for k, v in batch.items()} for batch in batches]
-    return windows
-
-
-def make_ema(decay: float | None, accelerator: Accelerator, model: torch.nn.Module):
-    """An EMA of the prepared model's weights, saved in every checkpoint (None without ``--ema_decay``)."""
-    if decay is None:
-        return None
-    from diffusers.training_utils import EMAModel
-
-    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=decay, use_ema_warmup=True, power=0.75)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-    return ema
-
-
-def write_summary(
-    args: argparse.Namespace, run: TrainingRun, config: WorldModelConfig, accelerator: Accelerator
-) -> dict[str, Any]:
-    """Write ``training_summary.json`` and print what the run did."""
-    window = max(1, min(50, len(run.losses) // 4))  # steps averaged for the first and last loss
-    summary = {
-        "preset": args.preset,
-        "dataset_name": str(args.dataset_name),
-        "latents_dir": args.latents_dir,
-        "global_step": run.step,
-        "steps_this_run": run.steps_this_run,
-        "train_batch_size": args.train_batch_size,
-        "samples_per_second": run.samples_per_second,
-        "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
-        "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
-        "validation_psnr": run.validation,
-        "ema_decay": args.ema_decay,  # not None: the saved weights are this average, not the last step's
-        "device": str(accelerator.device),
-    }
-    output_dir = Path(args.output_dir)
-    write_json_atomic(output_dir / SUMMARY_FILE, summary, indent=2)
-    if run.losses:
-        print(
-            f"trained {run.steps_this_run} steps (step {run.start_step} -> {run.step}, "
-            f"{summary['samples_per_second']:.1f} samples/s); "
-            f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
-        )
-    print(
-        f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, "
-        f"up to {args.num_validation_samples} windows, against the VAE-decoded target latents): "
-        f"{run.validation:.2f} dB; "
-        "evaluate.py measures against the real frames, with baselines"
-    )
-    print(f"saved the world model to {output_dir} (load it with gamengen.checkpoint.load_world_model)")
-    return summary
-
-
-@contextlib.contextmanager
-def ema_weights(ema, model: torch.nn.Module):
-    """Swap the EMA weights into ``model`` for the ``with`` block (nothing when there is no EMA)."""
-    if ema is None:
-        yield
-        return
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    try:
-        yield
-    finally:
-        ema.restore(model.parameters())
-
-
-def check_resumable(checkpoint: Path, config: WorldModelConfig) -> None:
-    """Refuse to resume a checkpoint of a model with another context length or action set."""
-    saved_path = checkpoint / "gamengen_config.json"
-    if not saved_path.is_file():
-        return
-    saved = WorldModelConfig.from_dict(json.loads(saved_path.read_text()))
-    if saved.context_length != config.context_length:
-        raise UsageError(
-            f"{checkpoint} has context length {saved.context_length}, this run {config.context_length}: pass "
-            f"--context_length {saved.context_length}"
-        )
-    if saved.action_names != config.action_names:
-        raise UsageError(
-            f"{checkpoint} was trained with {saved.num_actions} actions {saved.action_names[:4]}..., this dataset has "
-            f"{config.num_actions} {config.action_names[:4]}...: "
-            "resume on a dataset with the same action set, or start a new --output_dir"
-        )
-    if saved.model.preset != config.model.preset:
-        raise UsageError(
-            f"{checkpoint} is a {saved.model.preset!r} model, this run uses --preset {config.model.preset}"
-        )
-    for name in ("residual", "action_positions", "action_class"):
-        if getattr(saved, name) != getattr(config, name):
-            flag = name if getattr(saved, name) else f"no-{name}"
-            raise UsageError(f"{checkpoint} was trained with {name}={getattr(saved, name)}: pass --{flag} to resume it")
-
-
-def log_validation(
-    accelerator, model, vae, scheduler, config, windows, output_dir: Path, step: int, seed: int
-) -> float:
-    score, grid = validate(accelerator.unwrap_model(model), vae, scheduler, config, windows, seed)
-    samples = output_dir / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    with atomic_path(samples / f"validation-{step:07d}.png") as tmp:
-        grid.save(tmp, format="PNG")
-    accelerator.log({"validation_psnr": score}, step=step)
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("validation/prediction|truth", np.asarray(grid), step, dataformats="HWC")
-    return score
 
 
 if __name__ == "__main__":

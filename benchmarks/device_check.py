@@ -15,7 +15,7 @@ measured (the order below is the priority):
   measured bf16 matrix-product rate (8192^3) for comparison;
 * ``train_sd14_eager`` / ``train_sd14_compile``: one training step of the sd14 world model (SD v1.4's
   UNet config with conv_in widened to 4 x 65 channels, random weights) on random latent windows at batch
-  8 and 16: the trainer's loss (``train_text_to_image.diffusion_loss``) under bf16 autocast, gradient
+  8 and 16: the trainer's loss (``gamengen.diffusion.diffusion_loss``) under bf16 autocast, gradient
   clipping and Adafactor as ``train_text_to_image.py``. Samples/s, ms per step, forward+backward and
   optimizer ms apart, peak memory, FLOPs per step (``torch.utils.flop_counter.FlopCounterMode`` on one
   eager step: model FLOPs, forward and backward) and MFU = FLOPs / step time / the dense bf16 peak;
@@ -324,7 +324,8 @@ def measure_training(
     """One training step of a fresh world model on random windows: throughput, phase times, memory, MFU."""
     import torch
 
-    from train_text_to_image import diffusion_loss, make_optimizer
+    from gamengen.diffusion import diffusion_loss
+    from gamengen.optim import make_optimizer
 
     setup_started = time.perf_counter()
     model, _, scheduler, config = build_models(preset, device, with_vae=False, **config_overrides)
@@ -417,7 +418,7 @@ def measure_optimizer(options: argparse.Namespace, optimizer_name: str, device) 
     which optimizer keeps a GPU step short (transformers' Adafactor loops over the tensors in Python)."""
     import torch
 
-    from train_text_to_image import make_optimizer
+    from gamengen.optim import make_optimizer
 
     setup_started = time.perf_counter()
     model, _, _, _ = build_models(sd14_stand_in(options), device, with_vae=False)

@@ -14,15 +14,7 @@ from typing import Any
 
 import numpy as np
 
-
-class EngineError(ValueError):
-    """A request the engine cannot serve as given (the message says what to change).
-
-    Raised for an unknown action, a bad action script or action file (here), and for a context or a
-    sampling setting the engine refuses (``gamengen.engine``). It is defined in this module, below the
-    engine, because the engine resolves actions through it; ``from gamengen.engine import EngineError``
-    is the usual import.
-    """
+from gamengen.errors import EngineError
 
 
 def action_id(action: int | str | np.integer, action_names: Sequence[str]) -> int:

@@ -9,40 +9,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
 
+from gamengen import peer
+from gamengen.bundle import (
+    ACTION_EMBEDDING_FILE,
+    CONFIG_FILE,
+    SCHEDULER_SUBFOLDER,
+    WorldModelBundle,
+    placed,
+    resolve_checkpoint,
+)
 from gamengen.config import WorldModelConfig
 from gamengen.files import atomic_path, temporary_path
 from gamengen.model import (
     UNET_SUBFOLDER,
     ModelLoadError,
     WorldModel,
-    _is_local,
     _unet_class,
     make_scheduler,
     make_world_model,
     read_weights,
 )
 from gamengen.vae import VAE_SUBFOLDER, check_vae, read_autoencoder
-
-SCHEDULER_SUBFOLDER = "scheduler"
-ACTION_EMBEDDING_FILE = "action_embedding.safetensors"
-CONFIG_FILE = "gamengen_config.json"
-
-
-@dataclass
-class WorldModelBundle:
-    """What a consumer needs: the model, the VAE, the scheduler and the config."""
-
-    model: WorldModel
-    vae: AutoencoderKL
-    scheduler: Any
-    config: WorldModelConfig
 
 
 def save_world_model(
@@ -103,37 +95,12 @@ def default_model_card(config: WorldModelConfig) -> str:
     )
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local checkpoint folder, or a Hub model id downloaded to the local cache."""
-    if _is_local(name_or_path):
-        root = Path(name_or_path).expanduser()
-        if not root.is_dir():
-            raise ModelLoadError(f"checkpoint folder {root} does not exist (a Hub model id looks like USER/NAME)")
-        return root
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(name_or_path), revision=revision))
-    except Exception as error:
-        raise ModelLoadError(
-            f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local "
-            "folder"
-        ) from error
-
-
-def _peer():
-    """gamengen.peer, imported when first needed (it imports this module)."""
-    from gamengen import peer
-
-    return peer
-
-
 def read_world_model_config(name_or_path: str | os.PathLike, revision: str | None = None) -> WorldModelConfig:
     """A checkpoint's ``gamengen_config.json`` (folder or Hub id), without loading any weights."""
     root = resolve_checkpoint(name_or_path, revision)
     path = root / CONFIG_FILE
-    if not path.is_file() and _peer().is_peer_checkpoint(root):
-        return _peer().read_peer_config(root)
+    if not path.is_file() and peer.is_peer_checkpoint(root):
+        return peer.read_peer_config(root)
     if not path.is_file():
         raise ModelLoadError(
             f"{root} is not a world-model checkpoint: missing {CONFIG_FILE} (written by train_text_to_image.py)"
@@ -159,10 +126,10 @@ def load_world_model(
     from safetensors.torch import load_file
 
     root = resolve_checkpoint(name_or_path, revision)
-    if _peer().is_peer_checkpoint(root):  # the seed repository's layout, converted on load
-        bundle = _peer().convert_peer_checkpoint(root)
+    if peer.is_peer_checkpoint(root):  # the seed repository's layout, converted on load
+        bundle = peer.convert_peer_checkpoint(root)
         if num_actions is not None and num_actions != bundle.config.num_actions:
-            raise _peer().PeerCheckpointError(
+            raise peer.PeerCheckpointError(
                 f"the checkpoint has {bundle.config.num_actions} actions (its action embedding's rows), "
                 f"the data has {num_actions}"
             )
@@ -226,12 +193,3 @@ def load_world_model(
             model.action_position.copy_(position)
     scheduler = DDIMScheduler.from_pretrained(root, subfolder=SCHEDULER_SUBFOLDER)
     return placed(WorldModelBundle(model=model, vae=vae, scheduler=scheduler, config=config), device, dtype)
-
-
-def placed(bundle: WorldModelBundle, device: str | torch.device, dtype: torch.dtype) -> WorldModelBundle:
-    """``bundle`` with its world model and VAE on ``device`` in ``dtype``, in evaluation mode."""
-    bundle.model.to(device=device, dtype=dtype).eval()
-    bundle.vae.to(device=device).eval()
-    if bundle.vae.dtype != dtype:  # a converted seed VAE; ours is loaded in ``dtype`` (diffusers warns on a no-op cast)
-        bundle.vae.to(dtype=dtype)
-    return bundle

@@ -229,7 +229,7 @@ class WorldModelConfig:
     # Residual parameterisation (off for the paper): the diffusion model generates the CHANGE from the
     # last context latent (``target - base``, base = the last context latent as the model sees it,
     # noise augmentation included, before context dropout), and the base is added back after
-    # sampling (``gamengen.model.residual_base``). A model whose output is zero then predicts the
+    # sampling (``gamengen.diffusion.residual_base``). A model whose output is zero then predicts the
     # last frame again: training starts at copy-last quality instead of noise.
     residual: bool = False
     # Under ``residual``: training takes the change from the CLEAN last context latent instead of the

@@ -1,7 +1,7 @@
 """The engine's sampler (docs/engine.md, section "Sampling"): DDIM (eta 0 by default), with the timesteps (the
 scheduler's trailing ones, Karras-spaced ones, or a given list) and their alphas computed once and one update per
 step, and classifier-free guidance on the context, whose unconditional branch sees every context latent zeroed, as
-training's context dropout (``gamengen.model.drop_context``) shows the model. ``gamengen.engine`` runs it; tests
+training's context dropout (``gamengen.diffusion.drop_context``) shows the model. ``gamengen.engine`` runs it; tests
 check it frame by frame against diffusers' ``DDIMScheduler.step`` (deterministic and with eta).
 """
 
@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from gamengen.actions import EngineError
+from gamengen.errors import EngineError
 from gamengen.config import PREDICTION_TYPES
+from gamengen.diffusion import drop_context
 
 # Named timestep schedules (``--timesteps``): "trailing" is the scheduler's own (4 steps: 999, 749, 499, 249, the
 # last model call at noise sigma 0.69); "karras" spaces the noise levels as Karras et al. (2022, rho = 7) between the
@@ -154,7 +155,8 @@ def guidance_conditioning(
     context_latents = context_latents.to(device, dtype)
     context_actions = context_actions.to(device)
     if guided:
-        context_latents = torch.cat([context_latents, torch.zeros_like(context_latents)])
+        every = torch.ones(context_latents.shape[0], dtype=torch.bool, device=device)
+        context_latents = torch.cat([context_latents, drop_context(context_latents, every)])
         context_actions = torch.cat([context_actions, context_actions])
     buckets = torch.full((context_latents.shape[0],), noise_bucket, dtype=torch.int64, device=device)
     return context_latents, context_actions, buckets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gamengen.actions import EngineError
+from gamengen.errors import EngineError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gamengen.errors import IDMError
 from gamengen.files import atomic_path, write_json_atomic
 
 CATEGORIES = ("turn_left", "turn_right", "move", "strafe", "attack_use", "still", "other")
@@ -60,10 +61,6 @@ WORD_CATEGORIES = {
     "NOOP": "still",
     "IDLE": "still",
 }
-
-
-class IDMError(ValueError):
-    """An IDM folder or an input the IDM cannot use (the message says what to change)."""
 
 
 def action_category(name: str) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from gamengen.errors import DatasetError
+
 METADATA_KEY = b"gamengen"
 # Metadata keys every shard of one dataset must agree on: the recorder enforces the same list
 # (ViZDoomPPO/common/utils.py CONTRACT_KEYS; tests/test_data.py keeps the two equal).
@@ -29,10 +31,6 @@ CONTRACT_KEYS = (
     "action_names",
     "frame_codec",
 )
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read as recorded episodes (the message says what to change)."""
 
 
 @dataclass(frozen=True)

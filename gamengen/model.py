@@ -1,6 +1,6 @@
-"""The world model (paper section 3.2): the UNet widened to take the context latents, the action embedding,
-the DDIM scheduler of the checkpoint contract, and the context conditioning training and the engine share
-(noise augmentation, the residual base, context dropout). Also the loading errors every model reader raises.
+"""The world model (paper section 3.2): the UNet widened to take the context latents, the action embedding and
+the DDIM scheduler of the checkpoint contract. The conditioning that training and the engine share (noise
+augmentation, the residual base, context dropout) is the diffusion objective's, in ``gamengen.diffusion``.
 
 The VAE and the pixel conventions are in ``gamengen.vae``; the checkpoint folder that holds both models is
 written and read by ``gamengen.checkpoint``.
@@ -16,12 +16,9 @@ from typing import TypeVar
 import torch
 
 from gamengen.config import WorldModelConfig
+from gamengen.errors import ModelLoadError
 
 T = TypeVar("T")
-
-
-class ModelLoadError(ValueError):
-    """A model path or checkpoint that does not hold what was asked for."""
 
 
 def _is_local(name_or_path: str | os.PathLike) -> bool:
@@ -186,54 +183,3 @@ def make_scheduler(config: WorldModelConfig):
         steps_offset=1,
         timestep_spacing="trailing",
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Context conditioning shared by training and the engine
-
-
-def noise_level(buckets: torch.Tensor, config: WorldModelConfig) -> torch.Tensor:
-    """Standard deviation of the Gaussian noise added to the context for each bucket: bucket 0 is
-    clean, the last bucket is ``max_noise_level``, evenly spaced between."""
-    return buckets.float() * (config.max_noise_level / max(config.noise_buckets - 1, 1))
-
-
-def corrupt_context(
-    context_latents: torch.Tensor,
-    buckets: torch.Tensor,
-    config: WorldModelConfig,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Noise augmentation (paper section 3.2.1): ``context + sigma(bucket) * eps``, per sample."""
-    sigma = (
-        noise_level(buckets, config)
-        .to(context_latents.device, context_latents.dtype)
-        .view(-1, *([1] * (context_latents.ndim - 1)))
-    )
-    noise = torch.randn(
-        context_latents.shape, generator=generator, device=context_latents.device, dtype=context_latents.dtype
-    )
-    return context_latents + sigma * noise
-
-
-def residual_base(context_latents: torch.Tensor, config: WorldModelConfig) -> torch.Tensor:
-    """What the diffusion model's sample is relative to: the last context latent ``(B, C, h, w)``
-    under the residual parameterisation (``config.residual``), zeros otherwise.
-
-    Pass the context exactly as the UNet's conditional branch sees it: noise-augmented, NOT dropped.
-    Training and the engine both do, so (1) under noise augmentation the model learns to predict
-    ``target - noisy last frame``, i.e. to remove the corruption of its base, which is the error
-    correction the augmentation is for (at inference the base is the model's own, possibly noised,
-    previous output); (2) the unconditional branch of CFG (all context dropped) predicts the change
-    from the same base as the conditional one, so both branches parameterise the same variable and
-    ``v_uncond + scale * (v_cond - v_uncond)`` stays meaningful."""
-    if not config.residual:
-        return torch.zeros_like(context_latents[:, -1])
-    return context_latents[:, -1]
-
-
-def drop_context(context_latents: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-    """Zero EVERY context frame of the samples where ``drop`` is true: the unconditional input that
-    classifier-free guidance on the context uses at inference."""
-    keep = (~drop).to(context_latents.dtype).view(-1, *([1] * (context_latents.ndim - 1)))
-    return context_latents * keep

@@ -47,9 +47,10 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from gamengen.checkpoint import CONFIG_FILE, WorldModelBundle, resolve_checkpoint
+from gamengen.bundle import CONFIG_FILE, WorldModelBundle, resolve_checkpoint
 from gamengen.config import SD14_VAE_CONFIG, ModelConfig, WorldModelConfig
-from gamengen.model import ModelLoadError, _is_local, _unet_class, make_world_model
+from gamengen.errors import PeerCheckpointError
+from gamengen.model import _is_local, _unet_class, make_world_model
 
 PEER_UNET_SUBFOLDER = "unet"
 PEER_VAE_SUBFOLDER = "vae"
@@ -103,10 +104,6 @@ PEER_ACTION_NAMES: tuple[str, ...] = (
 # A fine-tuned decoder given as a file: a state dict of ``vae.decoder`` (the seed's published
 # P-H-B-D-a16z/GameNGenSDVaeDecoder holds trained_vae_decoder.pth), optionally prefixed with ``decoder.``.
 DECODER_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-class PeerCheckpointError(ModelLoadError):
-    """A seed checkpoint folder that is incomplete or whose parts disagree (the message says which)."""
 
 
 def is_peer_checkpoint(folder: str | os.PathLike) -> bool:

@@ -13,16 +13,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from gamengen.errors import UsageError
 from gamengen.files import atomic_path, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
 # Checkpoints kept by default: one sd14 checkpoint (fp32 weights + Adafactor state) is ~5.3 GB.
 DEFAULT_CHECKPOINTS_KEPT = 3
-
-
-class UsageError(ValueError):
-    """Arguments or an output folder that this run cannot use as given."""
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

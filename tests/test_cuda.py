@@ -72,7 +72,8 @@ def test_reduced_precision_frames_are_close_to_fp32_ones(tiny_models, dtype):
 
 
 def test_bf16_training_step_gives_a_finite_loss_and_moves_the_weights(tiny_models):
-    from train_text_to_image import diffusion_loss, make_optimizer
+    from gamengen.diffusion import diffusion_loss
+    from gamengen.optim import make_optimizer
 
     model, _, config = tiny_models
     model = copy.deepcopy(model).to("cuda").train()  # fp32 weights, bf16 autocast: --mixed_precision bf16

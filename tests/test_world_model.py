@@ -11,16 +11,9 @@ from diffusers import UNet2DConditionModel
 
 from gamengen.checkpoint import load_world_model, save_world_model
 from gamengen.config import TINY_UNET_CONFIG, get_world_model_config
-from gamengen.model import (
-    ModelLoadError,
-    build_world_model,
-    corrupt_context,
-    drop_context,
-    load_pretrained_unet,
-    make_scheduler,
-    noise_level,
-    residual_base,
-)
+from gamengen.diffusion import corrupt_context, diffusion_loss, drop_context, noise_level, residual_base
+from gamengen.model import ModelLoadError, build_world_model, load_pretrained_unet, make_scheduler
+from gamengen.optim import make_optimizer
 from gamengen.vae import build_vae
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "ATTACK"]
@@ -108,8 +101,6 @@ def test_noise_augmentation_levels(config):
 
 
 def test_training_loss_applies_dropout_to_the_whole_context(config):
-    import train_text_to_image as trainer
-
     torch.manual_seed(0)
     model = build_world_model(config)
     seen = []
@@ -117,7 +108,7 @@ def test_training_loss_applies_dropout_to_the_whole_context(config):
     batch = window_batch(config, size=64)
     batch = {"target": batch["noisy"], "context": batch["context"], "actions": batch["actions"]}
     config.context_dropout = 0.5
-    loss = trainer.diffusion_loss(model, batch, config, make_scheduler(config), torch.Generator().manual_seed(0))
+    loss = diffusion_loss(model, batch, config, make_scheduler(config), torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss)
     context_part = seen[0][:, 4:].flatten(1)
     zeroed = (context_part == 0).all(dim=1)
@@ -213,7 +204,7 @@ def test_residual_training_target_is_the_change_from_the_noised_last_context_fra
     for residual in (False, True):
         config.residual = residual
         generator = torch.Generator().manual_seed(0)
-        loss = trainer.diffusion_loss(spy, windows, config, scheduler, generator)
+        loss = diffusion_loss(spy, windows, config, scheduler, generator)
         # replay the draws: noise, timesteps, buckets, context noise
         generator = torch.Generator().manual_seed(0)
         noise = torch.randn(target.shape, generator=generator)
@@ -235,8 +226,6 @@ def test_the_training_objective_of_each_prediction_type_base_and_noise_sampling(
 ):
     """The loss is the MSE to x0 - base ("sample"), the noise ("epsilon") or v; the base is the clean or the
     noised last context latent; with ``lognormal_noise`` the timesteps are those of log-normal noise levels."""
-    import train_text_to_image as trainer
-
     scheduler = make_scheduler(config)
     batch = window_batch(config, size=8)
     target = batch["context"][:, -1] + 0.1 * torch.randn(8, *config.model.latent_shape)
@@ -248,7 +237,7 @@ def test_the_training_objective_of_each_prediction_type_base_and_noise_sampling(
         captured.update(timesteps=timesteps)
         return torch.zeros_like(noisy)
 
-    loss = trainer.diffusion_loss(spy, windows, config, scheduler, torch.Generator().manual_seed(0), None, lognormal)
+    loss = diffusion_loss(spy, windows, config, scheduler, torch.Generator().manual_seed(0), None, lognormal)
     generator = torch.Generator().manual_seed(0)  # replay: noise, timesteps, buckets, context noise
     noise = torch.randn(target.shape, generator=generator)
     if lognormal is None:
@@ -326,17 +315,15 @@ def test_action_class_feeds_the_newest_action_with_the_noise_bucket_as_the_class
 
 @pytest.mark.parametrize("name", ["adafactor", "adafactor_torch", "adamw"])
 def test_every_optimizer_choice_lowers_the_loss_of_a_world_model(config, name):
-    import train_text_to_image as trainer
-
     torch.manual_seed(0)
     model = build_world_model(config)
-    optimizer = trainer.make_optimizer(name, model.parameters(), 1e-3, 0.0)
+    optimizer = make_optimizer(name, model.parameters(), 1e-3, 0.0)
     batch = window_batch(config, size=8)
     batch = {"target": batch["noisy"], "context": batch["context"], "actions": batch["actions"]}
     losses = []
     for _ in range(6):
         generator = torch.Generator().manual_seed(0)  # the same draws: the loss falls only by learning
-        loss = trainer.diffusion_loss(model, batch, config, make_scheduler(config), generator)
+        loss = diffusion_loss(model, batch, config, make_scheduler(config), generator)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

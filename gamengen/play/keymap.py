@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gamengen.errors import KeyMapError
+
 # Controls, and the keys that hold them by default (KeyboardEvent.code names; pygame keys are
 # translated to these by ``pygame_key_code``).
 DEFAULT_CONTROL_KEYS: dict[str, tuple[str, ...]] = {
@@ -49,10 +51,6 @@ DIGIT_KEYS = tuple(f"Digit{d}" for d in "1234567890")
 # Keys for the actions no control combination reaches, in this order: the digits, then letters no control or
 # command uses (a peer checkpoint has 18 actions named ACTION_0..17).
 ACTION_KEYS = DIGIT_KEYS + tuple(f"Key{letter}" for letter in "QTYUIOFGHJKLVBM")
-
-
-class KeyMapError(ValueError):
-    """A key-map choice that does not fit the checkpoint's actions (the message says what to pass)."""
 
 
 def action_controls(name: str) -> frozenset[str] | None:
