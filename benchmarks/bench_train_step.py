@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gamengen.config import get_world_model_config  # noqa: E402
-from gamengen.model import build_world_model, make_scheduler  # noqa: E402
 from gamengen.diffusion import diffusion_loss  # noqa: E402
+from gamengen.model import build_world_model, make_scheduler  # noqa: E402
 
 ACTIONS = [f"A{i}" for i in range(15)]  # the recorder's 15 actions; names do not matter for speed
 CONFIGURATIONS = {

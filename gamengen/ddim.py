@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from gamengen.errors import EngineError
 from gamengen.config import PREDICTION_TYPES
 from gamengen.diffusion import drop_context
+from gamengen.errors import EngineError
 
 # Named timestep schedules (``--timesteps``): "trailing" is the scheduler's own (4 steps: 999, 749, 499, 249, the
 # last model call at noise sigma 0.69); "karras" spaces the noise levels as Karras et al. (2022, rho = 7) between the
