@@ -6,11 +6,11 @@ recorded episode holds the frame before action t, so frame t+1 is the frame acti
 generated transitions, its accuracy measures action following; on held-out real transitions it gives
 the ceiling, and with the actions shuffled it falls to chance.
 
-It has two heads: the action id, and the action's category, from its recorded name (``action_category``):
-``turn_left``, ``turn_right``, ``move`` (forward/back), ``strafe``, ``attack_use``, ``still`` (NOOP), or
-``other`` (a name that fits none). A combination takes the category of the button that changes the
-view most: turn > strafe > move > attack/use, so FORWARD_TURN_LEFT is ``turn_left``, FORWARD_ATTACK
-``move``, TURN_LEFT+TURN_RIGHT ``other``.
+It has two heads: the action id, and the action's category, read from its recorded name by the one grammar
+of action names (``gamengen.actions.action_category``): ``turn_left``, ``turn_right``, ``move``
+(forward/back), ``strafe``, ``attack_use``, ``still`` (NOOP), or ``other`` (a name that fits none). A
+combination takes the category of the button that changes the view most: turn > strafe > move >
+attack/use, so FORWARD_TURN_LEFT is ``turn_left``, FORWARD_ATTACK ``move``, TURN_LEFT+TURN_RIGHT ``other``.
 
 Chance (``ActionFollowing.action_chance``) is the accuracy the IDM's predictions would get against
 actions unrelated to the frames: sum over actions of (frequency among the true actions) x (frequency
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,61 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gamengen.actions import CATEGORIES, action_category
 from gamengen.errors import IDMError
 from gamengen.files import atomic_path, write_json_atomic
 
-CATEGORIES = ("turn_left", "turn_right", "move", "strafe", "attack_use", "still", "other")
 IDM_FORMAT = "gamengen-idm"
 IDM_FORMAT_VERSION = 1
 CONFIG_FILE = "idm_config.json"
 WEIGHTS_FILE = "model.safetensors"
 WORKING_WIDTH = 64  # wider frames are pooled down to about this width: the IDM needs motion, not detail
 POOLED_GRID = (3, 4)  # features keep a coarse layout: moving forward looks different at the edges than at the centre
-
-
-# Words that name a category on their own (TURN, MOVE and STRAFE need the word after them).
-WORD_CATEGORIES = {
-    "FORWARD": "move",
-    "BACKWARD": "move",
-    "BACK": "move",
-    "STRAFE": "strafe",
-    "ATTACK": "attack_use",
-    "FIRE": "attack_use",
-    "SHOOT": "attack_use",
-    "USE": "attack_use",
-    "NOOP": "still",
-    "IDLE": "still",
-}
-
-
-def action_category(name: str) -> str:
-    """The category of an action name such as ``FORWARD_TURN_LEFT``, ``MOVE_FORWARD+TURN_LEFT``, ``STRAFE_LEFT``,
-    ``MOVE_LEFT`` (ViZDoom's strafe button), ``ATTACK`` or ``NOOP``; precedence in the module docstring."""
-    tokens = [token for token in re.split(r"[^A-Z]+", name.upper()) if token]
-    found: set[str] = set()
-    index = 0
-    while index < len(tokens):
-        token, following = tokens[index], tokens[index + 1] if index + 1 < len(tokens) else ""
-        step = 2
-        if token == "TURN" and following in ("LEFT", "RIGHT"):
-            found.add(f"turn_{following.lower()}")
-        elif token in ("MOVE", "STRAFE") and following in ("LEFT", "RIGHT"):
-            found.add("strafe")
-        elif token == "MOVE" and following in ("FORWARD", "BACKWARD", "BACK"):
-            found.add("move")
-        elif token == "NO" and following == "OP":
-            found.add("still")
-        else:
-            step = 1
-            if token in WORD_CATEGORIES:
-                found.add(WORD_CATEGORIES[token])
-        index += step
-    if {"turn_left", "turn_right"} <= found:
-        return "other"  # opposite turns: no single direction to tell
-    for category in ("turn_left", "turn_right", "strafe", "move", "attack_use", "still"):
-        if category in found:
-            return category
-    return "other"
 
 
 class IDMNet(nn.Module):

@@ -8,7 +8,6 @@ both of the IDM's heads (the action id and its category). ``train_idm.py`` is th
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gamengen.actions import mirrored_actions
 from gamengen.episodes import EpisodeDataset
 from gamengen.idm import IDM, ActionFollowing, IDMError, IDMNet, action_following
 
@@ -61,17 +61,6 @@ def load_transitions(dataset: EpisodeDataset, max_frames: int | None = None, see
         torch.from_numpy(np.concatenate(before)),
         torch.from_numpy(np.concatenate(actions).astype(np.int64)),
     )
-
-
-def mirrored_actions(action_names: Sequence[str]) -> np.ndarray:
-    """For each action, the action whose effect is its mirror image (LEFT and RIGHT swapped in its name:
-    NOOP and FORWARD are their own mirrors), or -1 where the action set has none."""
-
-    def swap(name: str) -> str:
-        return re.sub("LEFT|RIGHT", lambda match: "RIGHT" if match.group() == "LEFT" else "LEFT", name.upper())
-
-    index = {name.upper(): i for i, name in enumerate(action_names)}
-    return np.array([index.get(swap(name), -1) for name in action_names], dtype=np.int64)
 
 
 def augment(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gamengen.idm import action_category
+from gamengen.actions import turn_direction
 from gamengen.metrics import status_bar_rows
 
 SLOW_TURN_TICS = 6  # a turn held for fewer tics than this turns slowly (DOOM's SLOWTURNTICS)
@@ -38,8 +38,7 @@ def turn_directions(action_names: Sequence[str], metadata: dict[str, Any]) -> li
     buttons = metadata.get("action_buttons")
     if buttons and len(buttons) == len(action_names):
         action_names = ["+".join(map(str, pressed)) for pressed in buttons]
-    # The IDM's categories: an action turns when turning is its main effect on the view (opposite turns: none).
-    return [{"turn_left": 1, "turn_right": -1}.get(action_category(name), 0) for name in action_names]
+    return [turn_direction(name) for name in action_names]
 
 
 def trailing_turns(actions: Sequence[int], directions: Sequence[int]) -> int:

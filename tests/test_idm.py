@@ -11,8 +11,9 @@ from conftest import run_script
 
 import train_idm as train_idm_script
 from common.utils import ShardWriter
+from gamengen.actions import CATEGORIES, action_category
 from gamengen.episodes import open_dataset, split_episode_ids
-from gamengen.idm import CATEGORIES, IDMError, action_category, action_following, load_idm, save_idm
+from gamengen.idm import IDMError, action_following, load_idm, save_idm
 from gamengen.idm_training import load_transitions, score_transitions, train_idm
 
 WIDTH, HEIGHT = 32, 24

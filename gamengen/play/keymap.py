@@ -1,9 +1,9 @@
 """Held keys -> the checkpoint's action (docs/play.md).
 
-Every action name is read as a set of controls (``FORWARD_TURN_LEFT`` = FORWARD + TURN_LEFT, ``NOOP`` =
-none) and each control has default keys (``DEFAULT_CONTROL_KEYS``, browser ``KeyboardEvent.code`` names);
-the held controls pick the action whose controls match them exactly, else the largest action contained in
-them, else the no-op. Actions whose names are not made of known controls are bound to digit keys. The
+Every action name is read as a set of controls by the one grammar of ``gamengen.actions``
+(``FORWARD_TURN_LEFT`` = FORWARD + TURN_LEFT, ``NOOP`` = none) and each control has default keys
+(``DEFAULT_CONTROL_KEYS``, browser ``KeyboardEvent.code`` names); the held controls pick the action whose
+controls match them exactly, else the largest action contained in them, else the no-op. Actions whose names are not made of known controls are bound to digit keys. The
 pygame window translates its key names to the browser's codes (``pygame_key_code``), so both UIs share
 one key map.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gamengen.actions import action_controls
 from gamengen.errors import KeyMapError
 
 # Controls, and the keys that hold them by default (KeyboardEvent.code names; pygame keys are
@@ -27,19 +28,6 @@ DEFAULT_CONTROL_KEYS: dict[str, tuple[str, ...]] = {
     "ATTACK": ("Space", "ControlLeft", "ControlRight"),
     "USE": ("KeyE", "Enter"),
 }
-# Other spellings of the controls in action names (ViZDoom button names, common synonyms).
-CONTROL_ALIASES = {
-    "MOVE_FORWARD": "FORWARD",
-    "MOVE_BACKWARD": "BACKWARD",
-    "BACK": "BACKWARD",
-    "MOVE_LEFT": "STRAFE_LEFT",
-    "MOVE_RIGHT": "STRAFE_RIGHT",
-    "LEFT": "TURN_LEFT",
-    "RIGHT": "TURN_RIGHT",
-    "FIRE": "ATTACK",
-    "SHOOT": "ATTACK",
-}
-NO_CONTROL_NAMES = ("NOOP", "NO_OP", "NONE", "IDLE", "NOTHING")
 COMMAND_KEYS: dict[str, str] = {"KeyP": "pause", "KeyR": "reset", "KeyN": "step", "KeyC": "record"}
 COMMAND_HELP = {
     "pause": "pause / resume",
@@ -51,26 +39,6 @@ DIGIT_KEYS = tuple(f"Digit{d}" for d in "1234567890")
 # Keys for the actions no control combination reaches, in this order: the digits, then letters no control or
 # command uses (a peer checkpoint has 18 actions named ACTION_0..17).
 ACTION_KEYS = DIGIT_KEYS + tuple(f"Key{letter}" for letter in "QTYUIOFGHJKLVBM")
-
-
-def action_controls(name: str) -> frozenset[str] | None:
-    """The controls an action name holds (``FORWARD_TURN_LEFT`` -> {FORWARD, TURN_LEFT}; ``NOOP`` ->
-    {}), or None when the name is not made of known controls."""
-    name = name.strip().upper().replace("-", "_").replace("+", "_").replace(" ", "_")
-    if name in NO_CONTROL_NAMES:
-        return frozenset()
-    vocabulary = {**{c: c for c in DEFAULT_CONTROL_KEYS}, **CONTROL_ALIASES}
-    tokens, controls, i = name.split("_"), set(), 0
-    while i < len(tokens):
-        for width in (2, 1):  # longest spelling first: TURN_LEFT before LEFT
-            word = "_".join(tokens[i : i + width])
-            if len(tokens[i : i + width]) == width and word in vocabulary:
-                controls.add(vocabulary[word])
-                i += width
-                break
-        else:
-            return None
-    return frozenset(controls)
 
 
 class KeyMap:
