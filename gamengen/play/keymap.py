@@ -3,9 +3,9 @@
 Every action name is read as a set of controls by the one grammar of ``gamengen.actions``
 (``FORWARD_TURN_LEFT`` = FORWARD + TURN_LEFT, ``NOOP`` = none) and each control has default keys
 (``DEFAULT_CONTROL_KEYS``, browser ``KeyboardEvent.code`` names); the held controls pick the action whose
-controls match them exactly, else the largest action contained in them, else the no-op. Actions whose names are not made of known controls are bound to digit keys. The
-pygame window translates its key names to the browser's codes (``pygame_key_code``), so both UIs share
-one key map.
+controls match them exactly, else the largest action contained in them, else the no-op. Actions whose names
+are not made of known controls are bound to digit keys. The pygame window translates its key names to the
+browser's codes (``pygame_key_code``), so both UIs share one key map.
 """
 
 from __future__ import annotations
