@@ -46,6 +46,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
+from gamengen.context import check_action_ids, check_frame_size
 from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import TMP_MARKER
 from gamengen.latent_cache import (
@@ -62,7 +63,6 @@ from gamengen.model import ModelLoadError
 from gamengen.run_folder import UsageError
 from gamengen.samplers import FrameDataset
 from gamengen.vae import check_vae, encode_frames, load_vae
-from gamengen.windows import check_action_ids, check_frame_size
 
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Manifest entries a rerun must agree on: latents made under other settings cannot share a folder.

@@ -28,7 +28,7 @@ import numpy as np
 
 from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
-from gamengen.context import episode_context, episode_frames, find_episode
+from gamengen.context import default_start_step, episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError, GameEngine
 from gamengen.files import write_json_atomic
 from gamengen.layout import DatasetError
@@ -124,7 +124,7 @@ def plan_rollouts(args: argparse.Namespace, engine: GameEngine, dataset) -> list
     for episode_arg in args.episodes:
         episode = find_episode(dataset, episode_arg)
         episode_id, length = dataset.episode_ids[episode], dataset.episodes[episode].length
-        start = args.start_step if args.start_step is not None else min(engine.context_length, length - 1)
+        start = args.start_step if args.start_step is not None else default_start_step(engine.context_length, length)
         if not 1 <= start < length:
             raise DatasetError(
                 f"--start_step {start} is outside episode {episode_id!r}, whose steps are 0..{length - 1} (the context "

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
-from gamengen.context import episode_context, episode_frames, find_episode
+from gamengen.context import default_start_step, episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     dataset = dataset_from_args(args, engine.config)
     episode = find_episode(dataset, args.episode)
     episode_id, length = dataset.episode_ids[episode], dataset.episodes[episode].length
-    step = args.step if args.step is not None else min(engine.context_length, length - 1)
+    step = args.step if args.step is not None else default_start_step(engine.context_length, length)
 
     # Frames t-k .. t-1 and actions t-k .. t-2 fill the context; action t-1 produces frame t.
     frames, actions, action = episode_context(dataset, episode, step, engine.context_length)

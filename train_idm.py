@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
+from gamengen.context import check_action_ids
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.idm import CATEGORIES, IDMError, action_category, check_idm_output, save_idm
 from gamengen.idm_training import load_transitions, score_transitions, train_idm
 from gamengen.latent_cache import dataset_fingerprint
 from gamengen.layout import DatasetError, add_dataset_arguments, columns_from_args
-from gamengen.windows import check_action_ids
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -123,8 +123,7 @@ def mirrored_actions(action_names: Sequence[str]) -> np.ndarray:
         if held is not None:
             index.setdefault(held, action)
     mirrors = [
-        -1 if held is None else index.get(frozenset(MIRRORED_CONTROLS.get(c, c) for c in held), -1)
-        for held in controls
+        -1 if held is None else index.get(frozenset(MIRRORED_CONTROLS.get(c, c) for c in held), -1) for held in controls
     ]
     return np.array(mirrors, dtype=np.int64)
 

@@ -31,12 +31,12 @@ import torch
 
 from gamengen.actions import EngineError, action_id, context_action_ids
 from gamengen.checkpoint import WorldModelBundle, load_world_model
+from gamengen.context import pad_context
 from gamengen.ddim import TIMESTEP_SCHEDULES, ddim_schedule, ddim_update, guidance_conditioning, guided_prediction
 from gamengen.devices import default_device, parse_dtype
 from gamengen.diffusion import corrupt_context, residual_base
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
 from gamengen.view_motion import trailing_turns, turn_degrees, turn_directions, turn_view
-from gamengen.windows import pad_context
 
 CARRY_MOTIONS = ("turns", "none")  # how the carried detail moves before it fades (GameEngine's carry_motion)
 

@@ -12,7 +12,7 @@ The window contract, shared by training (``PixelWindowDataset``, ``LatentWindowD
   False on them. Targets start at t = min_context >= 1, so a sample always has at least one real frame
   (at t = 0 there is nothing to predict from: padding with the first frame would show the model its
   target).
-- Training and inference pad the same way, through the one function ``pad_context``: the engine starts
+- Training and inference pad the same way, through the one function ``gamengen.context.pad_context``: the engine starts
   from a real first frame and pads its context exactly as the training samples were padded.
 
 ``LatentWindowDataset`` reads the same samples, in the same batch layout, from a latent cache
@@ -28,97 +28,10 @@ import numpy as np
 import torch
 
 from gamengen.config import ModelConfig
+from gamengen.context import check_action_ids, check_frame_size, context_start, pad_context
 from gamengen.episodes import EpisodeDataset
 from gamengen.latent_cache import LatentCache
 from gamengen.layout import DatasetError
-
-# Action id of padded context slots (NOOP in this project's action set).
-PAD_ACTION = 0
-
-
-def pad_context(
-    context: torch.Tensor, actions: torch.Tensor, context_length: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The model's context from the real frames (or latents) ``(k, ...)`` before a target, oldest first,
-    and their actions ``(k,)``.
-
-    Returns ``(context (N, ...), actions (N,) int64, mask (N,) bool)`` with ``N = context_length``:
-    with ``k < N`` the first ``N - k`` slots are padding (copies of ``context[0]``, action
-    ``PAD_ACTION``, mask False); with ``k > N`` only the last N are kept. Training and inference
-    both pad through this function.
-    """
-    if context.shape[0] != actions.shape[0]:
-        raise ValueError(
-            f"{context.shape[0]} context frames but {actions.shape[0]} actions: "
-            "each context frame comes with the action taken at it"
-        )
-    if context.shape[0] < 1:
-        raise ValueError("the context needs at least one real frame (an episode's first frame): padding repeats it")
-    if context_length < 1:
-        raise ValueError(f"context_length must be >= 1, got {context_length}")
-    context, actions = context[-context_length:], torch.as_tensor(actions[-context_length:]).to(torch.int64)
-    missing = context_length - context.shape[0]
-    mask = torch.ones(context_length, dtype=torch.bool)
-    if missing:
-        mask[:missing] = False
-        context = torch.cat([context[:1].expand(missing, *context.shape[1:]), context])
-        actions = torch.cat([torch.full((missing,), PAD_ACTION, dtype=torch.int64), actions])
-    return context, actions, mask
-
-
-def check_frame_size(dataset: EpisodeDataset, config: ModelConfig) -> None:
-    """Refuse a dataset whose frames are not the preset's frame size (before any frame is encoded)."""
-    if (dataset.frame_width, dataset.frame_height) != (config.frame_width, config.frame_height):
-        raise DatasetError(
-            f"the dataset's frames are {dataset.frame_width}x{dataset.frame_height}, "
-            f"the {config.preset!r} preset expects {config.frame_width}x{config.frame_height}: "
-            f"record with --frame_size {config.frame_width}x{config.frame_height} or pick the matching --preset"
-        )
-
-
-def check_action_ids(
-    episode_ids: Sequence[str],
-    actions: Sequence[np.ndarray],
-    num_actions: int | None = None,
-    action_names: Sequence[str] | None = None,
-    too_few_fix: str | None = None,
-) -> int:
-    """The number of actions (``num_actions``, else ``len(action_names)``), after checking that every
-    action id of every episode is in ``0 .. num_actions - 1`` (the rows of the action embedding).
-
-    ``too_few_fix`` is what the caller's user can do about an id beyond ``num_actions`` (the option of the
-    script that asks, or that the model's action count is fixed); by default, the library argument."""
-    largest = max((int(a.max()) for a in actions if len(a)), default=0)
-    if num_actions is None:
-        if not action_names:
-            raise DatasetError(
-                "the dataset has no action_names metadata, so the number of actions is unknown: "
-                f"{too_few_fix or 'pass num_actions'} (its largest action id is {largest}, so at least {largest + 1})"
-            )
-        num_actions = len(action_names)
-    if num_actions < 1:
-        raise DatasetError(f"num_actions must be >= 1, got {num_actions}")
-    for episode_id, episode_actions in zip(episode_ids, actions, strict=True):
-        bad = np.flatnonzero((episode_actions < 0) | (episode_actions >= num_actions))
-        if bad.size:
-            step, value = int(bad[0]), int(episode_actions[bad[0]])
-            names = f": {', '.join(action_names)}" if action_names and len(action_names) <= 32 else ""
-            if value < 0:
-                fix = (
-                    "action ids are indices into the action list and cannot be negative: "
-                    "fix the dataset's action column"
-                )
-            else:
-                more = too_few_fix or f"give the model more actions (num_actions >= {largest + 1})"
-                fix = (
-                    f"record the dataset with the model's action set, or, if the ids are right, {more} "
-                    f"(the dataset's largest id is {largest})"
-                )
-            raise DatasetError(
-                f"episode {episode_id!r} step {step} has action id {value}, "
-                f"but there are {num_actions} actions (ids 0..{num_actions - 1}{names}): {fix}"
-            )
-    return int(num_actions)
 
 
 class _ContextWindows(torch.utils.data.Dataset):
@@ -178,7 +91,7 @@ class _ContextWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         episode, target_step = self.locate(index)
-        first = max(0, target_step - self.context_length)
+        first = context_start(target_step, self.context_length)
         real_context, target = self._read(episode, first, target_step)
         real_actions = torch.from_numpy(np.asarray(self._episode_actions(episode)[first:target_step], dtype=np.int64))
         context, actions, mask = pad_context(real_context, real_actions, self.context_length)

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from PIL import Image
 
 from gamengen.config import DEFAULT_CONTEXT_LENGTH, WorldModelConfig, get_config, get_world_model_config
+from gamengen.context import check_action_ids
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.errors import UsageError
 from gamengen.files import atomic_path, write_json_atomic
@@ -25,7 +26,7 @@ from gamengen.metrics import psnr
 from gamengen.model import WorldModel
 from gamengen.peer import PEER_ACTION_NAMES
 from gamengen.training import TrainingRun
-from gamengen.windows import LatentWindowDataset, PixelWindowDataset, check_action_ids, encode_pixel_windows
+from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
 SUMMARY_FILE = "training_summary.json"
 

@@ -11,10 +11,10 @@ from diffusers import DDIMScheduler
 from gamengen.actions import action_id, parse_action_script
 from gamengen.checkpoint import load_world_model, save_world_model
 from gamengen.config import get_world_model_config
+from gamengen.context import pad_context
 from gamengen.engine import EngineError, GameEngine
 from gamengen.model import ModelLoadError, build_world_model
 from gamengen.vae import build_vae, encode_frames, frames_to_tensor
-from gamengen.windows import pad_context
 
 ACTIONS = ["NOOP", "FORWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK"]
 N = 4  # the tiny preset's context length

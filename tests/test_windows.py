@@ -17,9 +17,10 @@ import torch
 
 from common.utils import ShardWriter
 from gamengen.config import get_config
+from gamengen.context import PAD_ACTION, pad_context
 from gamengen.episodes import open_dataset
 from gamengen.layout import ColumnNames, DatasetError
-from gamengen.windows import PAD_ACTION, PixelWindowDataset, pad_context
+from gamengen.windows import PixelWindowDataset
 
 ACTION_NAMES = ["NOOP", "FORWARD", "BACKWARD", "TURN_LEFT", "TURN_RIGHT", "ATTACK", "USE"]
 WIDTH, HEIGHT = 64, 48  # the tiny preset's frame size

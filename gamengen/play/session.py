@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gamengen.actions import action_id, action_script
-from gamengen.context import episode_context, find_episode
+from gamengen.context import default_start_step, episode_context, find_episode
 from gamengen.engine import GameEngine
 from gamengen.episodes import EpisodeDataset
 from gamengen.media import captioned_row, display_scale, realtime_fps, upscale, write_gif, write_video
@@ -45,7 +45,7 @@ class StartContext:
     ) -> StartContext:
         index = find_episode(dataset, episode)
         length = dataset.episodes[index].length
-        start = start_step if start_step is not None else min(context_length, length - 1)
+        start = start_step if start_step is not None else default_start_step(context_length, length)
         frames, actions, _ = episode_context(dataset, index, start, context_length)
         episode_id = dataset.episode_ids[index]
         description = f"episode {episode_id!r}, steps {start - len(frames)}..{start - 1}"
