@@ -196,6 +196,11 @@ DEFAULT_CONTEXT_LENGTH = {"sd14": 64, "tiny": 4, "tiny-s2d": 4}
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")  # what the UNet predicts (diffusers' names)
 
 
+def context_length_of(preset: str, context_length: int | None = None) -> int:
+    """A run's context length: the one asked for, else the preset's (``DEFAULT_CONTEXT_LENGTH``)."""
+    return int(context_length or DEFAULT_CONTEXT_LENGTH[preset])
+
+
 @dataclass
 class WorldModelConfig:
     """Everything a consumer needs to run a checkpoint: written as ``gamengen_config.json``.
@@ -302,7 +307,7 @@ def get_world_model_config(
     unet = copy.deepcopy(TINY_UNET_CONFIG) if preset != "sd14" else {}
     return WorldModelConfig(
         model=model,
-        context_length=context_length or DEFAULT_CONTEXT_LENGTH[preset],
+        context_length=context_length_of(preset, context_length),
         action_names=list(action_names),
         unet=unet,
         **overrides,

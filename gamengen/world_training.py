@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from gamengen.config import DEFAULT_CONTEXT_LENGTH, WorldModelConfig, get_config, get_world_model_config
+from gamengen.config import WorldModelConfig, context_length_of, get_config, get_world_model_config
 from gamengen.context import check_action_ids
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.errors import UsageError
@@ -41,7 +41,7 @@ def load_windows(
     columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
     model_config = get_config(args.preset)
-    context_length = args.context_length or DEFAULT_CONTEXT_LENGTH[args.preset]
+    context_length = context_length_of(args.preset, args.context_length)
     cache = (
         open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae) if args.latents_dir else None
     )
