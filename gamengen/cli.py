@@ -12,10 +12,11 @@ import argparse
 
 import torch
 
+from gamengen.carry_over import CARRY_MOTIONS
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model
 from gamengen.devices import DTYPES
-from gamengen.engine import CARRY_MOTIONS, GameEngine
+from gamengen.engine import GameEngine
 from gamengen.episodes import EpisodeDataset
 from gamengen.layout import DatasetError, add_column_arguments, columns_from_args
 
@@ -86,9 +87,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="TAU",
-        help="add back the detail the VAE loses from the newest real context frame, fading it per pixel by "
-        "exp(-change/TAU) where the generated frames change (TAU in 0-255 levels, e.g. 8; inf: never fades); "
-        "an experiment, docs/engine.md#detail-carry-over; default: off",
+        help="a post-process, not the model (off by default: the model's own frames): add back the detail the VAE "
+        "loses from the newest real context frame, fading it per pixel by exp(-change/TAU) where the generated "
+        "frames change (TAU in 0-255 levels, e.g. 8; inf: never fades); docs/engine.md#detail-carry-over",
     )
     group.add_argument(
         "--carry_motion",

@@ -7,7 +7,7 @@ generate frames through ``GameEngine``:
     engine.reset(frames, actions)   # frames f_{t-k} .. f_{t-1} (uint8, oldest first), actions a_{t-k} .. a_{t-2}
     frame = engine.step("FORWARD")  # a_{t-1}: the action pressed at the newest frame -> f_t (uint8 HxWx3)
 
-The window semantics are training's: a short context is padded by ``gamengen.windows.pad_context``, and a
+The window semantics are training's: a short context is padded by ``gamengen.context.pad_context``, and a
 generated frame's latent is pushed into the context without being re-encoded by the VAE. How a frame is
 sampled (DDIM steps of ``gamengen.ddim``, classifier-free guidance on the context, the inference noise
 bucket, residual checkpoints) is described in docs/engine.md, section "Sampling" and those after it.
@@ -30,15 +30,13 @@ import numpy as np
 import torch
 
 from gamengen.actions import EngineError, action_id, context_action_ids
+from gamengen.carry_over import CARRY_MOTIONS, DetailCarryOver
 from gamengen.checkpoint import WorldModelBundle, load_world_model
 from gamengen.context import pad_context
 from gamengen.ddim import TIMESTEP_SCHEDULES, ddim_schedule, ddim_update, guidance_conditioning, guided_prediction
 from gamengen.devices import default_device, parse_dtype
 from gamengen.diffusion import corrupt_context, residual_base
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
-from gamengen.view_motion import trailing_turns, turn_degrees, turn_directions, turn_view
-
-CARRY_MOTIONS = ("turns", "none")  # how the carried detail moves before it fades (GameEngine's carry_motion)
 
 
 @dataclass
@@ -75,12 +73,11 @@ class GameEngine:
         encode_batch_size: most frames ``reset`` sends through the VAE encoder at once. A batch of B
             contexts of 64 frames at 320x256 is B*64 frames: unbounded, 16 contexts took ~80-100 GB of
             activations, more than a GPU has.
-        carry_detail: add back the detail the VAE loses from the newest real context frame, fading it per
-            pixel where the generated frames change (``exp(-change / carry_detail)``, the change in 0-255
-            levels; docs/engine.md#detail-carry-over). None or 0: off (the paper's decoding).
-        carry_motion: "turns" (default): the carried detail turns with the view on the steps whose action turns
-            (how far is exact in DOOM: ``gamengen.view_motion``; needs the checkpoint's dataset metadata, else
-            nothing moves); "none": it stays where it was and only fades.
+        carry_detail: an optional post-process, off by default (None or 0: the model's own frames, the paper's
+            decoding): add back the detail the VAE loses from the newest real context frame, fading it per pixel
+            where the generated frames change (``gamengen.carry_over``; docs/engine.md#detail-carry-over).
+        carry_motion: with ``carry_detail``: "turns" (default) turns the carried detail with the view; "none"
+            only fades it.
     """
 
     def __init__(
@@ -118,20 +115,16 @@ class GameEngine:
         if encode_batch_size < 1:
             raise EngineError(f"encode_batch_size must be at least 1, got {encode_batch_size}")
         self.encode_batch_size = int(encode_batch_size)
-        if carry_detail is not None and not carry_detail >= 0:
+        if carry_detail is not None and carry_detail < 0:
             raise EngineError(f"carry_detail is a fading scale in 0-255 levels (> 0; 0 = off), got {carry_detail}")
-        self.carry_detail = float(carry_detail) if carry_detail else None
+        metadata = self.config.dataset.get("metadata") or {}
+        self.carry_over = (
+            DetailCarryOver(carry_detail, carry_motion, self.config.action_names, metadata) if carry_detail else None
+        )
         if carry_motion not in CARRY_MOTIONS:
             raise EngineError(f"carry_motion is one of {', '.join(CARRY_MOTIONS)}, got {carry_motion!r}")
+        self.carry_detail = float(carry_detail) if carry_detail else None
         self.carry_motion = carry_motion
-        metadata = self.config.dataset.get("metadata") or {}
-        # +1 / -1 / 0 per action (turns left / right / not), when the checkpoint says how far a step turns.
-        self._turns = turn_directions(self.config.action_names, metadata) if carry_motion == "turns" else None
-        self._frame_skip = int(metadata.get("frame_skip") or 0)
-        self._turning_steps: list[int] = []  # per rollout: steps in a row with a turn button held
-        self._turn_now: list[float] = []  # per rollout: degrees the view turned on the last step (+ = left)
-        self._detail: np.ndarray | None = None  # (B, H, W, 3) float32: the real detail still carried
-        self._decoded: np.ndarray | None = None  # (B, H, W, 3) float32: the last decoded frame, before the detail
         self.sync_timing = sync_timing and self.device.type == "cuda"
         self.num_inference_steps = int(
             self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -287,14 +280,12 @@ class GameEngine:
         self._latents = torch.stack([p[0] for p in padded]).to(self.device)
         self._actions = torch.stack([p[1] for p in padded]).to(self.device)
         self._batched = batched
-        self._detail = self._decoded = None
-        if self.carry_detail is not None and frames is not None:
-            newest = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
-            newest = (newest if batched else newest[None])[:, -1].cpu().numpy().astype(np.float32)
-            self._decoded = self.decode(self._latents[:, -1]).astype(np.float32)  # what the VAE keeps of it
-            self._detail = newest - self._decoded
-            if self._turns is not None:  # the turns in a row that end the context (they set the next turn's speed)
-                self._turning_steps = [trailing_turns(row, self._turns) for row in action_ids.tolist()]
+        if self.carry_over is not None:
+            self.carry_over.stop()
+            if frames is not None:
+                newest = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
+                newest = (newest if batched else newest[None])[:, -1].cpu().numpy()
+                self.carry_over.start(newest, self.decode(self._latents[:, -1]), action_ids.tolist())
         if seed is not None:
             self.generator.manual_seed(int(seed))
         self.timings = []
@@ -325,8 +316,8 @@ class GameEngine:
         latent, unet_ms = self._generate(action)
         decode_started = time.perf_counter()
         frames = self.decode(latent)
-        if self._detail is not None:
-            frames = self._carry(frames)
+        if self.carry_over is not None:
+            frames = self.carry_over.apply(frames)
         finished = time.perf_counter()
         self.timings.append(
             FrameTiming(
@@ -342,7 +333,8 @@ class GameEngine:
     def step_latent(self, action: int | str | Sequence[int | str]) -> torch.Tensor:
         """``step`` without decoding: the next frame's latent ``(C, h, w)`` (``(B, C, h, w)``), float32.
         It ends any detail carry-over (that needs every decoded frame) until the next ``reset``."""
-        self._detail = self._decoded = None
+        if self.carry_over is not None:
+            self.carry_over.stop()
         started = time.perf_counter()
         latent, unet_ms = self._generate(action)
         self.timings.append(
@@ -367,29 +359,6 @@ class GameEngine:
                 self._compiled_decode(latents / self.vae.config.scaling_factor).sample, self.config.model
             )
         return tensor_to_frames(pixels)
-
-    def _advance_turns(self, pressed: list[int]) -> None:
-        """The degrees each rollout's view turns on this step, from the pressed actions and the turns before."""
-        self._turn_now = []
-        for b, action in enumerate(pressed):
-            direction = self._turns[action]
-            self._turning_steps[b] = self._turning_steps[b] + 1 if direction else 0
-            turned = turn_degrees(self._turning_steps[b], self._frame_skip) if direction else 0.0
-            self._turn_now.append(direction * turned)
-
-    def _carry(self, frames: np.ndarray) -> np.ndarray:
-        """Decoded uint8 frames plus the carried detail, which first turns with the view (``carry_motion``) and
-        then fades where the frames changed since the last (after turning the last with the view)."""
-        decoded = frames.astype(np.float32)
-        for b, degrees in enumerate(self._turn_now):
-            if degrees:
-                self._detail[b] = turn_view(self._detail[b], degrees, np.zeros_like(self._detail[b]))
-                self._decoded[b] = turn_view(self._decoded[b], degrees, decoded[b])
-        self._turn_now = []
-        change = np.abs(decoded - self._decoded).mean(axis=-1, keepdims=True)
-        self._detail *= np.exp(-change / self.carry_detail)
-        self._decoded = decoded
-        return np.clip(decoded + self._detail, 0, 255).round().astype(np.uint8)
 
     @torch.inference_mode()
     def predict(
@@ -428,8 +397,8 @@ class GameEngine:
         pressed = self._step_actions(action, batch)
         actions = actions.clone()
         actions[:, -1] = pressed
-        if self._detail is not None and self._turns is not None:
-            self._advance_turns(pressed.tolist())
+        if self.carry_over is not None:
+            self.carry_over.press(pressed.tolist())
         started = time.perf_counter()
         context = latents
         if self.noise_bucket > 0:
@@ -490,8 +459,7 @@ class GameEngine:
             "eta": self.eta,
             "guidance_scale": self.guidance_scale,
             "noise_bucket": self.noise_bucket,
-            "carry_detail": self.carry_detail,
-            "carry_motion": (self.carry_motion if self._turns is not None else "none") if self.carry_detail else None,
+            **(self.carry_over.describe() if self.carry_over else {"carry_detail": None, "carry_motion": None}),
             "context_length": self.context_length,
             "compiled": self._denoiser is not self.model,
             "timesteps": [step.timestep for step in self._schedule],
