@@ -17,6 +17,11 @@ printed and kept in ``quickstart.json``), its output in a sub-folder of ``--outp
   7. evaluate  evaluate.py: PSNR/SSIM, sharpness, GMSD, IDM action following, drift, baselines -> eval/
   8. rollouts  run_autoregressive.py: gifs with the recorded actions and with a scripted sequence -> rollouts/
 
+Evaluation, rollouts and the play command show the model's own frames. ``--carry_detail TAU`` opts in to the
+engine's detail carry-over, a post-process that pastes texture from the newest real frame into the generated
+frames: the evaluation then measures it too (eval/carry_detail/, after the model's own numbers in the summary),
+and the rollouts and the play command use it.
+
 A rerun with the same options skips the stages already finished; a stage that was interrupted is run
 again (its partial output is moved aside, never deleted; the trainers resume from their last
 checkpoint). ``summary.md`` in the run folder holds the time of each stage, the metrics table and

@@ -7,6 +7,6 @@ repository's scripts, in a resumable run folder. One concept per module:
   writes, and the play command.
 * ``state``: the run folder's record of finished stages (``quickstart.json``), its settings check, redoing.
 * ``runner``: running one stage's scripts, logged, resumed after an interruption.
-* ``summary``: a run's ``summary.md``.
+* ``summary``: a run's ``summary.md`` (the model's own frames first; the detail carry-over apart, when asked for).
 * ``seeds``: the mean and spread of the headline numbers over several seeds.
 """

@@ -31,9 +31,10 @@ class Budget:
     # same data, better on every seed; docs/research_log.md#a-learning-rate-schedule-and-weight-averaging-20-minutes).
     ema_decay: float = 0.99
     context_length: int = 4
-    # Evaluation, rollouts and live play add back the detail the VAE loses from the newest real frame, fading
-    # where the frames change (docs/engine.md#detail-carry-over; measured in docs/research_log.md#detail-carry-over).
-    carry_detail: float = 8.0
+    # Off: evaluation, rollouts and play show the model's own frames. A scale (--carry_detail 8) opts in to the
+    # engine's post-process that pastes the detail the VAE loses from the newest real frame into the generated ones
+    # (docs/engine.md#detail-carry-over); the evaluation then measures it apart, after the model's own numbers.
+    carry_detail: float = 0.0
     eval_windows: int = 128
     eval_episodes: int = 8
     eval_horizon: int = 64
@@ -72,7 +73,10 @@ FIELD_HELP = {
     "wm_steps_bf16": "world-model steps when it trains in bf16 (the same wall time as --wm_steps in fp32)",
     "wm_precision": "world-model training precision; auto: bf16 where the CPU has bf16 instructions or on a GPU "
     "that supports it, else no (emulated bf16 ran 13x slower than fp32)",
-    "carry_detail": "the engine's --carry_detail for evaluation, rollouts and play (0 = off: the VAE's frames)",
+    "carry_detail": "opt in to the engine's detail carry-over, a post-process that pastes texture from the newest "
+    "real frame into generated frames (--carry_detail TAU, docs/engine.md#detail-carry-over): the evaluation then "
+    "measures it after the model's own frames, and the rollouts and the play command use it. 0 = off: the model's "
+    "own frames",
     "ema_decay": "the world model saved is an exponential moving average of its weights with this decay "
     "(train_text_to_image.py --ema_decay); 0 = its last weights",
 }
@@ -86,7 +90,7 @@ RATES = {
     "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
     "world": (1.7, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16)
-    "evaluate": (10.0, 15.0),  # generated frames/s
+    "evaluate": (10.0, 15.0),  # generated frames/s (twice over with the carry-over)
     "rollouts": (10.0, 15.0),  # generated frames/s
 }
 BF16_SPEEDUP = 1.25  # training samples/s of bf16 autocast over fp32 where the CPU has bf16 instructions
@@ -147,4 +151,5 @@ def estimate(stage: str, budget: Budget, preset: str = "tiny") -> float:
     rate, start_up = RATES[stage]
     if stage == "world" and budget.wm_precision == "bf16":
         rate *= BF16_SPEEDUP
-    return start_up + units / rate
+    runs = 2 if stage == "evaluate" and budget.carry_detail else 1  # the model's own frames, then the carry-over
+    return runs * (start_up + units / rate)

@@ -13,6 +13,7 @@ STAGES = ("ppo", "generate", "idm", "vae", "latents", "world", "evaluate", "roll
 # Stands for the world model's longest held-out episode, known only once the world stage has run
 # (gamengen.quickstart.runner.resolve_heldout).
 HELDOUT = "--episodes_from_checkpoint"
+CARRY_DETAIL_DIR = "carry_detail"  # eval/<this>/: the evaluation with the detail carry-over, when asked for
 
 
 def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[str, list[list[str]]]:
@@ -110,15 +111,21 @@ def world_command(run: Path, budget: Budget, preset: str, seed: str) -> list[str
 
 
 def evaluate_commands(run: Path, budget: Budget, seed: str) -> list[list[str]]:
-    """evaluate.py on the held-out episodes into eval/, with the engine options."""
+    """The evaluation of the model's own frames into eval/; with --carry_detail, then the same evaluation with the
+    detail carry-over post-process into eval/carry_detail/ (reported apart, after the model's own numbers)."""
+    own = evaluate_command(run, budget, seed, run / "eval")
+    if not budget.carry_detail:
+        return [own]
+    return [own, evaluate_command(run, budget, seed, run / "eval" / CARRY_DETAIL_DIR) + engine_options(budget)]
+
+
+def evaluate_command(run: Path, budget: Budget, seed: str, output_dir: Path) -> list[str]:
+    """evaluate.py on the held-out episodes with the engine's defaults (the model's own frames)."""
     return [
-        [
-            *("evaluate.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(run / "dataset")),
-            *("--output_dir", str(run / "eval"), "--max_windows", str(budget.eval_windows)),
-            *("--num_episodes", str(budget.eval_episodes), "--horizon", str(budget.eval_horizon)),
-            *("--idm", str(run / "idm"), "--seed", seed),
-            *engine_options(budget),
-        ]
+        *("evaluate.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(run / "dataset")),
+        *("--output_dir", str(output_dir), "--max_windows", str(budget.eval_windows)),
+        *("--num_episodes", str(budget.eval_episodes), "--horizon", str(budget.eval_horizon)),
+        *("--idm", str(run / "idm"), "--seed", seed),
     ]
 
 
@@ -134,7 +141,7 @@ def rollouts_commands(run: Path, budget: Budget, seed: str) -> list[list[str]]:
 
 
 def engine_options(budget: Budget) -> list[str]:
-    """The engine options of the evaluate and rollouts stages and of the play command."""
+    """The engine options asked for on top of the model's own frames (the detail carry-over, when opted in)."""
     return ["--carry_detail", f"{budget.carry_detail:g}"] if budget.carry_detail else []
 
 

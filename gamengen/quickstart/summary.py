@@ -1,5 +1,6 @@
-"""A quickstart run's ``summary.md``: the time of each stage, the commands, the quality of the world model
-against the baselines, the gifs and what to run next."""
+"""A quickstart run's ``summary.md``: the time of each stage, the commands, the quality of the model's own
+frames against the baselines, then (when asked for) the detail carry-over post-process apart, the gifs and
+what to run next."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from gamengen.files import write_bytes_atomic
 from gamengen.quickstart.budgets import Budget, frame_size
-from gamengen.quickstart.stages import STAGES, engine_options, play_command
+from gamengen.quickstart.stages import CARRY_DETAIL_DIR, STAGES, engine_options, play_command
 
 QUALITY_HEADER = [
     "| | PSNR (dB) | SSIM | sharpness | GMSD | PSNR turning | PSNR moving | drift PSNR, last frame |",
@@ -18,10 +19,13 @@ QUALITY_HEADER = [
 
 
 def write_summary(run: Path, state: dict[str, Any], budget: Budget) -> Path:
-    """Write ``summary.md`` from the state and the evaluation in ``eval/``; returns its path."""
+    """Write ``summary.md`` from the state and the evaluation(s) in ``eval/``; returns its path."""
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     lines = stages_section(state, budget) + quality_section(metrics)
-    lines += rollouts_section(run) + next_section(run, budget)
+    if budget.carry_detail:
+        carried = json.loads((run / "eval" / CARRY_DETAIL_DIR / "metrics.json").read_text())
+        lines += carry_detail_section(carried, metrics, budget)
+    lines += rollouts_section(run, budget) + next_section(run, budget)
     path = run / "summary.md"
     write_bytes_atomic(path, "\n".join(lines))
     return path
@@ -56,11 +60,11 @@ def stages_section(state: dict[str, Any], budget: Budget) -> list[str]:
 
 
 def quality_section(metrics: dict[str, Any]) -> list[str]:
-    """The world model against shuffled actions, copy-last, the VAE's ceiling and the paper."""
+    """The model's own frames against shuffled actions, copy-last, the VAE's ceiling and the paper."""
     model, copy_last = metrics["models"][0], metrics["baselines"]["copy_last"]
     tf, copy_tf, vae = model["teacher_forced"], copy_last["teacher_forced"], model["vae_reconstruction"]
     return [
-        f"## Quality on {len(metrics['episodes'])} held-out episodes "
+        f"## Quality of the model's own frames on {len(metrics['episodes'])} held-out episodes "
         f"({len(metrics['windows'])} windows; `eval/report.md` has everything)",
         "",
         *QUALITY_HEADER,
@@ -77,6 +81,29 @@ def quality_section(metrics: dict[str, Any]) -> list[str]:
         verdict(model, copy_tf),
         "",
         "![drift](eval/drift.png)",
+        "",
+    ]
+
+
+def carry_detail_section(carried: dict[str, Any], own: dict[str, Any], budget: Budget) -> list[str]:
+    """The same evaluation with the engine's detail carry-over, labelled as the post-process it is."""
+    model, copy_tf = carried["models"][0], carried["baselines"]["copy_last"]["teacher_forced"]
+    gain = model["teacher_forced"]["psnr"] - own["models"][0]["teacher_forced"]["psnr"]
+    return [
+        f"## Post-process: the detail carry-over (`{' '.join(engine_options(budget))}`)",
+        "",
+        "Not the model's own frames: the engine pastes the detail the VAE loses from the newest real frame into "
+        "the generated frames, fading it where they change (docs/engine.md#detail-carry-over). The same windows "
+        f"and episodes (`eval/{CARRY_DETAIL_DIR}/report.md` has everything):",
+        "",
+        *QUALITY_HEADER,
+        quality_row("world model + carry-over", model["teacher_forced"], drift=model["drift"].get("psnr", [])),
+        quality_row("same, shuffled actions", model["shuffled_actions"]),
+        "",
+        action_following_line(model.get("action_following")),
+        "",
+        f"{verdict(model, copy_tf, 'The model with the carry-over')} The carry-over adds {gain:+.2f} dB to the "
+        "model's own frames.",
         "",
     ]
 
@@ -110,27 +137,32 @@ def action_following_line(following: dict[str, Any] | None) -> str:
     )
 
 
-def verdict(model: dict[str, Any], copy_tf: dict[str, Any]) -> str:
+def verdict(model: dict[str, Any], copy_tf: dict[str, Any], subject: str = "The model") -> str:
     """Whether the model beats copy-last, its margin over shuffled actions, and its speed."""
     tf, shuffled = model["teacher_forced"], model["shuffled_actions"]
     return (
-        f"The model {'beats' if tf['psnr'] > copy_tf['psnr'] else 'does NOT beat'} copy-last "
+        f"{subject} {'beats' if tf['psnr'] > copy_tf['psnr'] else 'does NOT beat'} copy-last "
         f"({tf['psnr'] - copy_tf['psnr']:+.2f} dB); "
         f"true minus shuffled actions: {tf['psnr'] - shuffled['psnr']:+.2f} dB; {model['timing'].get('fps', 0):.1f} "
         "frames/s on this machine."
     )
 
 
-def rollouts_section(run: Path) -> list[str]:
-    """The rollout gifs."""
-    lines = ["## Rollouts (generated | real, recorded actions; then a scripted sequence)", ""]
+def rollouts_section(run: Path, budget: Budget) -> list[str]:
+    """The rollout gifs (with the carry-over when it was asked for)."""
+    carried = f", with the detail carry-over post-process `{' '.join(engine_options(budget))}`"
+    lines = [
+        "## Rollouts (generated | real, recorded actions; then a scripted sequence"
+        f"{carried if budget.carry_detail else ''})",
+        "",
+    ]
     for gif in sorted((run / "rollouts").glob("*/*.gif")):
         lines += [f"![{gif.stem}]({gif.relative_to(run)})", ""]
     return lines
 
 
 def next_section(run: Path, budget: Budget) -> list[str]:
-    """The commands to play the model and to evaluate it again."""
+    """The commands to play the model, evaluate it again, and (when off) measure the detail carry-over."""
     lines = [
         "## Next",
         "",
@@ -139,4 +171,10 @@ def next_section(run: Path, budget: Budget) -> list[str]:
         f"--dataset_name {run / 'dataset'} "
         f"{' '.join([*engine_options(budget), ''])}--num_inference_steps 8 --output_dir <folder>`",
     ]
+    if not budget.carry_detail:
+        lines.append(
+            "- measure the engine's detail carry-over post-process (texture pasted from the newest real frame, "
+            "not the model's own frames; docs/engine.md#detail-carry-over) after these numbers: rerun the "
+            "quickstart with this run's options and `--carry_detail 8 --redo evaluate`"
+        )
     return lines + [""]
