@@ -15,6 +15,7 @@ import quickstart
 from gamengen.checkpoint import load_world_model
 from gamengen.episodes import open_dataset
 from gamengen.latent_cache import open_latent_cache
+from gamengen.quickstart.summary import write_summary
 from gamengen.vae import load_vae
 
 SMOKE = quickstart.BUDGETS["smoke"]
@@ -67,8 +68,11 @@ def test_every_artifact_exists_and_loads(smoke_run):
     assert "Action following (inverse-dynamics model" in summary and "teacher-forced / real: " in summary
     assert (run / "idm" / "idm_config.json").is_file()
     assert "action_following" in metrics["models"][0]
-    assert metrics["models"][0]["engine"]["carry_detail"] == SMOKE.carry_detail  # the quickstart's engine options
-    assert f"--carry_detail {SMOKE.carry_detail:g} --num_inference_steps 8" in summary  # "evaluate again" keeps them
+    # The model's own frames: no detail carry-over unless asked for, and no evaluation of it.
+    assert SMOKE.carry_detail == 0 and metrics["models"][0]["engine"]["carry_detail"] is None
+    assert not (run / "eval" / "carry_detail").exists() and "## Post-process" not in summary
+    assert f"--dataset_name {run / 'dataset'} --num_inference_steps 8 --output_dir" in summary  # "evaluate again"
+    assert "`--carry_detail 8 --redo evaluate`" in summary  # how to measure the carry-over too
     for gif in gifs:
         assert f"]({gif.relative_to(run)})" in summary  # the gifs are shown in the summary
     for stage in quickstart.STAGES:
@@ -140,24 +144,60 @@ def test_the_world_model_saved_is_an_average_of_its_weights_unless_asked_otherwi
         quickstart.parse_args(["--ema_decay", "1"])
 
 
-def test_evaluation_rollouts_and_play_carry_the_real_frames_detail_unless_asked_otherwise():
-    """--carry_detail 8 (docs/engine.md#detail-carry-over) reaches every command that generates frames and the
-    play command; --carry_detail 0 turns it off; a negative scale is refused by name."""
+def test_evaluation_rollouts_and_play_show_the_models_own_frames_unless_the_carry_over_is_asked_for():
+    """Every budget evaluates, rolls out and plays the model's own frames. --carry_detail 8 (the engine's
+    post-process, docs/engine.md#detail-carry-over) adds an evaluation with it into eval/carry_detail/, after the one
+    of the model's own frames, and reaches the rollouts and the play command; a negative scale is refused by name."""
 
     def commands(*argv):
         args = quickstart.parse_args(list(argv))
         budget = quickstart.budget_from_args(args)
         stages = quickstart.stage_commands(Path("run"), budget, args)
-        return [*stages["evaluate"], *stages["rollouts"]], quickstart.play_command(Path("run"), budget)
+        return stages["evaluate"], stages["rollouts"], quickstart.play_command(Path("run"), budget), budget
 
-    generating, play = commands()
-    for command in generating:
+    for argv in (["--budget", "20min"], ["--budget", "60min"], ["--smoke"], ["--carry_detail", "0"]):
+        evaluate, rollouts, play, budget = commands(*argv)
+        assert budget.carry_detail == 0 and len(evaluate) == 1
+        assert evaluate[0][evaluate[0].index("--output_dir") + 1] == str(Path("run") / "eval")
+        assert not any("--carry_detail" in command for command in evaluate + rollouts) and "--carry_detail" not in play
+    own_seconds = quickstart.estimate("evaluate", budget)
+    evaluate, rollouts, play, budget = commands("--carry_detail", "8")
+    assert "--carry_detail" not in evaluate[0]  # the model's own frames first, into eval/
+    assert evaluate[0][evaluate[0].index("--output_dir") + 1] == str(Path("run") / "eval")
+    assert evaluate[1][-2:] == ["--carry_detail", "8"]  # then the post-process, apart
+    assert evaluate[1][evaluate[1].index("--output_dir") + 1] == str(Path("run") / "eval" / "carry_detail")
+    assert evaluate[1][:-2] == [  # on the same windows, episodes, seed and IDM
+        str(Path("run") / "eval" / "carry_detail") if c == str(Path("run") / "eval") else c for c in evaluate[0]
+    ]
+    for command in rollouts:
         assert command[command.index("--carry_detail") + 1] == "8"
     assert play.endswith("--carry_detail 8")
-    generating, play = commands("--carry_detail", "0")
-    assert not any("--carry_detail" in command for command in generating) and "--carry_detail" not in play
+    assert quickstart.estimate("evaluate", budget) == pytest.approx(2 * own_seconds)  # two evaluations
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--carry_detail", "-1"])
+
+
+def test_the_summary_shows_the_carry_over_after_the_models_own_numbers_as_a_post_process(smoke_run, tmp_path):
+    """With --carry_detail, summary.md gives the model's own numbers first, then the carry-over's in a section of
+    its own, labelled as the engine's post-process; the gifs and the commands say they use it."""
+    run, _ = smoke_run
+    own = json.loads((run / "eval" / "metrics.json").read_text())
+    carried = json.loads(json.dumps(own))
+    carried["models"][0]["teacher_forced"]["psnr"] += 0.5
+    (tmp_path / "eval" / "carry_detail").mkdir(parents=True)
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(own))
+    (tmp_path / "eval" / "carry_detail" / "metrics.json").write_text(json.dumps(carried))
+    state = json.loads((run / "quickstart.json").read_text())
+    budget = quickstart.budget_from_args(quickstart.parse_args(["--smoke", "--carry_detail", "8"]))
+    summary = write_summary(tmp_path, state, budget).read_text()
+    psnr = own["models"][0]["teacher_forced"]["psnr"]
+    own_row = summary.index(f"| world model | {psnr:.2f} |")
+    section = summary.index("## Post-process: the detail carry-over (`--carry_detail 8`)")
+    carried_row = summary.index(f"| world model + carry-over | {psnr + 0.5:.2f} |")
+    assert own_row < section < carried_row < summary.index("## Rollouts")
+    assert "Not the model's own frames" in summary[section:] and "adds +0.50 dB to the model's own frames" in summary
+    assert "with the detail carry-over post-process `--carry_detail 8`)" in summary  # the rollouts' heading
+    assert "--carry_detail 8 --num_inference_steps 8" in summary and "--redo evaluate" not in summary
 
 
 def test_several_seeds_are_summarised_by_their_mean_and_spread(smoke_run, tmp_path):
