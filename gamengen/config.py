@@ -254,6 +254,8 @@ class WorldModelConfig:
     # (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked).
     action_class: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)  # provenance: name, fingerprint, metadata
+    # A student distilled by distill.py: its teacher, the method and its settings (empty for a trained model).
+    distillation: dict[str, Any] = field(default_factory=dict)
     format_version: int = 1
 
     def __post_init__(self) -> None:

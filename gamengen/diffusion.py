@@ -106,6 +106,19 @@ def objective_of(
     return noise if prediction_type == "epsilon" else target  # "sample": x0 (the change, under --residual)
 
 
+def predicted_original(
+    noisy: torch.Tensor, model_output: torch.Tensor, alphas: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The clean sample ``x0`` a model output implies at noise levels ``alphas`` (alpha_cumprod, ``(B,)``)."""
+    alphas = alphas.to(noisy.device, torch.float32).view(-1, *([1] * (noisy.ndim - 1)))
+    noisy, model_output = noisy.float(), model_output.float()
+    if prediction_type == "v_prediction":
+        return alphas.sqrt() * noisy - (1 - alphas).sqrt() * model_output
+    if prediction_type == "epsilon":
+        return (noisy - (1 - alphas).sqrt() * model_output) / alphas.sqrt()
+    return model_output
+
+
 def snr_weights(
     scheduler: Any, timesteps: torch.Tensor, snr_gamma: float, prediction_type: str, device: torch.device
 ) -> torch.Tensor:

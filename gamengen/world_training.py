@@ -18,7 +18,7 @@ from PIL import Image
 from gamengen.config import WorldModelConfig, context_length_of, get_config, get_world_model_config
 from gamengen.context import check_action_ids
 from gamengen.episodes import open_dataset, split_episode_ids
-from gamengen.errors import UsageError
+from gamengen.errors import DatasetError, UsageError
 from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
 from gamengen.layout import PEER_COLUMNS, columns_from_args
@@ -32,12 +32,14 @@ SUMMARY_FILE = "training_summary.json"
 
 
 def load_windows(
-    args: argparse.Namespace, vae
+    args: argparse.Namespace, vae, heldout_episodes: list[str] | None = None
 ) -> tuple[list[str], torch.utils.data.Dataset, torch.utils.data.Dataset, dict[str, Any]]:
     """(action names, training windows, held-out windows, dataset provenance) for the preset.
 
     With ``--latents_dir`` the windows are read from the latent cache (checked against this dataset,
-    preset and VAE); otherwise they are decoded from the parquet frames and encoded each step."""
+    preset and VAE); otherwise they are decoded from the parquet frames and encoded each step. The held-out
+    episodes are ``--holdout_fraction`` of them, or ``heldout_episodes`` (a model's own, which a run that
+    continues it must not train on)."""
     columns = columns_from_args(args)
     dataset = open_dataset(args.dataset_name, columns=columns, cache_dir=args.cache_dir, cache_row_groups=16)
     model_config = get_config(args.preset)
@@ -46,7 +48,17 @@ def load_windows(
         open_latent_cache(args.latents_dir, dataset=dataset, config=model_config, vae=vae) if args.latents_dir else None
     )
     action_names = dataset_action_names(args, dataset, cache)
-    train_ids, heldout_ids = split_episode_ids(dataset.episode_ids, args.holdout_fraction)
+    if heldout_episodes is None:
+        train_ids, heldout_ids = split_episode_ids(dataset.episode_ids, args.holdout_fraction)
+    else:
+        missing = sorted(set(heldout_episodes) - set(dataset.episode_ids))
+        if missing:
+            raise DatasetError(
+                f"the model's held-out episodes {missing[:3]} are not in {args.dataset_name}: use the dataset it "
+                "was trained on"
+            )
+        heldout_ids = list(heldout_episodes)
+        train_ids = [episode for episode in dataset.episode_ids if episode not in set(heldout_ids)]
     if cache is not None:
         make = lambda ids: LatentWindowDataset(cache, context_length, num_actions=len(action_names), episode_ids=ids)  # noqa: E731
     else:
