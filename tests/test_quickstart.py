@@ -58,7 +58,7 @@ def test_every_artifact_exists_and_loads(smoke_run):
     for name in ("report.md", "drift.png", "examples.png"):
         assert (run / "eval" / name).stat().st_size > 0
     gifs = sorted((run / "rollouts").glob("*/*.gif"))
-    assert [g.parent.name for g in gifs] == ["recorded", "scripted"]
+    assert [g.parent.name for g in gifs] == ["recorded", "scripted", "student"]
     for gif in gifs:
         with Image.open(gif) as image:
             assert image.n_frames == SMOKE.rollout_frames
@@ -68,6 +68,15 @@ def test_every_artifact_exists_and_loads(smoke_run):
     assert "Action following (inverse-dynamics model" in summary and "teacher-forced / real: " in summary
     assert (run / "idm" / "idm_config.json").is_file()
     assert "action_following" in metrics["models"][0]
+    # The 1-step student, distilled from the world model, evaluated beside it on the same windows at one step.
+    student = load_world_model(run / "student")
+    assert student.config.num_inference_steps == 1 and student.config.distillation["teacher"] == str(
+        run / "world_model"
+    )
+    assert [m["name"] for m in metrics["models"]] == ["world_model", "student_1step"]
+    assert metrics["models"][1]["engine"]["num_inference_steps"] == 1
+    assert metrics["models"][0]["engine"]["num_inference_steps"] == bundle.config.num_inference_steps
+    assert "| 1-step student (distill.py) |" in summary and f"--model_folder {run / 'student'}" in summary
     # The model's own frames: no detail carry-over unless asked for, and no evaluation of it.
     assert SMOKE.carry_detail == 0 and metrics["models"][0]["engine"]["carry_detail"] is None
     assert not (run / "eval" / "carry_detail").exists() and "## Post-process" not in summary

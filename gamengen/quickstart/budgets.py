@@ -31,6 +31,9 @@ class Budget:
     # same data, better on every seed; docs/research_log.md#a-learning-rate-schedule-and-weight-averaging-20-minutes).
     ema_decay: float = 0.99
     context_length: int = 4
+    # The 1-step student (distill.py): steps of distribution matching at this batch (the paper: 1,000 of 128).
+    distill_steps: int = 200
+    distill_batch_size: int = 16
     # Off: evaluation, rollouts and play show the model's own frames. A scale (--carry_detail 8) opts in to the
     # engine's post-process that pastes the detail the VAE loses from the newest real frame into the generated ones
     # (docs/engine.md#detail-carry-over); the evaluation then measures it apart, after the model's own numbers.
@@ -54,6 +57,8 @@ BUDGETS = {
         wm_steps=8,
         wm_steps_bf16=8,
         wm_batch_size=4,
+        distill_steps=4,
+        distill_batch_size=4,
         eval_windows=8,
         eval_episodes=2,
         eval_horizon=8,
@@ -62,7 +67,14 @@ BUDGETS = {
     ),
     "20min": Budget(),
     "60min": Budget(
-        ppo_steps=8192, episodes=96, idm_steps=600, vae_steps=2400, wm_steps=4000, wm_steps_bf16=5000, eval_windows=256
+        ppo_steps=8192,
+        episodes=96,
+        idm_steps=600,
+        vae_steps=2400,
+        wm_steps=4000,
+        wm_steps_bf16=5000,
+        distill_steps=600,
+        eval_windows=256,
     ),
 }
 
@@ -90,6 +102,7 @@ RATES = {
     "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
     "world": (1.7, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16)
+    "distill": (1.0, 20.0),  # optimisation steps/s at batch 16 (student, fake score, teacher with CFG)
     "evaluate": (10.0, 15.0),  # generated frames/s (twice over with the carry-over)
     "rollouts": (10.0, 15.0),  # generated frames/s
 }
@@ -145,11 +158,13 @@ def estimate(stage: str, budget: Budget, preset: str = "tiny") -> float:
         "vae": budget.vae_steps * budget.vae_batch_size / 16,
         "latents": budget.episodes * budget.episode_steps + budget.ppo_steps,
         "world": budget.wm_steps * budget.wm_batch_size / 32,
-        "evaluate": 2 * budget.eval_windows + budget.eval_episodes * budget.eval_horizon + 16,
-        "rollouts": 2 * budget.rollout_frames,
+        "distill": budget.distill_steps * budget.distill_batch_size / 16,
+        # the world model's frames, then the student's (a quarter of the UNet calls each)
+        "evaluate": 1.25 * (2 * budget.eval_windows + budget.eval_episodes * budget.eval_horizon + 16),
+        "rollouts": 2.5 * budget.rollout_frames,
     }[stage]
     rate, start_up = RATES[stage]
-    if stage == "world" and budget.wm_precision == "bf16":
+    if stage in ("world", "distill") and budget.wm_precision == "bf16":
         rate *= BF16_SPEEDUP
     runs = 2 if stage == "evaluate" and budget.carry_detail else 1  # the model's own frames, then the carry-over
     return runs * (start_up + units / rate)

@@ -64,7 +64,7 @@ def run_stage(
 def prepare_interrupted(run: Path, stage: str, outputs: dict[str, list[Path]]) -> list[str]:
     """An interrupted stage: the trainers resume from their last checkpoint (the options returned); the others
     start again with their partial output moved aside (generate only adds shards: none are lost)."""
-    if stage in ("vae", "world") and outputs[stage][1].exists():
+    if stage in ("vae", "world", "distill") and outputs[stage][1].exists():
         return ["--resume_from_checkpoint", "latest"]
     if stage == "ppo":
         for path in (run / "dataset", run / "agent"):

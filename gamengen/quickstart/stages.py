@@ -9,7 +9,8 @@ from pathlib import Path
 
 from gamengen.quickstart.budgets import Budget, frame_size, lossless
 
-STAGES = ("ppo", "generate", "idm", "vae", "latents", "world", "evaluate", "rollouts")
+STAGES = ("ppo", "generate", "idm", "vae", "latents", "world", "distill", "evaluate", "rollouts")
+STUDENT_NAMES = ("world_model", "student_1step")  # the evaluation's labels of the two models
 # Stands for the world model's longest held-out episode, known only once the world stage has run
 # (gamengen.quickstart.runner.resolve_heldout).
 HELDOUT = "--episodes_from_checkpoint"
@@ -26,6 +27,7 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
         "vae": [autoencoder_command(run, budget, args.preset, seed)],
         "latents": [latents_command(run, args.preset)],
         "world": [world_command(run, budget, args.preset, seed)],
+        "distill": [distill_command(run, budget, seed)],
         "evaluate": evaluate_commands(run, budget, seed),
         "rollouts": rollouts_commands(run, budget, seed),
     }
@@ -110,6 +112,18 @@ def world_command(run: Path, budget: Budget, preset: str, seed: str) -> list[str
     ]
 
 
+def distill_command(run: Path, budget: Budget, seed: str) -> list[str]:
+    """The world model distilled to one sampling step (the paper's appendix), on the same cached latents."""
+    return [
+        *("distill.py", "--teacher_model", str(run / "world_model"), "--dataset_name", str(run / "dataset")),
+        *("--latents_dir", str(run / "latents"), "--output_dir", str(run / "student"), "--seed", seed),
+        *("--max_train_steps", str(budget.distill_steps), "--train_batch_size", str(budget.distill_batch_size)),
+        *("--mixed_precision", budget.wm_precision, "--num_threads", "1"),
+        *("--validation_steps", str(max(budget.distill_steps // 2, 1))),
+        *("--checkpointing_steps", str(max(budget.distill_steps // 2, 1))),
+    ]
+
+
 def evaluate_commands(run: Path, budget: Budget, seed: str) -> list[list[str]]:
     """The evaluation of the model's own frames into eval/; with --carry_detail, then the same evaluation with the
     detail carry-over post-process into eval/carry_detail/ (reported apart, after the model's own numbers)."""
@@ -120,9 +134,11 @@ def evaluate_commands(run: Path, budget: Budget, seed: str) -> list[list[str]]:
 
 
 def evaluate_command(run: Path, budget: Budget, seed: str, output_dir: Path) -> list[str]:
-    """evaluate.py on the held-out episodes with the engine's defaults (the model's own frames)."""
+    """evaluate.py on the held-out episodes with the engine's defaults (the model's own frames): the world model and,
+    beside it on the same windows, its 1-step student (each sampled as its checkpoint says: 4 steps, 1 step)."""
     return [
         *("evaluate.py", "--model_folder", str(run / "world_model"), "--dataset_name", str(run / "dataset")),
+        *("--compare", str(run / "student"), "--names", *STUDENT_NAMES),
         *("--output_dir", str(output_dir), "--max_windows", str(budget.eval_windows)),
         *("--num_episodes", str(budget.eval_episodes), "--horizon", str(budget.eval_horizon)),
         *("--idm", str(run / "idm"), "--seed", seed),
@@ -130,14 +146,18 @@ def evaluate_command(run: Path, budget: Budget, seed: str, output_dir: Path) -> 
 
 
 def rollouts_commands(run: Path, budget: Budget, seed: str) -> list[list[str]]:
-    """Gifs from the longest held-out episode: its recorded actions beside the truth, then the scripted ones."""
+    """Gifs from the longest held-out episode: its recorded actions beside the truth, then the scripted ones, then
+    the 1-step student's with the recorded actions."""
     start = ["run_autoregressive.py", "--model_folder", str(run / "world_model")]
     start += ["--dataset_name", str(run / "dataset"), HELDOUT]
     recorded = [*start, "--num_frames", str(budget.rollout_frames)]
     recorded += ["--output_dir", str(run / "rollouts" / "recorded"), "--no_mp4", "--seed", seed]
     scripted = [*start, "--actions", budget.script, "--num_frames", str(budget.rollout_frames)]
     scripted += ["--output_dir", str(run / "rollouts" / "scripted"), "--no_mp4", "--seed", seed]
-    return [recorded + engine_options(budget), scripted + engine_options(budget)]
+    student = [*start, "--num_frames", str(budget.rollout_frames)]
+    student[student.index(str(run / "world_model"))] = str(run / "student")
+    student += ["--output_dir", str(run / "rollouts" / "student"), "--no_mp4", "--seed", seed]
+    return [recorded + engine_options(budget), scripted + engine_options(budget), student + engine_options(budget)]
 
 
 def engine_options(budget: Budget) -> list[str]:
@@ -145,9 +165,9 @@ def engine_options(budget: Budget) -> list[str]:
     return ["--carry_detail", f"{budget.carry_detail:g}"] if budget.carry_detail else []
 
 
-def play_command(run: Path, budget: Budget) -> str:
-    """The command that plays the world model live."""
-    command = ["python", "run_playable_env.py", "--model_folder", str(run / "world_model")]
+def play_command(run: Path, budget: Budget, model: str = "world_model") -> str:
+    """The command that plays the world model (or its 1-step ``student``) live."""
+    command = ["python", "run_playable_env.py", "--model_folder", str(run / model)]
     return shlex.join(command + ["--dataset_name", str(run / "dataset"), *engine_options(budget)])
 
 
@@ -160,6 +180,7 @@ def stage_outputs(run: Path) -> dict[str, list[Path]]:
         "vae": [run / "vae" / "vae" / "config.json", run / "vae"],
         "latents": [run / "latents", run / "latents"],
         "world": [run / "world_model" / "gamengen_config.json", run / "world_model"],
+        "distill": [run / "student" / "gamengen_config.json", run / "student"],
         "evaluate": [run / "eval" / "metrics.json", run / "eval"],
         "rollouts": [run / "rollouts" / "scripted" / "rollouts.json", run / "rollouts"],
     }

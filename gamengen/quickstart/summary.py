@@ -63,6 +63,26 @@ def quality_section(metrics: dict[str, Any]) -> list[str]:
     """The model's own frames against shuffled actions, copy-last, the VAE's ceiling and the paper."""
     model, copy_last = metrics["models"][0], metrics["baselines"]["copy_last"]
     tf, copy_tf, vae = model["teacher_forced"], copy_last["teacher_forced"], model["vae_reconstruction"]
+    student = metrics["models"][1] if len(metrics["models"]) > 1 else None
+    student_rows = (
+        []
+        if student is None
+        else [
+            quality_row(
+                "1-step student (distill.py)", student["teacher_forced"], drift=student["drift"].get("psnr", [])
+            )
+        ]
+    )
+    student_lines = (
+        []
+        if student is None
+        else [
+            "The 1-step student: " + action_following_line(student.get("action_following")),
+            "",
+            verdict(student, copy_tf, "The 1-step student"),
+            "",
+        ]
+    )
     return [
         f"## Quality of the model's own frames on {len(metrics['episodes'])} held-out episodes "
         f"({len(metrics['windows'])} windows; `eval/report.md` has everything)",
@@ -70,6 +90,7 @@ def quality_section(metrics: dict[str, Any]) -> list[str]:
         *QUALITY_HEADER,
         quality_row("world model", tf, drift=model["drift"].get("psnr", [])),
         quality_row("same, shuffled actions", model["shuffled_actions"]),
+        *student_rows,
         quality_row("copy last frame", copy_tf, drift=copy_last["drift"].get("psnr", [])),
         quality_row("VAE reconstruction (ceiling)", vae, categories=False),
         f"| paper (SD v1.4, 320x240) | {metrics['paper']['teacher_forced_psnr']} | | | | | | |",
@@ -80,6 +101,7 @@ def quality_section(metrics: dict[str, Any]) -> list[str]:
         "",
         verdict(model, copy_tf),
         "",
+        *student_lines,
         "![drift](eval/drift.png)",
         "",
     ]
@@ -167,6 +189,7 @@ def next_section(run: Path, budget: Budget) -> list[str]:
         "## Next",
         "",
         f"- play it: `{play_command(run, budget)}`",
+        f"- play its 1-step student: `{play_command(run, budget, 'student')}`",
         f"- evaluate again with other sampling: `python evaluate.py --model_folder {run / 'world_model'} "
         f"--dataset_name {run / 'dataset'} "
         f"{' '.join([*engine_options(budget), ''])}--num_inference_steps 8 --output_dir <folder>`",
