@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,34 +59,25 @@ from gamengen.context import check_dataset_fits_model, episode_context, episode_
 from gamengen.devices import default_device
 from gamengen.engine import EngineError, GameEngine
 from gamengen.episodes import EpisodeDataset, open_dataset
+from gamengen.evaluation_results import (
+    CopyLastBaseline,
+    DriftCurve,
+    Evaluation,
+    ModelResult,
+    PassSummary,
+    TeacherForced,
+    Timing,
+    Window,
+    dataset_record,
+)
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
 from gamengen.idm import IDM, IDMError, action_following, load_idm
 from gamengen.layout import DatasetError, columns_from_args
 from gamengen.media import captioned_row, display_scale
-from gamengen.metrics import (
-    LpipsMetric,
-    gmsd,
-    gradient_energy,
-    load_lpips,
-    psnr,
-    random_backbone_distance,
-    ssim,
-    status_bar_rows,
-)
 from gamengen.model import ModelLoadError
+from gamengen.scores import FrameScores, Scorer, perceptual_metric
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames
 
-# docs/evaluation.md#reference-numbers-the-paper: what the paper reports (SD v1.4 at 320x240, context 64, 4 DDIM steps,
-# TPU-v5).
-PAPER = {
-    "teacher_forced_psnr": 29.43,
-    "teacher_forced_lpips": 0.249,
-    "fps": 20.0,
-    "drift_psnr_after_3s": 19.02,
-    "note": "SD v1.4 at 320x240, context 64, agent data, 4 DDIM steps on a TPU-v5; drift: PSNR after 3 s of "
-    "autoregressive play",
-}
-CATEGORIES = ("turning", "moving", "still", "other")
 REPORT_DRIFT_STEPS = (1, 8, 16, 32, 64)
 OUTPUTS = ("metrics.json", "report.md", "drift.png", "examples.png")
 
@@ -162,18 +152,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Windows, categories and shuffles
 
 
-@dataclass
-class Window:
-    """Predict frame ``step`` of episode ``episode`` (an index) from the frames and actions before it."""
-
-    episode: int
-    episode_id: str
-    step: int
-    action: int  # action step - 1: the one that produced the target
-    action_name: str
-    category: str
-
-
 def action_category(name: str) -> str:
     """What kind of change an action makes to the next frame: turning (any action with a turn),
     moving (forward/backward/strafe), still (no-op) or other (attack, use, ...)."""
@@ -246,319 +224,6 @@ def choose_windows(
 def batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield start, items[start : start + size]
-
-
-# ----------------------------------------------------------------------------------------------
-# Results: what metrics.json and report.md are written from
-
-
-def _without_none(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
-
-
-@dataclass
-class FrameScores:
-    """Scores of generated frames against the real frames of the same steps, one value per frame.
-    ``lpips`` is the real LPIPS; ``random_backbone_distance`` its untrained stand-in (tests only, NOT
-    LPIPS); at most one of them is filled."""
-
-    psnr: list[float] = field(default_factory=list)
-    ssim: list[float] = field(default_factory=list)
-    gmsd: list[float] = field(default_factory=list)
-    gradient_energy: list[float] = field(default_factory=list)  # of the generated frame's 3D view
-    real_gradient_energy: list[float] = field(default_factory=list)  # of the real frame's
-    lpips: list[float] | None = None
-    random_backbone_distance: list[float] | None = None
-
-    @classmethod
-    def measure(
-        cls, prediction: torch.Tensor, truth: torch.Tensor, perceptual: LpipsMetric | None, hud_rows: int | None
-    ) -> FrameScores:
-        """Score ``(B, 3, H, W)`` frames in [-1, 1] against the truth (``hud_rows``: the status-bar rows
-        left out of the gradient energy, None for DOOM's at this frame height)."""
-        scores = cls(
-            psnr=psnr(prediction, truth).tolist(),
-            ssim=ssim(prediction, truth).tolist(),
-            gmsd=gmsd(prediction, truth).tolist(),
-            gradient_energy=gradient_energy(prediction, hud_rows).tolist(),
-            real_gradient_energy=gradient_energy(truth, hud_rows).tolist(),
-        )
-        if perceptual is not None:
-            setattr(scores, perceptual.name, perceptual(prediction, truth).tolist())
-        return scores
-
-    def __len__(self) -> int:
-        return len(self.psnr)
-
-    def subset(self, indices: list[int]) -> FrameScores:
-        lists = self._lists()
-        chosen = {name: None if values is None else [values[i] for i in indices] for name, values in lists.items()}
-        return FrameScores(**chosen)
-
-    def extend(self, other: FrameScores) -> None:
-        for name, values in other._lists().items():
-            if values is not None:
-                setattr(self, name, (getattr(self, name) or []) + values)
-
-    def mean(self) -> Scores:
-        means = {name: None if values is None else float(np.mean(values)) for name, values in self._lists().items()}
-        generated, real = means.pop("gradient_energy"), means.pop("real_gradient_energy")
-        # the ratio of the means, not the mean of per-frame ratios: a nearly flat real frame must not dominate
-        return Scores(**means, sharpness=generated / max(real, 1e-6))
-
-    def sharpness(self) -> list[float]:
-        pairs = zip(self.gradient_energy, self.real_gradient_energy, strict=True)
-        return [generated / max(real, 1e-6) for generated, real in pairs]
-
-    def to_dict(self) -> dict[str, list[float]]:
-        values = self._lists()
-        del values["gradient_energy"], values["real_gradient_energy"]  # reported as their ratio
-        return _without_none({**values, "sharpness": self.sharpness()})
-
-    def _lists(self) -> dict[str, list[float] | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass
-class Scores:
-    """The mean scores of a set of frames: PSNR (dB, higher is better), SSIM (higher is better), GMSD
-    (lower is better), sharpness (1 = as sharp as the game's frames at the same steps, below = blur,
-    above = noise) and LPIPS (lower is better; None when it was not computed). ``random_backbone_distance``:
-    an untrained network's distance, filled only when the plumbing is tested (--lpips_random_backbone);
-    it is NOT LPIPS."""
-
-    psnr: float
-    ssim: float
-    gmsd: float
-    sharpness: float
-    lpips: float | None = None
-    random_backbone_distance: float | None = None
-
-    def to_dict(self) -> dict[str, float]:
-        return _without_none(asdict(self))
-
-
-@dataclass
-class PassSummary:
-    """One pass over the teacher-forced windows (the model, shuffled actions, copy-last, VAE
-    reconstruction): the means over all windows and over the windows of each action category."""
-
-    overall: Scores
-    by_category: dict[str, Scores]
-    windows_by_category: dict[str, int]
-
-    @classmethod
-    def of(cls, per_window: FrameScores, windows: list[Window]) -> PassSummary:
-        by_category, counts = {}, {}
-        for category in CATEGORIES:
-            chosen = [i for i, w in enumerate(windows) if w.category == category]
-            if chosen:
-                by_category[category], counts[category] = per_window.subset(chosen).mean(), len(chosen)
-        return cls(per_window.mean(), by_category, counts)
-
-    def category_value(self, category: str, metric: str) -> float | None:
-        return getattr(self.by_category[category], metric) if category in self.by_category else None
-
-    def to_dict(self) -> dict[str, Any]:
-        by_category = {c: {"windows": self.windows_by_category[c], **s.to_dict()} for c, s in self.by_category.items()}
-        return {**self.overall.to_dict(), "by_category": by_category}
-
-
-@dataclass
-class TeacherForced:
-    """One model's teacher-forced predictions of every window, with true and shuffled actions, and the
-    VAE reconstructions of the targets: the scores per window and the frames (for examples.png)."""
-
-    model: FrameScores
-    shuffled_actions: FrameScores
-    vae_reconstruction: FrameScores
-    predictions: np.ndarray  # (windows, H, W, 3) uint8, true actions
-    shuffled_predictions: np.ndarray  # the same windows with another window's actions
-    last_context: np.ndarray  # the real frame before each target (the start of each window's transition)
-    truth: np.ndarray  # the real target frames
-
-
-@dataclass
-class DriftCurve:
-    """Autoregressive rollouts from step ``start_step`` of each episode: the mean scores of every step
-    over the rollouts that are that long (``count`` of them)."""
-
-    start_step: int
-    episodes: int
-    steps: list[Scores] = field(default_factory=list)
-    count: list[int] | None = None
-    # generated frame t -> generated frame t+1 and the action between them (for the IDM; not written out)
-    transitions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def curve(self, metric: str) -> list[float]:
-        values = [getattr(step, metric) for step in self.steps]
-        return [] if any(v is None for v in values) else values
-
-    def to_dict(self) -> dict[str, Any]:
-        curves = {f.name: self.curve(f.name) for f in fields(Scores)}
-        always = ("psnr", "ssim", "gmsd", "sharpness")  # the optional perceptual curve only when measured
-        curves = {name: values for name, values in curves.items() if values or name in always}
-        return _without_none({"start_step": self.start_step, "episodes": self.episodes, "count": self.count, **curves})
-
-
-@dataclass
-class Timing:
-    """Speed of a batch-1 rollout (how the game is played), from ``GameEngine.timing_summary``."""
-
-    fps: float | None = None
-    unet_ms: float | None = None
-    decode_ms: float | None = None
-    total_ms: float | None = None
-    frames: float | None = None
-
-    def to_dict(self) -> dict[str, float]:
-        return _without_none(asdict(self))
-
-
-@dataclass
-class CopyLastBaseline:
-    """The last context frame repeated: teacher-forced, and for every step of the drift rollouts."""
-
-    teacher_forced: PassSummary
-    drift: DriftCurve
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"teacher_forced": self.teacher_forced.to_dict(), "drift": self.drift.to_dict()}
-
-
-@dataclass
-class ModelResult:
-    """Everything measured of one checkpoint on the evaluation's windows and episodes."""
-
-    name: str
-    model_folder: str
-    engine: dict[str, Any]  # the sampling settings (GameEngine.describe)
-    config: dict[str, Any]  # the checkpoint's world-model settings that shape its quality
-    training_dataset: dict[str, Any]
-    forced: TeacherForced
-    teacher_forced: PassSummary
-    shuffled_actions: PassSummary
-    vae_reconstruction: PassSummary
-    drift: DriftCurve
-    drift_steps_above_copy_last: int  # from the first frame on, until the first frame that is not
-    drift_frames_above_copy_last: int  # in all
-    timing: Timing
-    seconds: float
-    # Action following measured by an inverse-dynamics model (gamengen/idm.py), one block per pass
-    # (real transitions, teacher-forced, drift, shuffled actions); None until an IDM is given.
-    action_following: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        values = {
-            "name": self.name,
-            "model_folder": self.model_folder,
-            "engine": self.engine,
-            "config": self.config,
-            "training_dataset": self.training_dataset,
-            "teacher_forced": self.teacher_forced.to_dict(),
-            "shuffled_actions": self.shuffled_actions.to_dict(),
-            "vae_reconstruction": self.vae_reconstruction.to_dict(),
-            "per_window": {
-                "model": self.forced.model.to_dict(),
-                "shuffled_actions": self.forced.shuffled_actions.to_dict(),
-            },
-            "drift": self.drift.to_dict(),
-            "drift_steps_above_copy_last": self.drift_steps_above_copy_last,
-            "drift_frames_above_copy_last": self.drift_frames_above_copy_last,
-            "timing": self.timing.to_dict(),
-            "seconds": self.seconds,
-        }
-        if self.action_following is not None:
-            values["action_following"] = {
-                name: asdict(block) if is_dataclass(block) else block for name, block in self.action_following.items()
-            }
-        return values
-
-
-@dataclass
-class LpipsStatus:
-    """Whether LPIPS was computed, why not, and the stand-in measured in its place (if any)."""
-
-    computed: bool
-    reason: str  # why not, when it was not computed
-    stand_in: str | None = None  # "random_backbone_distance" under --lpips_random_backbone: NOT LPIPS
-
-    def describe(self) -> str:
-        if self.computed:
-            return "LPIPS computed"
-        stand_in = f"; {self.stand_in} measured instead (NOT LPIPS)" if self.stand_in else ""
-        return f"LPIPS not computed: {self.reason}{stand_in}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return _without_none(asdict(self))
-
-
-@dataclass
-class Evaluation:
-    """One run of evaluate.py: the settings, the windows and episodes, the baselines and every model.
-    ``to_dict`` is the content of metrics.json."""
-
-    settings: dict[str, Any]
-    dataset: dict[str, Any]  # name, episodes_total, and the provenance recorded in its shards
-    episodes: list[str]
-    episode_source: str
-    windows: list[Window]
-    shuffled_from: list[int]
-    lpips: LpipsStatus
-    copy_last: CopyLastBaseline
-    models: list[ModelResult]
-    seconds: float
-    paper: dict[str, Any] = field(default_factory=lambda: dict(PAPER))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "settings": self.settings,
-            "dataset": self.dataset,
-            "episodes": self.episodes,
-            "episode_source": self.episode_source,
-            "windows": [
-                {"episode_id": w.episode_id, "step": w.step, "action": w.action_name, "category": w.category}
-                for w in self.windows
-            ],
-            "shuffled_from": self.shuffled_from,
-            "lpips": self.lpips.to_dict(),
-            "paper": self.paper,
-            "baselines": {"copy_last": self.copy_last.to_dict()},
-            "models": [model.to_dict() for model in self.models],
-            "seconds": self.seconds,
-        }
-
-
-@dataclass
-class Scorer:
-    """How every pass is scored: the optional perceptual metric and the status-bar rows that the
-    gradient energy leaves out (None: DOOM's status bar at the frame height; 0: frames without it)."""
-
-    perceptual: LpipsMetric | None = None
-    hud_rows: int | None = None
-
-    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor) -> FrameScores:
-        return FrameScores.measure(prediction, truth, self.perceptual, self.hud_rows)
-
-
-def recorded_without_status_bar(dataset: EpisodeDataset) -> bool:
-    """True when the dataset's shards say the game was rendered without the status bar (render_hud off)."""
-    env_config = (dataset.metadata or {}).get("env_config") or {}
-    return env_config.get("render_hud") is False
-
-
-def perceptual_metric(args: argparse.Namespace) -> tuple[LpipsMetric | None, LpipsStatus]:
-    """LPIPS on the evaluation's device when it can run here; the untrained stand-in under
-    --lpips_random_backbone (never reported as LPIPS); nothing under --no_lpips."""
-    device = args.device or default_device()
-    if args.lpips_random_backbone:
-        reason = "replaced by an untrained network's distance (--lpips_random_backbone, for testing the plumbing)"
-        status = LpipsStatus(computed=False, reason=reason, stand_in="random_backbone_distance")
-        return random_backbone_distance(device), status
-    if args.no_lpips:
-        return None, LpipsStatus(computed=False, reason="skipped (--no_lpips)")
-    metric, reason = load_lpips(device)
-    return metric, LpipsStatus(computed=metric is not None, reason=reason)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1041,12 +706,6 @@ def model_label(path: str, taken: set[str]) -> str:
     return label
 
 
-def dataset_provenance(dataset: EpisodeDataset) -> dict[str, Any]:
-    """What the dataset's shards record about how they were made (the policy, the generator, the
-    game settings), less the full environment config; written into metrics.json as ``metadata``."""
-    return {k: v for k, v in (dataset.metadata or {}).items() if k != "env_config"}
-
-
 def main(args: argparse.Namespace) -> Evaluation:
     output_dir = Path(args.output_dir)
     earlier = [name for name in OUTPUTS if (output_dir / name).exists()]
@@ -1083,8 +742,10 @@ def main(args: argparse.Namespace) -> Evaluation:
                 f"the IDM {args.idm} knows the actions {idm.action_names}, the model {configs[0].action_names}: "
                 "train an IDM on this dataset (train_idm.py)"
             )
-    perceptual, lpips_status = perceptual_metric(args)
-    scorer = Scorer(perceptual, hud_rows=0 if recorded_without_status_bar(dataset) else None)
+    perceptual, lpips_status = perceptual_metric(
+        args.device or default_device(), args.no_lpips, args.lpips_random_backbone
+    )
+    scorer = Scorer.for_dataset(dataset, perceptual)
     print(
         f"evaluating {len(folders)} model(s) on {len(episodes)} episodes ({episode_source}): {len(windows)} "
         "teacher-forced windows, "
@@ -1128,13 +789,9 @@ def main(args: argparse.Namespace) -> Evaluation:
             "horizon": args.horizon,
             "max_windows": args.max_windows,
             "batch_size": args.batch_size,
-            "status_bar_rows": status_bar_rows(dataset.frame_height) if scorer.hud_rows is None else scorer.hud_rows,
+            "status_bar_rows": scorer.left_out_rows(dataset.frame_height),
         },
-        dataset={
-            "name": str(args.dataset_name),
-            "episodes_total": len(dataset.episode_ids),
-            "metadata": dataset_provenance(dataset),
-        },
+        dataset=dataset_record(str(args.dataset_name), dataset),
         episodes=[dataset.episode_ids[e] for e in episodes],
         episode_source=episode_source,
         windows=windows,
