@@ -34,6 +34,10 @@ and ``examples.png`` (truth | prediction strips). ``--compare M2 M3 ...`` evalua
 on the same windows, with the same sampling, into one table and one drift plot: how ablations
 (noise augmentation on/off, context length, sampling steps, data) are shown.
 
+The script parses the options and runs the work in order; the measures live in ``gamengen/evaluation.py``
+(windows, passes, baselines; their records in ``gamengen/evaluation_results.py``, the scores in
+``gamengen/scores.py``) and the outputs in ``gamengen/report.py``.
+
 Example (the tiny checkpoint of the README's quickstart):
 
     python evaluate.py --model_folder /tmp/wm --dataset_name /tmp/ds --output_dir /tmp/eval
@@ -45,36 +49,33 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from gamengen.checkpoint import read_world_model_config
-from gamengen.cli import add_engine_arguments, engine_from_args
-from gamengen.config import WorldModelConfig
-from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
+from gamengen.cli import add_engine_arguments
 from gamengen.devices import default_device
-from gamengen.engine import EngineError, GameEngine
+from gamengen.engine import EngineError
 from gamengen.episodes import EpisodeDataset, open_dataset
-from gamengen.evaluation_results import (
-    CopyLastBaseline,
-    DriftCurve,
-    Evaluation,
-    ModelResult,
-    PassSummary,
-    TeacherForced,
-    Timing,
-    Window,
-    dataset_record,
+from gamengen.evaluation import (
+    check_models_fit,
+    choose_episodes,
+    choose_windows,
+    copy_last_baseline,
+    derangement,
+    drift_start_step,
+    evaluate_model,
+    load_evaluation_idm,
 )
-from gamengen.idm import IDM, IDMError, action_following, load_idm
+from gamengen.evaluation_results import CopyLastBaseline, Evaluation, ModelResult, Window, dataset_record
+from gamengen.idm import IDM, IDMError
 from gamengen.layout import DatasetError, columns_from_args
 from gamengen.model import ModelLoadError
 from gamengen.report import OUTPUTS, model_summary, write_outputs
-from gamengen.scores import FrameScores, Scorer, perceptual_metric
-from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames
+from gamengen.scores import Scorer, perceptual_metric
+
+# ----------------------------------------------------------------------------------------------
+# Options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +83,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_engine_arguments(parser)
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoints compared with --model_folder, and their labels."""
     parser.add_argument(
         "--compare",
         nargs="+",
@@ -95,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="labels of --model_folder and the --compare models in the report (default: folder names)",
     )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to evaluate on: the dataset, its episodes, how many windows, rollout frames and examples are taken
+    from them, and the optional measures (action following by an IDM, LPIPS or its untrained stand-in)."""
     what = parser.add_argument_group("what to evaluate on")
     what.add_argument("--dataset_name", required=True, help="dataset folder of parquet shards, or a Hub dataset id")
     what.add_argument(
@@ -128,365 +144,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="for testing the plumbing offline: an UNTRAINED network's distance in LPIPS's place, "
         "reported as random_backbone_distance (not LPIPS)",
     )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the results go, and whether earlier ones there may be replaced."""
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="outputs/eval", help="where metrics.json, report.md and the plots go")
     output.add_argument(
         "--overwrite", action="store_true", help="replace the results of an earlier evaluation in --output_dir"
     )
-    args = parser.parse_args(argv)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Counts of at least 1, and one label per model when --names is given (parser.error otherwise)."""
     for name in ("num_episodes", "max_windows", "horizon", "batch_size", "timing_frames"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     models = [args.model_folder, *args.compare]
     if args.names is not None and len(args.names) != len(models):
         parser.error(f"--names gives {len(args.names)} labels for {len(models)} models (--model_folder and --compare)")
-    return args
 
 
 # ----------------------------------------------------------------------------------------------
-# Windows, categories and shuffles
-
-
-def action_category(name: str) -> str:
-    """What kind of change an action makes to the next frame: turning (any action with a turn),
-    moving (forward/backward/strafe), still (no-op) or other (attack, use, ...)."""
-    name = name.upper()
-    if "TURN" in name:
-        return "turning"
-    if any(word in name for word in ("FORWARD", "BACKWARD", "STRAFE", "MOVE")):
-        return "moving"
-    if name in ("NOOP", "NONE", "IDLE"):
-        return "still"
-    return "other"
-
-
-def derangement(count: int, seed: int) -> np.ndarray:
-    """A random permutation of ``range(count)`` with no fixed point (Sattolo's algorithm: one cycle),
-    so every window gets another window's actions; the identity for fewer than 2."""
-    order = np.arange(count)
-    rng = np.random.default_rng(seed)
-    for i in range(count - 1, 0, -1):
-        j = int(rng.integers(0, i))
-        order[i], order[j] = order[j], order[i]
-    return order
-
-
-def choose_episodes(
-    args: argparse.Namespace, dataset: EpisodeDataset, config: WorldModelConfig
-) -> tuple[list[int], str]:
-    """(episode indices, where they come from): --episodes, else the checkpoint's held-out episodes."""
-    if args.episodes:
-        indices, source = [find_episode(dataset, e) for e in args.episodes], "--episodes"
-    else:
-        heldout = [e for e in config.dataset.get("heldout_episodes", []) if e in set(dataset.episode_ids)]
-        if heldout:
-            indices, source = (
-                [dataset.episode_ids.index(e) for e in heldout],
-                "held out by the trainer (never trained on)",
-            )
-        else:
-            indices = list(range(len(dataset.episode_ids)))
-            source = (
-                "ALL episodes: the checkpoint records no held-out episode of this dataset, "
-                "so training episodes may be included"
-            )
-    indices = list(dict.fromkeys(indices))[: args.num_episodes]
-    return indices, source
-
-
-def choose_windows(
-    dataset: EpisodeDataset, episodes: list[int], context_length: int, max_windows: int, action_names: list[str]
-) -> list[Window]:
-    """Up to ``max_windows`` targets spread evenly over the episodes' steps. Targets with a full
-    context (step >= N) are used when an episode has any; a shorter episode gives padded windows."""
-    candidates = []
-    for episode in episodes:
-        length = dataset.episodes[episode].length
-        first = context_length if length > context_length else 1
-        candidates += [(episode, step) for step in range(first, length)]
-    if not candidates:
-        raise DatasetError("the chosen episodes have no step with a frame before it: use episodes of at least 2 steps")
-    picks = np.unique(np.linspace(0, len(candidates) - 1, min(max_windows, len(candidates))).round().astype(int))
-    windows = []
-    for pick in picks:
-        episode, step = candidates[pick]
-        action = int(dataset.actions(episode)[step - 1])
-        name = action_names[action]
-        windows.append(Window(episode, dataset.episode_ids[episode], step, action, name, action_category(name)))
-    return windows
-
-
-def batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield start, items[start : start + size]
-
-
-# ----------------------------------------------------------------------------------------------
-# One model
-
-
-def teacher_forced(
-    engine: GameEngine,
-    dataset: EpisodeDataset,
-    windows: list[Window],
-    order: np.ndarray,
-    args: argparse.Namespace,
-    scorer: Scorer,
-    label: str,
-) -> TeacherForced:
-    """Predict every window with its true actions and with the actions of window ``order[i]``; also
-    the VAE reconstruction of every target. Windows are batched by context size (the same noise for
-    both action sources)."""
-    contexts = [episode_context(dataset, w.episode, w.step, engine.context_length) for w in windows]
-    action_rows = [np.append(actions, action) for _, actions, action in contexts]
-    truth_frames = np.stack([episode_frames(dataset, w.episode, w.step, w.step + 1)[0] for w in windows])
-    predictions = {"model": [None] * len(windows), "shuffled": [None] * len(windows)}
-    groups: dict[int, list[int]] = {}
-    for i, (frames, _, _) in enumerate(contexts):
-        groups.setdefault(len(frames), []).append(i)
-    batch_number = 0
-    with tqdm(total=2 * len(windows), desc=f"{label}: teacher forcing", unit="frame", leave=False) as bar:
-        for size, members in sorted(groups.items()):
-            for _, chunk in batches(members, args.batch_size):
-                frames = np.stack([contexts[i][0] for i in chunk])
-                for source in ("model", "shuffled"):
-                    rows = [action_rows[i] if source == "model" else action_rows[order[i]][-size:] for i in chunk]
-                    # another window's actions, aligned at the end (its last action produced its own target)
-                    rows = [
-                        np.concatenate([np.zeros(size - len(r), dtype=np.int64), r]) if len(r) < size else r
-                        for r in rows
-                    ]
-                    engine.reset(frames, np.stack([r[:-1] for r in rows]), seed=args.seed + batch_number)
-                    generated = engine.step([int(r[-1]) for r in rows])
-                    for i, frame in zip(chunk, generated, strict=True):
-                        predictions[source][i] = frame
-                    bar.update(len(chunk))
-                batch_number += 1
-    truth = frames_to_tensor(truth_frames)
-    reconstruction = []
-    with torch.inference_mode():
-        for _, chunk in batches(list(truth), args.batch_size):
-            latents = encode_frames(
-                engine.vae, torch.stack(chunk).to(engine.device, engine.vae.dtype), engine.config.model
-            )
-            reconstruction.append(
-                frames_to_tensor(tensor_to_frames(decode_latents(engine.vae, latents, engine.config.model)))
-            )
-    model_frames, shuffled_frames = np.stack(predictions["model"]), np.stack(predictions["shuffled"])
-    return TeacherForced(
-        model=scorer(frames_to_tensor(model_frames), truth),
-        shuffled_actions=scorer(frames_to_tensor(shuffled_frames), truth),
-        vae_reconstruction=scorer(torch.cat(reconstruction), truth),
-        predictions=model_frames,
-        shuffled_predictions=shuffled_frames,
-        last_context=np.stack([frames[-1] for frames, _, _ in contexts]),
-        truth=truth_frames,
-    )
-
-
-def drift(
-    engine: GameEngine,
-    dataset: EpisodeDataset,
-    episodes: list[int],
-    start: int,
-    args: argparse.Namespace,
-    scorer: Scorer,
-    label: str,
-) -> DriftCurve:
-    """Roll every episode out for ``--horizon`` frames from step ``start`` with its recorded actions
-    (all episodes in one batch); per step, the mean scores over the episodes that are that long."""
-    usable = [e for e in episodes if dataset.episodes[e].length > start]
-    if not usable:
-        return DriftCurve(start_step=start, episodes=0, count=[])
-    horizon = min(args.horizon, max(dataset.episodes[e].length - start for e in usable))
-    per_step = [FrameScores() for _ in range(horizon)]
-    before, after, taken = [], [], []  # generated transitions, for action following
-    with tqdm(total=horizon * len(usable), desc=f"{label}: drift", unit="frame", leave=False) as bar:
-        for number, chunk in batches(usable, args.batch_size):
-            contexts = [episode_context(dataset, e, start, engine.context_length) for e in chunk]
-            engine.reset(
-                np.stack([c[0] for c in contexts]), np.stack([c[1] for c in contexts]), seed=args.seed + 1000 + number
-            )
-            recorded = [dataset.actions(e) for e in chunk]
-            lengths = [dataset.episodes[e].length - start for e in chunk]
-            previous = None
-            for i in range(horizon):
-                actions = [
-                    int(actions[start - 1 + i]) if i < n else 0 for actions, n in zip(recorded, lengths, strict=True)
-                ]
-                generated = engine.step(actions)
-                alive = [b for b, n in enumerate(lengths) if i < n]
-                if previous is not None and alive:
-                    before.append(previous[alive])
-                    after.append(generated[alive])
-                    taken.append(np.asarray(actions)[alive])
-                previous = generated
-                truth = np.stack([episode_frames(dataset, chunk[b], start + i, start + i + 1)[0] for b in alive])
-                per_step[i].extend(scorer(frames_to_tensor(generated[alive]), frames_to_tensor(truth)))
-                bar.update(len(chunk))
-    means, counts = [s.mean() for s in per_step], [len(s) for s in per_step]
-    transitions = (np.concatenate(before), np.concatenate(after), np.concatenate(taken)) if before else None
-    return DriftCurve(start_step=start, episodes=len(usable), steps=means, count=counts, transitions=transitions)
-
-
-def copy_last_drift(
-    dataset: EpisodeDataset, episodes: list[int], start: int, horizon: int, scorer: Scorer
-) -> DriftCurve:
-    """The drift baseline: the last frame of the real start (step ``start - 1``) shown for every step."""
-    usable = [e for e in episodes if dataset.episodes[e].length > start]
-    length = min(horizon, max((dataset.episodes[e].length - start for e in usable), default=0))
-    per_step = [FrameScores() for _ in range(length)]
-    for episode in usable:
-        steps = min(length, dataset.episodes[episode].length - start)
-        frames = frames_to_tensor(episode_frames(dataset, episode, start - 1, start + steps))
-        episode_scores = scorer(frames[:1].expand(steps, -1, -1, -1), frames[1:])
-        for i in range(steps):
-            per_step[i].extend(episode_scores.subset([i]))
-    return DriftCurve(start_step=start, episodes=len(usable), steps=[s.mean() for s in per_step])
-
-
-def measure_speed(engine: GameEngine, dataset: EpisodeDataset, window: Window, frames: int, seed: int) -> Timing:
-    """Frames/s and ms per stage of one rollout at batch size 1 (how the game is played)."""
-    context, actions, action = episode_context(dataset, window.episode, window.step, engine.context_length)
-    engine.reset(context, actions, seed=seed)
-    for _ in range(frames + 1):  # the first frame (warm-up) is left out of the summary
-        engine.step(action)
-    return Timing(**engine.timing_summary(skip_first=1))
-
-
-def steps_above(curve: list[float], baseline: list[float]) -> tuple[int, int]:
-    """(frames above the baseline from the first one on, until the first that is not; frames above it in all)."""
-    pairs = list(zip(curve, baseline, strict=False))
-    first_run = next((i for i, (value, reference) in enumerate(pairs) if value <= reference), len(pairs))
-    return first_run, sum(value > reference for value, reference in pairs)
-
-
-def evaluate_model(
-    folder: str,
-    label: str,
-    args: argparse.Namespace,
-    dataset: EpisodeDataset,
-    windows: list[Window],
-    order: np.ndarray,
-    episodes: list[int],
-    drift_start: int,
-    copy_last: CopyLastBaseline,
-    scorer: Scorer,
-    idm: IDM | None = None,
-) -> ModelResult:
-    engine = engine_from_args(argparse.Namespace(**{**vars(args), "model_folder": folder}))
-    started = time.perf_counter()
-    forced = teacher_forced(engine, dataset, windows, order, args, scorer, label)
-    curve = drift(engine, dataset, episodes, drift_start, args, scorer, label)
-    timing = measure_speed(engine, dataset, windows[0], args.timing_frames, args.seed)
-    first_run, in_all = steps_above(curve.curve("psnr"), copy_last.drift.curve("psnr"))
-    config = engine.config
-    return ModelResult(
-        name=label,
-        model_folder=str(folder),
-        engine=engine.describe(),
-        config={
-            "preset": config.model.preset,
-            "context_length": config.context_length,
-            "frame_size": list(engine.frame_size),
-            "noise_buckets": config.noise_buckets,
-            "max_noise_level": config.max_noise_level,
-            "context_dropout": config.context_dropout,
-            "prediction_type": config.prediction_type,
-            **({"residual": config.residual} if hasattr(config, "residual") else {}),
-        },
-        training_dataset={k: v for k, v in config.dataset.items() if k != "heldout_episodes"},
-        forced=forced,
-        teacher_forced=PassSummary.of(forced.model, windows),
-        shuffled_actions=PassSummary.of(forced.shuffled_actions, windows),
-        vae_reconstruction=PassSummary.of(forced.vae_reconstruction, windows),
-        drift=curve,
-        drift_steps_above_copy_last=first_run,
-        drift_frames_above_copy_last=in_all,
-        timing=timing,
-        seconds=time.perf_counter() - started,
-        action_following=measure_action_following(idm, forced, curve, windows, order) if idm is not None else None,
-    )
-
-
-def measure_action_following(
-    idm: IDM, forced: TeacherForced, curve: DriftCurve, windows: list[Window], order: np.ndarray
-) -> dict[str, Any]:
-    """How often the IDM recovers the actions: from the real transitions of the windows (its ceiling), the
-    teacher-forced predictions, the predictions made with another window's actions (scored against the actions
-    the model was given, and against the recorded ones, which a model that follows actions misses), and the
-    autoregressive rollouts (generated frame t -> generated frame t+1)."""
-    recorded = np.array([w.action for w in windows])
-    given = recorded[order]
-    passes = {
-        "real": action_following(idm, forced.last_context, forced.truth, recorded),
-        "teacher_forced": action_following(idm, forced.last_context, forced.predictions, recorded),
-        "shuffled_given": action_following(idm, forced.last_context, forced.shuffled_predictions, given),
-        "shuffled_recorded": action_following(idm, forced.last_context, forced.shuffled_predictions, recorded),
-    }
-    if curve.transitions is not None:
-        passes["drift"] = action_following(idm, *curve.transitions)
-    real = passes["real"]
-    return {
-        **{name: result.to_dict() for name, result in passes.items()},
-        "relative_accuracy": passes["teacher_forced"].action_accuracy / max(real.action_accuracy, 1e-9),
-        "relative_category_accuracy": passes["teacher_forced"].category_accuracy / max(real.category_accuracy, 1e-9),
-        "idm": str(idm.info.get("path", "")),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Main
-
-
-def model_label(path: str, taken: set[str]) -> str:
-    name = Path(str(path).rstrip("/")).name or str(path)
-    label, number = name, 2
-    while label in taken:
-        label, number = f"{name} ({number})", number + 1
-    taken.add(label)
-    return label
+# Main, in the order the work happens
 
 
 def main(args: argparse.Namespace) -> Evaluation:
     output_dir = Path(args.output_dir)
-    earlier = [name for name in OUTPUTS if (output_dir / name).exists()]
-    if earlier and not args.overwrite:
-        raise EngineError(
-            f"--output_dir {output_dir} already holds an evaluation ({', '.join(earlier)}): choose another "
-            "--output_dir, or pass --overwrite"
-        )
+    refuse_an_earlier_evaluation(output_dir, args.overwrite)
     began = time.perf_counter()
     folders = [args.model_folder, *args.compare]
     configs = [read_world_model_config(folder, args.revision) for folder in folders]
     dataset = open_dataset(args.dataset_name, columns=columns_from_args(args))
-    for folder, config in zip(folders, configs, strict=True):
-        try:
-            check_dataset_fits_model(dataset, config)
-        except DatasetError as error:
-            raise DatasetError(f"{folder}: {error}") from None
-        if list(config.action_names) != list(configs[0].action_names):
-            raise ModelLoadError(
-                f"{folder} has other actions than {folders[0]}: --compare needs checkpoints of the same game and "
-                "action set"
-            )
-    episodes, episode_source = choose_episodes(args, dataset, configs[0])
+    check_models_fit(dataset, folders, configs)
+    episodes, episode_source = choose_episodes(dataset, configs[0], args.episodes, args.num_episodes)
     longest_context = max(c.context_length for c in configs)
     windows = choose_windows(dataset, episodes, longest_context, args.max_windows, list(configs[0].action_names))
     order = derangement(len(windows), args.seed)
-    drift_start = max(1, min(longest_context, min(dataset.episodes[e].length for e in episodes) - 1))
-    idm = None
-    if args.idm is not None:
-        idm = load_idm(args.idm, device=args.device or default_device())
-        idm.info["path"] = str(args.idm)
-        if idm.action_names != list(configs[0].action_names):
-            raise IDMError(
-                f"the IDM {args.idm} knows the actions {idm.action_names}, the model {configs[0].action_names}: "
-                "train an IDM on this dataset (train_idm.py)"
-            )
-    perceptual, lpips_status = perceptual_metric(
-        args.device or default_device(), args.no_lpips, args.lpips_random_backbone
-    )
+    drift_start = drift_start_step(dataset, episodes, longest_context)
+    device = args.device or default_device()
+    idm = None if args.idm is None else load_evaluation_idm(args.idm, device, configs[0].action_names)
+    perceptual, lpips_status = perceptual_metric(device, args.no_lpips, args.lpips_random_backbone)
     scorer = Scorer.for_dataset(dataset, perceptual)
     print(
         f"evaluating {len(folders)} model(s) on {len(episodes)} episodes ({episode_source}): {len(windows)} "
@@ -494,26 +192,8 @@ def main(args: argparse.Namespace) -> Evaluation:
         f"drift over {args.horizon} frames from step {drift_start}; {lpips_status.describe()}"
     )
 
-    copy_last_frames = frames_to_tensor(
-        np.stack([episode_frames(dataset, w.episode, w.step - 1, w.step)[0] for w in windows])
-    )
-    truth_frames = frames_to_tensor(
-        np.stack([episode_frames(dataset, w.episode, w.step, w.step + 1)[0] for w in windows])
-    )
-    copy_last = CopyLastBaseline(
-        teacher_forced=PassSummary.of(scorer(copy_last_frames, truth_frames), windows),
-        drift=copy_last_drift(dataset, episodes, drift_start, args.horizon, scorer),
-    )
-
-    models: list[ModelResult] = []
-    taken: set[str] = set()
-    for number, folder in enumerate(folders):
-        label = args.names[number] if args.names else model_label(folder, taken)
-        model = evaluate_model(
-            folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer, idm
-        )
-        models.append(model)
-        print(model_summary(model, copy_last))
+    copy_last = copy_last_baseline(dataset, windows, episodes, drift_start, args.horizon, scorer)
+    models = evaluate_models(args, folders, dataset, windows, order, episodes, drift_start, copy_last, scorer, idm)
 
     evaluation = Evaluation(
         settings={
@@ -537,6 +217,51 @@ def main(args: argparse.Namespace) -> Evaluation:
     write_outputs(evaluation, dataset, args.num_examples, output_dir)
     print(f"wrote {output_dir}/metrics.json, report.md, drift.png, examples.png in {evaluation.seconds:.0f} s")
     return evaluation
+
+
+def refuse_an_earlier_evaluation(output_dir: Path, overwrite: bool) -> None:
+    """An earlier evaluation in ``output_dir`` is kept unless --overwrite."""
+    earlier = [name for name in OUTPUTS if (output_dir / name).exists()]
+    if earlier and not overwrite:
+        raise EngineError(
+            f"--output_dir {output_dir} already holds an evaluation ({', '.join(earlier)}): choose another "
+            "--output_dir, or pass --overwrite"
+        )
+
+
+def evaluate_models(
+    args: argparse.Namespace,
+    folders: list[str],
+    dataset: EpisodeDataset,
+    windows: list[Window],
+    order: np.ndarray,
+    episodes: list[int],
+    drift_start: int,
+    copy_last: CopyLastBaseline,
+    scorer: Scorer,
+    idm: IDM | None,
+) -> list[ModelResult]:
+    """Every checkpoint on the same windows and episodes, one after the other, each summed up when done."""
+    models: list[ModelResult] = []
+    taken: set[str] = set()
+    for number, folder in enumerate(folders):
+        label = args.names[number] if args.names else model_label(folder, taken)
+        model = evaluate_model(
+            folder, label, args, dataset, windows, order, episodes, drift_start, copy_last, scorer, idm
+        )
+        models.append(model)
+        print(model_summary(model, copy_last))
+    return models
+
+
+def model_label(path: str, taken: set[str]) -> str:
+    """A model's label in the report: its folder's name, numbered when another model has it already."""
+    name = Path(str(path).rstrip("/")).name or str(path)
+    label, number = name, 2
+    while label in taken:
+        label, number = f"{name} ({number})", number + 1
+    taken.add(label)
+    return label
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ PAPER = {
     "note": "SD v1.4 at 320x240, context 64, agent data, 4 DDIM steps on a TPU-v5; drift: PSNR after 3 s of "
     "autoregressive play",
 }
-CATEGORIES = ("turning", "moving", "still", "other")  # what evaluate.py's action_category tells apart
+CATEGORIES = ("turning", "moving", "still", "other")  # what gamengen.evaluation.action_category tells apart
 
 
 @dataclass
