@@ -12,6 +12,7 @@ from conftest import run_script, save_tiny_checkpoint
 from PIL import Image, ImageFilter
 
 import evaluate
+from gamengen import evaluation as measures
 from gamengen.checkpoint import save_world_model
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
@@ -20,6 +21,7 @@ from gamengen.episodes import open_dataset
 from gamengen.layout import DatasetError
 from gamengen.metrics import alexnet_weights_path, gmsd, load_lpips, psnr, sharpness, ssim, status_bar_rows
 from gamengen.model import build_world_model
+from gamengen.scores import Scorer
 from gamengen.vae import build_vae, frames_to_tensor
 
 FAST = ("--max_windows", 8, "--horizon", 6, "--timing_frames", 2, "--num_examples", 3)
@@ -156,7 +158,7 @@ def one_thread():
 
 @pytest.mark.parametrize("count", [2, 3, 7, 50])
 def test_shuffled_actions_come_from_another_window_every_time(count):
-    order = evaluate.derangement(count, seed=count)
+    order = measures.derangement(count, seed=count)
     assert sorted(order.tolist()) == list(range(count))  # a permutation: every action sequence is used once
     assert all(order[i] != i for i in range(count))  # no window keeps its own actions
 
@@ -164,7 +166,7 @@ def test_shuffled_actions_come_from_another_window_every_time(count):
 def test_actions_are_grouped_by_the_change_they_make():
     from common.envs import ACTION_NAMES
 
-    kinds = {name: evaluate.action_category(name) for name in ACTION_NAMES}
+    kinds = {name: measures.action_category(name) for name in ACTION_NAMES}
     assert kinds["TURN_LEFT"] == kinds["FORWARD_TURN_RIGHT"] == kinds["TURN_LEFT_ATTACK"] == "turning"
     assert kinds["FORWARD"] == kinds["STRAFE_LEFT"] == kinds["BACKWARD"] == kinds["FORWARD_ATTACK"] == "moving"
     assert kinds["NOOP"] == "still" and kinds["ATTACK"] == kinds["USE"] == "other"
@@ -250,11 +252,11 @@ def test_shuffled_actions_change_only_the_actions(tiny_dataset, tmp_path, one_th
         model.action_embedding.weight.mul_(200.0)
     engine = GameEngine.from_pretrained(save_world_model(tmp_path / "wm", model, build_vae(config.model), config))
     args = evaluate.parse_args(["--model_folder", "x", "--dataset_name", str(tiny_dataset), "--batch_size", "4"])
-    windows = evaluate.choose_windows(dataset, [0, 1], engine.context_length, 8, dataset.action_names)
-    same = evaluate.teacher_forced(engine, dataset, windows, np.arange(len(windows)), args, evaluate.Scorer(), "same")
+    windows = measures.choose_windows(dataset, [0, 1], engine.context_length, 8, dataset.action_names)
+    same = measures.teacher_forced(engine, dataset, windows, np.arange(len(windows)), args, Scorer(), "same")
     assert same.model.psnr == same.shuffled_actions.psnr
-    order = evaluate.derangement(len(windows), 0)
-    shuffled = evaluate.teacher_forced(engine, dataset, windows, order, args, evaluate.Scorer(), "shuffled")
+    order = measures.derangement(len(windows), 0)
+    shuffled = measures.teacher_forced(engine, dataset, windows, order, args, Scorer(), "shuffled")
     assert shuffled.model.psnr == same.model.psnr  # the true actions give the same frames again
 
     def actions(window):
