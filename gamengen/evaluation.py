@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gamengen.actions import motion_kind
 from gamengen.cli import engine_from_args
 from gamengen.config import WorldModelConfig
 from gamengen.context import check_dataset_fits_model, episode_context, episode_frames, find_episode
@@ -44,20 +45,6 @@ from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor
 
 # ----------------------------------------------------------------------------------------------
 # Models, episodes, windows and shuffles
-
-
-# TODO(lead): from gamengen.actions
-def action_category(name: str) -> str:
-    """What kind of change an action makes to the next frame: turning (any action with a turn),
-    moving (forward/backward/strafe), still (no-op) or other (attack, use, ...)."""
-    name = name.upper()
-    if "TURN" in name:
-        return "turning"
-    if any(word in name for word in ("FORWARD", "BACKWARD", "STRAFE", "MOVE")):
-        return "moving"
-    if name in ("NOOP", "NONE", "IDLE"):
-        return "still"
-    return "other"
 
 
 def derangement(count: int, seed: int) -> np.ndarray:
@@ -127,7 +114,7 @@ def choose_windows(
         episode, step = candidates[pick]
         action = int(dataset.actions(episode)[step - 1])
         name = action_names[action]
-        windows.append(Window(episode, dataset.episode_ids[episode], step, action, name, action_category(name)))
+        windows.append(Window(episode, dataset.episode_ids[episode], step, action, name, motion_kind(name)))
     return windows
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gamengen.actions import MOTION_KINDS
 from gamengen.episodes import EpisodeDataset
 from gamengen.scores import FrameScores, LpipsStatus, Scores, without_none
 
@@ -27,7 +28,7 @@ PAPER = {
     "note": "SD v1.4 at 320x240, context 64, agent data, 4 DDIM steps on a TPU-v5; drift: PSNR after 3 s of "
     "autoregressive play",
 }
-CATEGORIES = ("turning", "moving", "still", "other")  # what gamengen.evaluation.action_category tells apart
+CATEGORIES = MOTION_KINDS  # what gamengen.actions.motion_kind tells apart
 
 
 @dataclass

@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 
 import evaluate
 from gamengen import evaluation as measures
+from gamengen.actions import motion_kind
 from gamengen.checkpoint import save_world_model
 from gamengen.config import get_world_model_config
 from gamengen.context import episode_frames
@@ -166,7 +167,7 @@ def test_shuffled_actions_come_from_another_window_every_time(count):
 def test_actions_are_grouped_by_the_change_they_make():
     from common.envs import ACTION_NAMES
 
-    kinds = {name: measures.action_category(name) for name in ACTION_NAMES}
+    kinds = {name: motion_kind(name) for name in ACTION_NAMES}
     assert kinds["TURN_LEFT"] == kinds["FORWARD_TURN_RIGHT"] == kinds["TURN_LEFT_ATTACK"] == "turning"
     assert kinds["FORWARD"] == kinds["STRAFE_LEFT"] == kinds["BACKWARD"] == kinds["FORWARD_ATTACK"] == "moving"
     assert kinds["NOOP"] == "still" and kinds["ATTACK"] == kinds["USE"] == "other"
