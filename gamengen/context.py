@@ -16,6 +16,7 @@ import torch
 
 from gamengen.config import ModelConfig, WorldModelConfig
 from gamengen.episodes import EpisodeDataset
+from gamengen.errors import EngineError
 from gamengen.layout import DatasetError
 
 # Action id of padded context slots (NOOP in this project's action set).
@@ -180,3 +181,34 @@ def episode_context(
     actions = dataset.actions(episode)
     frames = episode_frames(dataset, episode, first, target_step)
     return frames, np.asarray(actions[first : target_step - 1]), int(actions[target_step - 1])
+
+
+def context_input(
+    frames: np.ndarray | torch.Tensor | None,
+    latents: torch.Tensor | None,
+    frame_size: tuple[int, int],
+    latent_shape: tuple[int, int, int],
+) -> torch.Tensor:
+    """A context given to the engine as uint8 frames ``(k, H, W, 3)`` at ``frame_size`` (width, height) or as latents
+    ``(k, C, h, w)`` (either with a leading batch axis), checked, as a tensor."""
+    if (frames is None) == (latents is None):
+        raise EngineError("reset takes the context as frames (uint8 HxWx3) or as latents, exactly one of them")
+    if frames is None:
+        context = torch.as_tensor(latents)
+        if context.ndim not in (4, 5) or tuple(context.shape[-3:]) != tuple(latent_shape):
+            raise EngineError(
+                "context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = "
+                f"{latent_shape}, got {tuple(context.shape)}"
+            )
+        return context
+    context = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
+    if context.dtype != torch.uint8 or context.ndim not in (4, 5) or context.shape[-1] != 3:
+        raise EngineError(
+            f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} {context.dtype}"
+        )
+    height, width = context.shape[-3:-1]
+    if (width, height) != tuple(frame_size):
+        raise EngineError(
+            f"context frames are {width}x{height}, the checkpoint's frames are {frame_size[0]}x{frame_size[1]}"
+        )
+    return context

@@ -23,7 +23,6 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,22 +31,12 @@ import torch
 from gamengen.actions import EngineError, action_id, context_action_ids
 from gamengen.carry_over import CARRY_MOTIONS, DetailCarryOver
 from gamengen.checkpoint import WorldModelBundle, load_world_model
-from gamengen.context import pad_context
+from gamengen.context import context_input, pad_context
 from gamengen.ddim import TIMESTEP_SCHEDULES, ddim_schedule, ddim_update, guidance_conditioning, guided_prediction
 from gamengen.devices import default_device, parse_dtype
 from gamengen.diffusion import corrupt_context, residual_base
+from gamengen.timing import FrameTiming, timing_summary
 from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, tensor_to_frames, unpad_frames
-
-
-@dataclass
-class FrameTiming:
-    """Wall-clock cost of one ``step`` (all rollouts of a batch together), in milliseconds."""
-
-    unet_ms: float  # the denoising loop: every UNet call and DDIM update of the frame
-    decode_ms: float  # VAE decode and the copy to uint8 numpy frames (0 for step_latent)
-    total_ms: float  # the whole step, including context noise and the buffer update
-    unet_calls: int
-    batch_size: int
 
 
 class GameEngine:
@@ -208,16 +197,8 @@ class GameEngine:
         return self.timings[-1] if self.timings else None
 
     def timing_summary(self, skip_first: int = 1) -> dict[str, float]:
-        """Mean ms per ``step`` for each stage (the first ``skip_first`` steps, warm-up, left out when
-        there are more), and frames/s over the steps counted (times the batch size)."""
-        timings = self.timings[skip_first:] if len(self.timings) > skip_first else self.timings
-        if not timings:
-            return {}
-        mean = {key: float(np.mean([getattr(t, key) for t in timings])) for key in ("unet_ms", "decode_ms", "total_ms")}
-        frames = sum(t.batch_size for t in timings)
-        mean["fps"] = 1000.0 * frames / max(sum(t.total_ms for t in timings), 1e-9)
-        mean["frames"] = float(frames)
-        return mean
+        """Mean ms per ``step`` for each stage and frames/s (``gamengen.timing.timing_summary``)."""
+        return timing_summary(self.timings, skip_first)
 
     # -- reset ----------------------------------------------------------------------------------
     def reset(
@@ -237,28 +218,7 @@ class GameEngine:
         batch axis (``(B, k, ...)``, actions ``(B, k-1)``) for B rollouts at once. Actions are ids or
         names. ``seed`` reseeds the generator (same seed + same inputs -> the same rollout).
         """
-        if (frames is None) == (latents is None):
-            raise EngineError("reset takes the context as frames (uint8 HxWx3) or as latents, exactly one of them")
-        if frames is not None:
-            context = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
-            if context.dtype != torch.uint8 or context.ndim not in (4, 5) or context.shape[-1] != 3:
-                raise EngineError(
-                    f"context frames must be uint8 (k, H, W, 3) or (B, k, H, W, 3), got {tuple(context.shape)} "
-                    f"{context.dtype}"
-                )
-            height, width = context.shape[-3:-1]
-            if (width, height) != self.frame_size:
-                raise EngineError(
-                    f"context frames are {width}x{height}, the checkpoint's frames are "
-                    f"{self.frame_size[0]}x{self.frame_size[1]}"
-                )
-        else:
-            context = torch.as_tensor(latents)
-            if context.ndim not in (4, 5) or tuple(context.shape[-3:]) != tuple(self.config.model.latent_shape):
-                raise EngineError(
-                    "context latents must be (k, C, h, w) or (B, k, C, h, w) with C, h, w = "
-                    f"{self.config.model.latent_shape}, got {tuple(context.shape)}"
-                )
+        context = context_input(frames, latents, self.frame_size, self.config.model.latent_shape)
         batched = context.ndim == 5
         if not batched:
             context = context[None]
