@@ -263,6 +263,7 @@ class TrainingRun:
     train_seconds: float = 0.0  # in optimisation steps (validation and checkpoints not counted)
     samples_seen: int = 0  # training samples over all processes
     losses: list[float] = field(default_factory=list)  # one per optimisation step of this run
+    metrics: dict[str, list[float]] = field(default_factory=dict)  # the loss function's other scalars, per step
     validation: float | None = None  # the newest score of Hooks.validate
     validated_step: int | None = None  # ... and the step it was measured at
 
@@ -405,6 +406,9 @@ def log_steps(
         return
     values = {name: torch.stack([step[name].float() for step in unlogged]).tolist() for name in unlogged[0]}
     run.losses.extend(values["loss"])
+    for name, steps in values.items():
+        if name != "loss":
+            run.metrics.setdefault(name, []).extend(steps)
     logs = {name: sum(v) / len(v) for name, v in values.items()}
     logs.update(lr=lr, samples_per_second=run.samples_per_second or 0.0)
     unlogged.clear()

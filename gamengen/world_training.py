@@ -186,6 +186,13 @@ def write_summary(
         "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
         "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
         "validation_psnr": run.validation,
+        # the loss function's other scalars (distill.py: each network's objective), first and last like the loss
+        **{
+            f"{name}_{end}": float(np.mean(values[:window] if end == "first" else values[-window:]))
+            for name, values in run.metrics.items()
+            if values
+            for end in ("first", "last")
+        },
         "ema_decay": args.ema_decay,  # not None: the saved weights are this average, not the last step's
         "device": str(accelerator.device),
     }

@@ -183,3 +183,4 @@ def test_two_gloo_processes_distil_together_each_drawing_its_own_noise(teacher, 
     assert all(a != b for a, b in zip(first["draws"], second["draws"], strict=True))
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 3
     assert load_world_model(out).config.num_inference_steps == 1
+
