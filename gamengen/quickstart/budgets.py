@@ -98,10 +98,10 @@ FIELD_HELP = {
 RATES = {
     "ppo": (55.0, 20.0),  # agent steps/s while learning, 2 games
     "generate": (250.0, 15.0),  # recorded frames/s, 2 workers
-    "idm": (5.0, 15.0),  # optimisation steps/s at batch 64
+    "idm": (2.2, 15.0),  # optimisation steps/s at batch 64 (a fresh clone, idle: 300 steps in 151 s)
     "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
-    "world": (1.7, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16)
+    "world": (1.35, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16; idle: 1,250 in 12.7 min)
     "distill": (1.0, 20.0),  # optimisation steps/s at batch 16 (student, fake score, teacher with CFG)
     "evaluate": (10.0, 15.0),  # generated frames/s (twice over with the carry-over)
     "rollouts": (10.0, 15.0),  # generated frames/s
