@@ -61,6 +61,7 @@ from gamengen.devices import default_device
 from gamengen.engine import EngineError, GameEngine
 from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
+from gamengen.help_format import HelpFormatter
 from gamengen.idm import IDM, IDMError, action_following, load_idm
 from gamengen.layout import DatasetError, columns_from_args
 from gamengen.media import captioned_row, display_scale
@@ -93,9 +94,7 @@ OUTPUTS = ("metrics.json", "report.md", "drift.png", "examples.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_engine_arguments(parser)
     parser.add_argument(
         "--compare",

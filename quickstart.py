@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gamengen.files import write_bytes_atomic, write_json_atomic
+from gamengen.help_format import HelpFormatter
 
 REPO = Path(__file__).resolve().parent
 STAGES = ("ppo", "generate", "idm", "vae", "latents", "world", "evaluate", "rollouts")
@@ -132,9 +133,7 @@ class QuickstartError(RuntimeError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument(
         "--output_dir", default=None, help="run folder (default: runs/quickstart, runs/smoke for --smoke)"
     )

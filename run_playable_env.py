@@ -32,6 +32,7 @@ from typing import Any
 from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.engine import EngineError
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError
 from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
@@ -42,9 +43,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_engine_arguments(parser)
     start = parser.add_argument_group("where the game starts")
     start.add_argument(

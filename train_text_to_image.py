@@ -47,6 +47,7 @@ from gamengen.config import (
 from gamengen.ddim import parse_timesteps
 from gamengen.episodes import open_dataset, split_episode_ids
 from gamengen.files import atomic_path, write_json_atomic
+from gamengen.help_format import HelpFormatter
 from gamengen.latent_cache import open_latent_cache
 from gamengen.layout import PEER_COLUMNS, DatasetError, add_dataset_arguments, columns_from_args
 from gamengen.metrics import psnr
@@ -100,9 +101,7 @@ def by_preset(option: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument(
         "--preset",
