@@ -36,7 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from gamengen.layout import FRAME_TIMINGS, ColumnNames, DatasetError, check_metadata, recognise_layout
+from gamengen.layout import (
+    FRAME_TIMINGS,
+    ColumnNames,
+    DatasetError,
+    check_metadata,
+    recognise_layout,
+    settle_frame_timing,
+)
 
 # The salt of the held-out split: independent of --seed, so runs with different seeds share it.
 HOLDOUT_SALT = "gamengen-holdout-v1"
@@ -203,10 +210,10 @@ class EpisodeDataset:
         self.files = files
         # Shard names are recorded relative to the root (latent caches match shards by them).
         self.root = Path(root) if root is not None else Path(os.path.commonpath([str(p.parent) for p in files]))
-        if columns.frame_timing not in FRAME_TIMINGS:
+        if columns.frame_timing is not None and columns.frame_timing not in FRAME_TIMINGS:
             raise DatasetError(f"frame_timing {columns.frame_timing!r}: one of {', '.join(FRAME_TIMINGS)}")
-        self.columns = columns
         self.metadata = check_metadata(files, require_metadata)
+        self.columns = settle_frame_timing(columns, self.metadata, files[0])
         self._readers = [_ShardReader(path, columns.frame, cache_row_groups) for path in files]
         episodes: list[Episode] = []
         self._actions: dict[str, np.ndarray] = {}

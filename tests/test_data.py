@@ -140,7 +140,10 @@ def test_dataset_without_gamengen_metadata_needs_explicit_columns(tmp_path):
     with pytest.raises(DatasetError, match="--frame_column"):
         open_dataset(tmp_path)
     dataset = open_dataset(
-        tmp_path, columns=ColumnNames(frame="frames", action="actions", episode="episode", step="step")
+        tmp_path,
+        columns=ColumnNames(
+            frame="frames", action="actions", episode="episode", step="step", frame_timing="before_action"
+        ),
     )
     assert dataset.metadata is None and dataset.action_names is None
     assert (dataset.frame_width, dataset.frame_height, len(dataset.episodes)) == (16, 12, 2)

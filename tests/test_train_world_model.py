@@ -212,7 +212,7 @@ def without_metadata(source: Path, out: Path, largest_action: int) -> Path:
 def test_a_dataset_without_action_names_gets_the_action_count_of_its_cache(setup, tmp_path):
     """encode_latents.py --num_actions 18 stored 18, but the trainer sized the table from the largest id it saw."""
     plain = without_metadata(setup["ds"], tmp_path / "plain", largest_action=14)
-    columns = ("--frame_column", "frame", "--action_column", "action")
+    columns = ("--frame_column", "frame", "--action_column", "action", "--frame_timing", "before_action")
     run_script(
         "encode_latents.py", "--preset", "tiny", "--dataset_name", plain, "--pretrained_vae_model_name_or_path",
         setup["vae"], "--output_dir", tmp_path / "lat", "--num_actions", 18, *columns,
