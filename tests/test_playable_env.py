@@ -307,22 +307,20 @@ def server(tiny_dataset, tiny_checkpoint, tmp_path_factory):
         str(tiny_dataset),
     ]
     command += ["--port", "0", "--output_dir", str(out)]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO
-    )
-    lines = []
+    log = tmp_path_factory.mktemp("web_log") / "server.log"  # what the server prints, for the tests to read
+    with open(log, "w") as console:
+        process = subprocess.Popen(
+            command, stdout=console, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO
+        )
     try:
         deadline = time.time() + 120
         url = None
-        while url is None and time.time() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
-            lines.append(line)
-            match = re.search(r"serving the game at (http://127\.0\.0\.1:\d+/)", line)
+        while url is None and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+            match = re.search(r"serving the game at (http://127\.0\.0\.1:\d+/)", log.read_text())
             url = match.group(1) if match else None
-        assert url, "the server did not start:\n" + "".join(lines)
-        yield {"url": url, "process": process, "out": out}
+        assert url, "the server did not start:\n" + log.read_text()
+        yield {"url": url, "process": process, "out": out, "log": log}
     finally:
         process.terminate()
         try:
@@ -538,6 +536,68 @@ def test_deeply_nested_json_gets_an_error_reply_and_an_immediate_reconnect_plays
     assert "nests too deeply" in message and still_open
     assert greetings == ["hello"] * 6
     assert server["process"].poll() is None
+
+
+async def next_json(ws) -> dict:
+    """The server's next JSON message (the frames' PNGs in between are skipped)."""
+    import aiohttp
+
+    while (message := await ws.receive(timeout=60)).type != aiohttp.WSMsgType.TEXT:
+        assert message.type == aiohttp.WSMsgType.BINARY, f"the connection ended: {message}"
+    return json.loads(message.data)
+
+
+async def play_as_next_player(client, ws_url: str, **options):
+    """A WebSocket connection that holds the engine, and its hello (an earlier test's player may still be
+    leaving: "busy" is retried)."""
+    for _ in range(100):
+        ws = await client.ws_connect(ws_url, **options)
+        hello = await next_json(ws)
+        if hello["type"] == "hello":
+            return ws, hello
+        await ws.close()
+        await asyncio.sleep(0.2)
+    raise AssertionError("the engine stayed busy")
+
+
+def command(name: str) -> str:
+    return json.dumps({"type": "command", "command": name})
+
+
+def test_every_recording_reported_saved_is_on_disk_even_many_in_one_second(server):
+    """Recordings were named to the second: toggling recording 40 times in 4 s gave 20 "saved" replies but 4 files,
+    and the exit summary listed one file five times."""
+    import aiohttp
+
+    ws_url = server["url"].replace("http://", "ws://") + "ws"
+    before = set(server["out"].glob("*.json"))
+
+    async def record_twenty() -> list[dict]:
+        async with aiohttp.ClientSession() as client:
+            ws, _ = await play_as_next_player(client, ws_url)
+            async with ws:
+                await ws.send_str(command("pause"))
+                while not (await next_json(ws)).get("paused"):
+                    pass
+                for _ in range(20):  # start, one frame, stop: as fast as the messages go
+                    for name in ("record", "step", "record"):
+                        await ws.send_str(command(name))
+                saved = []
+                while len(saved) < 20:
+                    if (message := await next_json(ws))["type"] == "saved":
+                        saved.append(message)
+                return saved
+
+    with ThreadPoolExecutor(1) as thread:
+        saved = thread.submit(lambda: asyncio.run(record_twenty())).result()
+    assert len({s["gif"] for s in saved}) == 20, [s["gif"] for s in saved]
+    for recording in saved:
+        gif = Path(recording["gif"])
+        assert gif_frames(gif) == 1 and recording["gif_frames"] == 1
+        assert gif.with_suffix(".npz").is_file() and Path(recording["actions_file"]).is_file()
+        assert json.loads(gif.with_suffix(".json").read_text())["gif"] == str(gif)
+    assert len(set(server["out"].glob("*.json")) - before) == 20
+    assert not list(server["out"].glob(".*"))  # no temporary file left behind
 
 
 def test_listening_beyond_this_machine_warns_that_the_server_is_unauthenticated(tiny_checkpoint, tmp_path):
