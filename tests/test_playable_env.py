@@ -153,6 +153,24 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
     np.testing.assert_array_equal(played["generated"], replayed["generated"])
 
 
+def test_a_headless_run_never_replaces_an_earlier_ones_recording_unless_told(
+    tiny_dataset, tiny_checkpoint, tmp_path, in_process
+):
+    """A second headless run into the same --output_dir silently replaced the first one's headless.* files."""
+    headless = ("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless")
+    in_process(run_playable_env, *headless, "--actions", "FORWARD*2", "--output_dir", tmp_path)
+    first = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert {"headless.gif", "headless.json", "headless.result.json"} <= set(first)
+    with pytest.raises(EngineError, match="already holds the recording of an earlier headless run .*pass --overwrite"):
+        in_process(run_playable_env, *headless, "--actions", "TURN_LEFT*3", "--output_dir", tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == first
+    in_process(run_playable_env, *headless, "--actions", "TURN_LEFT*3", "--output_dir", tmp_path, "--name", "other")
+    assert gif_frames(tmp_path / "other.gif") == 3 and (tmp_path / "headless.gif").read_bytes() == first["headless.gif"]
+    in_process(run_playable_env, *headless, "--actions", "TURN_LEFT*3", "--output_dir", tmp_path, "--overwrite")
+    assert gif_frames(tmp_path / "headless.gif") == 3
+    assert json.loads((tmp_path / "headless.json").read_text())["actions"] == ["TURN_LEFT"] * 3
+
+
 def test_bad_input_is_refused_with_the_problem_and_the_fix(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
     headless = ("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless")
     with pytest.raises(EngineError, match="unknown action 'JUMP': the model's actions are NOOP, FORWARD"):
