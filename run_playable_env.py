@@ -83,6 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ui.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
     ui.add_argument(
+        "--allow_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="web: another name this machine is reached by (repeatable); requests naming any other Host are refused "
+        "(docs/play.md#who-can-connect)",
+    )
+    ui.add_argument(
         "--idle_action",
         default=None,
         help="the action (name or id) played while no key is held (default: the model's no-op, else action 0)",
@@ -239,7 +247,7 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
         from gamengen.play.web import GameServer, serve
     except ImportError as error:
         raise EngineError(f"--ui web needs aiohttp ({error}): pip install -r diffusion_requirements.txt") from None
-    server = GameServer(session, fps=args.fps, settings=session.engine.describe())
+    server = GameServer(session, fps=args.fps, settings=session.engine.describe(), allow_hosts=args.allow_host)
 
     def ready(url: str) -> None:
         print(f"serving the game at {url} (Ctrl-C stops)", flush=True)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,6 +49,11 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A DNS rebinding attack's result, without DNS: a name of the attacker's that the browser resolves to this machine.
+    "--host-resolver-rules=MAP rebinding.example 127.0.0.1",
+    # This Chromium blocks a public site's WebSocket to 127.0.0.1 by itself; Firefox, Safari and older Chromiums let
+    # any site open one. The tests play such a browser, so what keeps other sites out is the server's own check.
+    "--disable-features=LocalNetworkAccessChecks",
 ]
 GAME_ACTIONS = [
     "NOOP",
@@ -616,6 +622,100 @@ def test_every_recording_reported_saved_is_on_disk_even_many_in_one_second(serve
         assert json.loads(gif.with_suffix(".json").read_text())["gif"] == str(gif)
     assert len(set(server["out"].glob("*.json")) - before) == 20
     assert not list(server["out"].glob(".*"))  # no temporary file left behind
+
+
+def send_raw(url: str, request: bytes) -> bytes:
+    """Send raw bytes to the server; the start of its reply."""
+    address = url.split("//", 1)[1].rstrip("/")
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        try:
+            connection.sendall(request)
+        except OSError:  # the server may answer and close before reading all of it
+            pass
+        try:
+            return connection.recv(200)
+        except OSError:
+            return b""
+
+
+def test_oversized_requests_print_one_rate_limited_line_each_not_a_traceback(server):
+    """Each request with a 100 KB URL or a 20 KB header printed a full aiohttp traceback: any client could flood the
+    server's console."""
+    start = len(server["log"].read_text())
+    replies = []
+    for _ in range(10):
+        replies.append(send_raw(server["url"], b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+        header = b"X-Big: " + b"b" * 20_000
+        replies.append(send_raw(server["url"], b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n\r\n"))
+    assert all(reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0] for reply in replies), replies
+    time.sleep(1)  # the server's console is a file: let its last lines land
+    printed = server["log"].read_text()[start:]
+    assert "Traceback" not in printed and "Error handling request" not in printed, printed
+    refused = [line for line in printed.splitlines() if line.startswith("refused a malformed request from 127.0.0.1")]
+    assert 1 <= len(refused) <= 5 and len(printed.splitlines()) == len(refused), printed  # 5 lines per 10 s at most
+    assert "(400 LineTooLong: Got more than 8190 bytes when reading)" in refused[0]
+    with urllib.request.urlopen(server["url"], timeout=30) as page:  # and the server serves on
+        assert page.status == 200
+
+
+def test_other_web_sites_cannot_drive_the_server_and_its_own_page_still_plays(server, browser):
+    """Any web page could open ws://127.0.0.1:<port>/ws (browsers let any site open WebSockets to localhost) and
+    take the engine and write recordings; a page served under the attacker's own name resolved to 127.0.0.1 (DNS
+    rebinding) got the page and its WebSocket as its own."""
+    import aiohttp
+
+    port = server["url"].rstrip("/").rsplit(":", 1)[1]
+    ws_url = server["url"].replace("http://", "ws://") + "ws"
+
+    async def foreign_clients() -> list[tuple[int, str]]:
+        refusals = []
+        async with aiohttp.ClientSession() as client:
+            for options in (
+                {"origin": "http://evil.example"},
+                {"origin": "null"},  # a sandboxed frame or a file:// page
+                {"headers": {"Host": f"rebinding.example:{port}"}},
+            ):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await client.ws_connect(ws_url, **options)
+                refusals.append((refused.value.status, ""))
+            async with client.get(server["url"], headers={"Host": f"rebinding.example:{port}"}) as response:
+                refusals.append((response.status, await response.text()))
+        return refusals
+
+    with ThreadPoolExecutor(1) as thread:
+        refusals = thread.submit(lambda: asyncio.run(foreign_clients())).result()
+    assert [status for status, _ in refusals] == [403] * 4
+    assert "Host 'rebinding.example:" in refusals[-1][1] and "--allow_host" in refusals[-1][1]
+
+    page = browser.new_page()
+    try:
+        # Another site's page in the player's browser opens a WebSocket to the server: the browser sends its Origin.
+        page.route("http://evil.example/", lambda route: route.fulfill(content_type="text/html", body="<p>cats</p>"))
+        page.goto("http://evil.example/")
+        got = page.evaluate(
+            """(url) => new Promise((done) => {
+                const socket = new WebSocket(url);
+                socket.onmessage = (event) => { done("message: " + event.data.slice(0, 40)); socket.close(); };
+                socket.onclose = () => done("closed");
+            })""",
+            ws_url,
+        )
+        assert got == "closed"
+        # The attacker's name resolved to this machine (DNS rebinding): the page itself is refused.
+        response = page.goto(f"http://rebinding.example:{port}/")
+        assert response.status == 403 and "is not this server's address" in page.inner_text("body")
+        # The server's own page, at the address it printed and at localhost, plays.
+        for url in (server["url"], f"http://localhost:{port}/"):
+            page.goto(url)
+            for _ in range(50):  # an earlier player may still be leaving
+                page.wait_for_function("window.play.hello !== null || window.play.busy !== null", timeout=60000)
+                if page.evaluate("window.play.busy") is None:
+                    break
+                page.reload()
+            page.wait_for_function("window.play.frames.length > 2", timeout=60000)
+    finally:
+        page.close()
 
 
 def test_listening_beyond_this_machine_warns_that_the_server_is_unauthenticated(tiny_checkpoint, tmp_path):
