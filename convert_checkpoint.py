@@ -23,6 +23,7 @@ from typing import Any
 
 from gamengen.checkpoint import save_world_model
 from gamengen.files import atomic_path
+from gamengen.help_format import HelpFormatter
 from gamengen.model import ModelLoadError
 from gamengen.peer import convert_peer_checkpoint, peer_model_card
 
@@ -32,9 +33,7 @@ class UsageError(ValueError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument(
         "--model_folder", required=True, help="the seed's checkpoint: a local folder or a Hub model id (USER/NAME)"
     )

@@ -29,6 +29,7 @@ from gamengen.checkpoint import CONFIG_FILE, load_world_model, save_world_model
 from gamengen.ddim import ddim_schedule
 from gamengen.distillation import DistillationModels, DistillSettings, LatentDiscriminator, student_config
 from gamengen.errors import DatasetError, ModelLoadError, UsageError
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import add_dataset_arguments
 from gamengen.optim import OPTIMIZERS, ema_weights, make_ema, make_optimizer
 from gamengen.run_folder import check_run_dir
@@ -55,9 +56,7 @@ HUB_FILES = ["unet/*", "vae/*", "scheduler/*", "action_embedding.safetensors", C
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_method_arguments(parser.add_argument_group("distillation"))
     data = parser.add_argument_group("data")
     add_dataset_arguments(data)

@@ -49,6 +49,7 @@ from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.context import check_action_ids, check_frame_size
 from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import TMP_MARKER
+from gamengen.help_format import HelpFormatter
 from gamengen.latent_cache import (
     MANIFEST_FILE,
     build_latent_manifest,
@@ -79,9 +80,7 @@ MUST_MATCH = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_dataset_arguments(parser)
     parser.add_argument(
         "--pretrained_vae_model_name_or_path",

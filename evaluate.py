@@ -68,6 +68,7 @@ from gamengen.evaluation import (
     load_evaluation_idm,
 )
 from gamengen.evaluation_results import CopyLastBaseline, Evaluation, ModelResult, Window, dataset_record
+from gamengen.help_format import HelpFormatter
 from gamengen.idm import IDM, IDMError
 from gamengen.layout import DatasetError, columns_from_args
 from gamengen.model import ModelLoadError
@@ -79,9 +80,7 @@ from gamengen.scores import Scorer, perceptual_metric
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_engine_arguments(parser)
     add_model_arguments(parser)
     add_data_arguments(parser)

@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.episodes import EpisodeDataset, open_dataset
 from gamengen.files import atomic_path, write_json_atomic
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError, add_dataset_arguments, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import ModelLoadError
@@ -76,9 +77,7 @@ SUMMARY_FILE = "vae_training.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument(
         "--preset", choices=sorted(PRESETS), default="sd14", help="frame geometry and VAE size (gamengen/config.py)"

@@ -38,6 +38,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from gamengen.help_format import HelpFormatter
 from gamengen.quickstart.budgets import BUDGETS, FIELD_HELP, PRECISIONS, Budget, estimate, resolve_budget
 from gamengen.quickstart.runner import fmt_seconds, run_stage
 from gamengen.quickstart.seeds import write_seeds_summary
@@ -58,9 +59,7 @@ from gamengen.quickstart.summary import write_summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_run_options(parser)
     add_size_options(parser)
     args = parser.parse_args(argv)

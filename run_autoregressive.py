@@ -31,6 +31,7 @@ from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_ar
 from gamengen.context import default_start_step, episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError, GameEngine
 from gamengen.files import write_json_atomic
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale, realtime_fps, write_gif, write_video
 from gamengen.metrics import psnr
@@ -41,9 +42,7 @@ DEFAULT_NUM_FRAMES = 32
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_engine_arguments(parser)
     what = parser.add_argument_group("what to roll out")
     what.add_argument(

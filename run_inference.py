@@ -24,6 +24,7 @@ from PIL import Image
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.context import default_start_step, episode_context, episode_frames, find_episode
 from gamengen.engine import EngineError
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale
 from gamengen.metrics import psnr
@@ -32,9 +33,7 @@ from gamengen.vae import frames_to_tensor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_engine_arguments(parser)
     what = parser.add_argument_group("what to predict")
     what.add_argument(

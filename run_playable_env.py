@@ -32,6 +32,8 @@ from typing import Any
 from gamengen.actions import parse_action_script, read_actions_file
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.engine import EngineError
+from gamengen.files import write_bytes_atomic
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError
 from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
@@ -39,12 +41,11 @@ from gamengen.play import PlaySession, PortError, RealGame, StartContext, first_
 from gamengen.play.keymap import KeyMapError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+HEADLESS_SUFFIXES = (".gif", ".mp4", ".npz", ".actions.txt", ".json", ".result.json")  # what a headless run writes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_engine_arguments(parser)
     start = parser.add_argument_group("where the game starts")
     start.add_argument(
@@ -82,6 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ui.add_argument("--port", type=int, default=8000, help="web: the port (0: any free one)")
     ui.add_argument(
+        "--allow_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="web: another name this machine is reached by (repeatable); requests naming any other Host are refused "
+        "(docs/play.md#who-can-connect)",
+    )
+    ui.add_argument(
         "--idle_action",
         default=None,
         help="the action (name or id) played while no key is held (default: the model's no-op, else action 0)",
@@ -114,6 +123,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     output.add_argument("--name", default=None, help="file name of the headless recording (default: headless)")
     output.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="headless: replace the recording of that --name an earlier run left in --output_dir",
+    )
+    output.add_argument(
         "--gif_fps",
         type=float,
         default=None,
@@ -130,6 +144,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.fps is not None and args.fps <= 0:
         parser.error("--fps must be > 0 (leave it out to play as fast as the engine goes)")
     return args
+
+
+def check_headless_output(args: argparse.Namespace) -> None:
+    """A headless run names its files (``--name``): refuse to replace an earlier run's unless asked to."""
+    name = args.name or "headless"
+    earlier = [f"{name}{suffix}" for suffix in HEADLESS_SUFFIXES if Path(args.output_dir, name + suffix).exists()]
+    if earlier and not args.overwrite:
+        raise EngineError(
+            f"--output_dir {args.output_dir} already holds the recording of an earlier headless run "
+            f"({', '.join(earlier)}): choose another --name or --output_dir, or pass --overwrite to replace it"
+        )
 
 
 def make_session(args: argparse.Namespace) -> PlaySession:
@@ -222,7 +247,7 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
         from gamengen.play.web import GameServer, serve
     except ImportError as error:
         raise EngineError(f"--ui web needs aiohttp ({error}): pip install -r diffusion_requirements.txt") from None
-    server = GameServer(session, fps=args.fps, settings=session.engine.describe())
+    server = GameServer(session, fps=args.fps, settings=session.engine.describe(), allow_hosts=args.allow_host)
 
     def ready(url: str) -> None:
         print(f"serving the game at {url} (Ctrl-C stops)", flush=True)
@@ -253,6 +278,8 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ui == "headless":
+        check_headless_output(args)
     session = make_session(args)
     try:
         describe(session)
@@ -266,8 +293,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if saved.get("gif") and args.ui != "headless":
             print(f"recording: {saved['gif']}, actions {saved['actions_file']}")
     if args.ui == "headless":
-        Path(args.output_dir, f"{args.name or 'headless'}.result.json").write_text(
-            json.dumps(result, indent=1, default=str) + "\n"
+        write_bytes_atomic(
+            Path(args.output_dir, f"{args.name or 'headless'}.result.json"),
+            json.dumps(result, indent=1, default=str) + "\n",
         )
     return result
 

@@ -27,6 +27,7 @@ import torch
 
 from gamengen.context import check_action_ids
 from gamengen.episodes import open_dataset, split_episode_ids
+from gamengen.help_format import HelpFormatter
 from gamengen.idm import CATEGORIES, IDMError, action_category, check_idm_output, save_idm
 from gamengen.idm_training import load_transitions, score_transitions, train_idm
 from gamengen.latent_cache import dataset_fingerprint
@@ -34,9 +35,7 @@ from gamengen.layout import DatasetError, add_dataset_arguments, columns_from_ar
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     add_dataset_arguments(data, cached="datasets")
     data.add_argument(

@@ -38,6 +38,7 @@ from gamengen.config import (
 )
 from gamengen.ddim import parse_timesteps
 from gamengen.diffusion import diffusion_loss
+from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError, add_dataset_arguments
 from gamengen.model import (
     ModelLoadError,
@@ -92,9 +93,7 @@ def by_preset(option: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_model_arguments(parser.add_argument_group("model"))
     add_sampler_arguments(parser.add_argument_group("sampling stored in the checkpoint"))
     add_data_arguments(parser.add_argument_group("data"))

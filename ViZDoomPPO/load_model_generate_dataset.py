@@ -43,15 +43,13 @@ from common.envs import (
     tag_games_with_run,
 )
 from common.models import AgentLoadError, find_env_config, load_agent
-from common.utils import DatasetError, GifWriter, ShardWriter, check_output_dir, new_run_id
+from common.utils import DatasetError, GifWriter, HelpFormatter, ShardWriter, check_output_dir, new_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument(
         "--model_path",

@@ -47,13 +47,11 @@ from common.envs import (
     tag_games_with_run,
 )
 from common.models import ENV_CONFIG_FILE, AgentLoadError, DoomFeatureExtractor, load_agent
-from common.utils import DatasetError, ShardWriter, check_output_dir, new_run_id
+from common.utils import DatasetError, HelpFormatter, ShardWriter, check_output_dir, new_run_id
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument(
         "--total_timesteps", type=int, default=50_000_000, help="total agent steps over all games (paper: 50M)"
     )

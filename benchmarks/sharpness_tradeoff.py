@@ -35,14 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gamengen.files import write_json_atomic  # noqa: E402
+from gamengen.help_format import HelpFormatter  # noqa: E402
 
 SHARPNESS_GOAL = 0.8  # docs/research_log.md, the 20-minute budget's goal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--model_folder", nargs="+", required=True, help="world-model checkpoint folders")
     parser.add_argument("--names", nargs="+", default=None, help="a short name per model (default: folder names)")
     parser.add_argument("--dataset_name", required=True, help="the dataset the models were trained on")

@@ -21,6 +21,7 @@ and ``gamengen.latent_cache`` (the frames' latents, encoded once by ``encode_lat
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import os
@@ -35,7 +36,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from gamengen.layout import FRAME_TIMINGS, ColumnNames, DatasetError, check_metadata, recognise_layout
+from gamengen.layout import (
+    FRAME_TIMINGS,
+    ColumnNames,
+    DatasetError,
+    check_metadata,
+    recognise_layout,
+    settle_frame_timing,
+)
 
 # The salt of the held-out split: independent of --seed, so runs with different seeds share it.
 HOLDOUT_SALT = "gamengen-holdout-v1"
@@ -63,7 +71,9 @@ def resolve_dataset(name_or_path: str | os.PathLike, revision: str | None = None
     text = str(name_or_path)
     looks_local = path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
     if looks_local:
-        raise DatasetError(f"dataset folder {text} does not exist (a Hub dataset id looks like USER/NAME)")
+        raise DatasetError(
+            f"dataset folder {text} does not exist{_near_misses(path)} (a Hub dataset id looks like USER/NAME)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -75,8 +85,25 @@ def resolve_dataset(name_or_path: str | os.PathLike, revision: str | None = None
             allow_patterns=["*.parquet", "**/*.parquet"],
         )
     except Exception as error:  # offline, missing repo, no access: all end the same way for the user
-        raise DatasetError(f"could not fetch the Hub dataset {text!r} ({type(error).__name__}: {error})") from error
+        # USER/NAME is also how a local folder one level down is written (runs/dataset): a misspelled folder
+        # lands here, so say that it is neither.
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise DatasetError(
+            f"no folder {text} (in {Path.cwd()}){_near_misses(path)}, and could not fetch the Hub dataset {text!r} "
+            f"({type(error).__name__}: {reason}): check the folder's path, or the Hub id and the network"
+        ) from error
     return Path(local)
+
+
+def _near_misses(path: Path) -> str:
+    """' (did you mean runs/dataset?)' when the parent folder holds folders of a similar name, else ''."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        folders = [child.name for child in parent.iterdir() if child.is_dir()]
+    except OSError:  # no such parent, or unreadable: nothing to suggest
+        return ""
+    close = difflib.get_close_matches(path.name, folders, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(parent / name) for name in close)}?)" if close else ""
 
 
 def find_parquet_files(directory: str | os.PathLike) -> list[Path]:
@@ -183,10 +210,10 @@ class EpisodeDataset:
         self.files = files
         # Shard names are recorded relative to the root (latent caches match shards by them).
         self.root = Path(root) if root is not None else Path(os.path.commonpath([str(p.parent) for p in files]))
-        if columns.frame_timing not in FRAME_TIMINGS:
+        if columns.frame_timing is not None and columns.frame_timing not in FRAME_TIMINGS:
             raise DatasetError(f"frame_timing {columns.frame_timing!r}: one of {', '.join(FRAME_TIMINGS)}")
-        self.columns = columns
         self.metadata = check_metadata(files, require_metadata)
+        self.columns = settle_frame_timing(columns, self.metadata, files[0])
         self._readers = [_ShardReader(path, columns.frame, cache_row_groups) for path in files]
         episodes: list[Episode] = []
         self._actions: dict[str, np.ndarray] = {}

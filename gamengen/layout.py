@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,14 @@ class ColumnNames:
     screen captured after its action, so action ``t`` produced frame ``t``). Such datasets are read with the
     actions moved one row earlier, which gives this project's timing: the last frame's action is unknown
     (stored as 0) and never shown to the model, since a window for frame ``t`` uses actions up to ``t - 1``.
+    None (not stated) is settled by ``settle_frame_timing`` when the dataset is opened.
     """
 
     frame: str = "frame"
     action: str = "action"
     episode: str = "episode_id"
     step: str = "step_id"
-    frame_timing: str = "before_action"
+    frame_timing: str | None = None
 
 
 FRAME_TIMINGS = ("before_action", "after_action")
@@ -87,7 +88,9 @@ def add_column_arguments(group: Any) -> None:
         choices=FRAME_TIMINGS,
         default=None,
         help="before_action (this project: a row's action produced the next row's frame) or after_action (a row's "
-        "frame was captured after its action, as in the seed repository's datasets, whose layout sets it itself)",
+        "frame was captured after its action, as in the seed repository's datasets). Default: before_action for a "
+        "dataset with this project's metadata, after_action for the seed layout's columns; any other dataset must "
+        "name it",
     )
 
 
@@ -100,6 +103,32 @@ def columns_from_args(args: Any) -> ColumnNames | None:
     if all(value is None for value in explicit.values()):
         return None
     return ColumnNames(**{key: value for key, value in explicit.items() if value is not None})
+
+
+def settle_frame_timing(columns: ColumnNames, metadata: dict[str, Any] | None, path: Path) -> ColumnNames:
+    """``columns`` with a frame timing: the one stated, else this project's for a dataset with its metadata (its
+    recorder wrote it), else the seed repository's for the seed layout's column names; otherwise nothing says
+    when the frames were taken, and a guess would pair every target frame with the wrong action silently."""
+    if columns.frame_timing is not None:
+        return columns
+    if metadata is not None:
+        return replace(columns, frame_timing="before_action")
+    if replace(columns, frame_timing=PEER_COLUMNS.frame_timing) == PEER_COLUMNS:
+        print(
+            f"note: columns {columns.frame}, {columns.action}, {columns.episode}, {columns.step} are the seed "
+            "repository's layout: read with its timing, frames captured after their action (--frame_timing "
+            "after_action; pass --frame_timing before_action if this dataset's frames come before their action)",
+            flush=True,
+        )
+        return PEER_COLUMNS
+    raise DatasetError(
+        f"{path} has no '{METADATA_KEY.decode()}' metadata, so nothing says when its frames were taken relative to "
+        "their actions: pass --frame_timing before_action if a row's action produced the next row's frame (a row "
+        "holds the screen its action was taken at, as this project records), or --frame_timing after_action if a "
+        "row's frame was captured after its action (as the seed repository's datasets); in Python, "
+        "ColumnNames(frame_timing=...). Read with the wrong one, every target frame is paired with the action "
+        "before the one that produced it"
+    )
 
 
 def recognise_layout(path: Path) -> ColumnNames | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from gamengen.files import atomic_path
+
 DOOM_TICS_PER_SECOND = 35  # the game's fixed clock: every recorded frame is `frame_skip` tics after the one before
 
 
@@ -50,22 +52,25 @@ def captioned_row(frames: Sequence[np.ndarray], titles: Sequence[str], caption: 
 
 
 def write_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
-    """Every frame in order (each carries its own caption, so none is merged with its neighbour)."""
+    """Every frame in order (each carries its own caption, so none is merged with its neighbour); written
+    atomically."""
     images = [Image.fromarray(frame) for frame in frames]
     duration_ms = max(20, round(1000 / fps))
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False)
+    with atomic_path(path, suffix=".gif") as tmp:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=duration_ms, loop=0, optimize=False)
     return path
 
 
 def write_video(frames: list[np.ndarray], path: Path, fps: float) -> Path | None:
-    """An mp4 of the frames when an ffmpeg backend (imageio-ffmpeg) is installed; None otherwise."""
+    """An mp4 of the frames when an ffmpeg backend (imageio-ffmpeg) is installed (written atomically); None
+    otherwise."""
     try:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin needs it)
     except ImportError:
         return None
     options = {"codec": "libx264", "quality": 8, "macro_block_size": 1, "ffmpeg_log_level": "error"}
-    with imageio.get_writer(path, fps=fps, **options) as writer:
+    with atomic_path(path, suffix=".mp4") as tmp, imageio.get_writer(tmp, fps=fps, **options) as writer:
         for frame in frames:
             writer.append_data(frame)
     return path

@@ -140,7 +140,10 @@ def test_dataset_without_gamengen_metadata_needs_explicit_columns(tmp_path):
     with pytest.raises(DatasetError, match="--frame_column"):
         open_dataset(tmp_path)
     dataset = open_dataset(
-        tmp_path, columns=ColumnNames(frame="frames", action="actions", episode="episode", step="step")
+        tmp_path,
+        columns=ColumnNames(
+            frame="frames", action="actions", episode="episode", step="step", frame_timing="before_action"
+        ),
     )
     assert dataset.metadata is None and dataset.action_names is None
     assert (dataset.frame_width, dataset.frame_height, len(dataset.episodes)) == (16, 12, 2)
@@ -212,6 +215,20 @@ def test_missing_folders_and_unreachable_hub_ids_give_clear_errors(tmp_path):
         open_dataset(tmp_path)
     with pytest.raises(DatasetError, match="could not fetch the Hub dataset 'nobody/no-such-dataset'"):
         open_dataset("nobody/no-such-dataset")  # HF_HUB_OFFLINE=1: fails without touching the network
+
+
+def test_a_misspelled_folder_is_named_as_neither_a_folder_nor_a_hub_dataset(tmp_path, monkeypatch):
+    """runs/datset looks like a Hub id (USER/NAME): the error said only that the Hub fetch failed, never that no
+    such folder exists, nor which folder was meant."""
+    write_dataset(tmp_path / "runs" / "dataset", [3])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError) as refused:
+        open_dataset("runs/datset")  # HF_HUB_OFFLINE=1: the Hub half fails without touching the network
+    message = str(refused.value)
+    assert message.startswith(f"no folder runs/datset (in {tmp_path})") and "did you mean runs/dataset?" in message
+    assert "could not fetch the Hub dataset 'runs/datset'" in message
+    with pytest.raises(DatasetError, match=r"folder ./runs/datset does not exist \(did you mean runs/dataset\?\)"):
+        open_dataset("./runs/datset")
 
 
 def test_the_reader_and_the_recorder_agree_on_the_dataset_contract_keys():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_STEPS, run_script, save_tiny_checkpoint
 from PIL import Image
@@ -52,6 +54,12 @@ def gif_frames(path: Path) -> list[Image.Image]:
         return frames
 
 
+def numpy_psnr(frame: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB of uint8 frames, peak 255: an independent reference for the scripts' torch metric."""
+    mse = np.mean((frame.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
 def test_run_inference_saves_truth_prediction_and_difference_and_prints_psnr(dataset, checkpoint, tmp_path):
     output = tmp_path / "pred.png"
     result = run_script(
@@ -67,12 +75,25 @@ def test_run_inference_saves_truth_prediction_and_difference_and_prints_psnr(dat
         "--output",
         output,
     )
-    assert "PSNR:" in result.stdout and "dB" in result.stdout and f"saved {output}" in result.stdout
+    assert f"saved {output}" in result.stdout
     assert "predicted from frames 5..8" in result.stdout  # context 4: frames t-4 .. t-1
     with Image.open(output) as image:
         width, height = image.size
+        picture = np.asarray(image.convert("RGB"))
     assert width == 3 * 64 * 4 + 2 * 4  # truth | prediction | difference, upscaled 4x, 4-pixel gaps
     assert height >= 48 * 4
+
+    # The printed PSNRs are the image's: recomputed here from its tiles (below a 14-pixel title bar, 4x blocks)
+    # and the recorded frames, with numpy.
+    truth, prediction, difference = (picture[14 : 14 + 192 : 4, x : x + 256 : 4] for x in (0, 260, 520))
+    recorded = open_dataset(dataset)
+    np.testing.assert_array_equal(truth, recorded.frame(recorded.row_index(1, 9)))
+    np.testing.assert_array_equal(difference, np.abs(prediction.astype(int) - truth.astype(int)))
+    score, copy_last = re.search(
+        r"PSNR: ([\d.]+) dB \(repeating the last context frame: ([\d.]+) dB\)", result.stdout
+    ).groups()
+    assert float(score) == pytest.approx(numpy_psnr(prediction, truth), abs=0.006)
+    assert float(copy_last) == pytest.approx(numpy_psnr(recorded.frame(recorded.row_index(1, 8)), truth), abs=0.006)
 
 
 def test_run_autoregressive_writes_every_generated_frame_beside_the_truth_and_prints_fps(dataset, checkpoint, tmp_path):
@@ -89,16 +110,23 @@ def test_run_autoregressive_writes_every_generated_frame_beside_the_truth_and_pr
         12,
         "--output_dir",
         tmp_path,
+        "--save_arrays",
     )
     assert result.stdout.count("FPS") >= 2 and "unet" in result.stdout and "decode" in result.stdout
     summary = json.loads((tmp_path / "rollouts.json").read_text())
     assert [r["name"] for r in summary["rollouts"]] == ["ep0_recorded", "ep1_recorded"]
-    for rollout in summary["rollouts"]:
+    recorded = open_dataset(dataset)
+    for episode, rollout in enumerate(summary["rollouts"]):
         frames = gif_frames(Path(rollout["gif"]))
         assert len(frames) == 12  # EVERY generated frame, none merged
         assert frames[0].size[0] == 2 * 64 * 4 + 4  # generated | truth
         assert len(rollout["psnr"]) == 12 and rollout["start_step"] == 4 and rollout["fps"] > 0
         assert len(rollout["actions"]) == 12
+        # Each frame's PSNR is the generated frame's against the recorded one of the same step (steps 4..15).
+        generated = np.load(tmp_path / f"{rollout['name']}.npz")["generated"]
+        expected = [numpy_psnr(generated[i], recorded.frame(recorded.row_index(episode, 4 + i))) for i in range(12)]
+        assert rollout["psnr"] == pytest.approx(expected, abs=1e-3)
+        assert f"mean {np.mean(rollout['psnr']):.2f} dB" in result.stdout  # what the script printed
 
 
 def test_scripted_actions_roll_out_every_script_from_every_episode(dataset, checkpoint, tmp_path, in_process):

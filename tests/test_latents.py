@@ -260,10 +260,13 @@ def test_datasets_of_another_column_layout_are_cached_through_the_column_options
         "episode",
         "--step_column",
         "step",
+        "--frame_timing",
+        "before_action",
     ]
     encode(peer, setup["vae"], tmp_path / "cache", *columns, "--num_actions", "7")
     cache = open_latent_cache(
-        tmp_path / "cache", dataset=open_dataset(peer, columns=ColumnNames("frames", "actions", "episode", "step"))
+        tmp_path / "cache",
+        dataset=open_dataset(peer, columns=ColumnNames("frames", "actions", "episode", "step", "before_action")),
     )
     windows = LatentWindowDataset(cache, context_length=2)  # the number of actions comes from the cache
     assert windows.num_actions == 7 and windows[2]["actions"].tolist() == [action_at(0, 1), action_at(0, 2)]

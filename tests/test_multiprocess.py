@@ -6,20 +6,34 @@ that way; a launch whose processes are not joined is refused."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, free_port, run_script, script_env
 
 from gamengen.checkpoint import load_world_model
+from gamengen.config import get_config
+from gamengen.episodes import open_dataset
+from gamengen.vae import decode_latents, encode_frames, frames_to_tensor, load_vae, tensor_to_frames
 
 pytestmark = pytest.mark.slow
 LOOP_SCRIPT = REPO / "tests" / "scripts" / "loop_under_launch.py"
 
 
-def launch(script: Path, *args, processes: int = 2, multi_gpu: bool = True, use_cpu: bool = True, check: bool = True):
+def launch(
+    script: Path,
+    *args,
+    processes: int = 2,
+    multi_gpu: bool = True,
+    use_cpu: bool = True,
+    check: bool = True,
+    timeout: float = 600,
+):
     command = [
         sys.executable,
         "-m",
@@ -32,9 +46,23 @@ def launch(script: Path, *args, processes: int = 2, multi_gpu: bool = True, use_
     command += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--multi_gpu"] if multi_gpu else []
     env = script_env(PYTHONPATH=str(REPO), **({"ACCELERATE_USE_CPU": "1"} if use_cpu else {}))
-    result = subprocess.run(
-        [*command, str(script), *map(str, args)], capture_output=True, text=True, timeout=600, env=env, cwd=REPO
+    # A launch that hangs is stopped as Ctrl-C stops it: the launcher (torch's elastic agent) ends its workers, which
+    # run in sessions of their own and would outlive a killed launcher.
+    process = subprocess.Popen(
+        [*command, str(script), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+        raise AssertionError(f"the launch hung for {timeout} s\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -75,6 +103,22 @@ def test_a_two_process_resume_continues_the_step_count_the_data_order_and_the_dr
         assert sum(resumed["weights"], []) == pytest.approx(sum(straight["weights"], []))
 
 
+def test_processes_that_find_different_checkpoints_refuse_to_resume(tmp_path):
+    """On nodes that do not share --output_dir only the main process sees the checkpoints it saved: the others
+    would start from step 0 with other weights, and the run would hang at its first collective step. Every
+    process refuses instead, saying what each found and what to do."""
+    shared = tmp_path / "run"
+    launch(LOOP_SCRIPT, shared, 3)  # checkpoint-3
+    # A hang (the safeguard gone) ends at the timeout, which fails this test too.
+    resumed = launch(LOOP_SCRIPT, shared, 6, "latest", "unshared", check=False, timeout=240)
+    assert resumed.returncode != 0
+    assert "the processes found different checkpoints to resume" in resumed.stderr, resumed.stderr[-3000:]
+    assert "(process 0: checkpoint-3, process 1: none)" in resumed.stderr
+    assert "put --output_dir on storage every node sees" in resumed.stderr
+    assert sorted(p.name for p in shared.glob("checkpoint-*")) == ["checkpoint-3"]  # nothing trained on
+    assert not list(tmp_path.glob("*/process*-resumed-6.json"))
+
+
 @pytest.fixture(scope="module")
 def world_model_setup(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
     import torch
@@ -101,7 +145,8 @@ def test_the_world_model_trainer_trains_resumes_and_plays_as_two_processes(world
     out = tmp_path / "wm"
     first = launch(REPO / "train_text_to_image.py", *world_model_args(world_model_setup, out, 3))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
-    assert "samples/s" in first.stdout or "samples" in first.stdout
+    assert re.search(r"trained 3 steps \(step 0 -> 3, [\d.]+ samples/s\); loss [\d.]+ -> [\d.]+", first.stdout)
+    assert first.stdout.count("trained 3 steps") == 1  # the main process reports, once
     again = launch(
         REPO / "train_text_to_image.py",
         *world_model_args(world_model_setup, out, 5),
@@ -126,8 +171,20 @@ def test_the_vae_trainer_runs_as_two_processes(world_model_setup, tmp_path):
     out = tmp_path / "vae"
     args = ["--preset", "tiny", "--train_encoder", "--dataset_name", world_model_setup["ds"], "--output_dir", out]
     args += ["--max_train_steps", 3, "--train_batch_size", 4, "--report_to", "none", "--validation_steps", 1000]
-    launch(REPO / "finetune_autoencoder.py", *args)
-    assert (out / "vae" / "config.json").is_file()
+    result = launch(REPO / "finetune_autoencoder.py", *args)
+    assert "trained 3 steps (step 0 -> 3" in result.stdout
+    summary = json.loads((out / "vae_training.json").read_text())
+    assert summary["global_step"] == summary["steps_this_run"] == 3
+    assert summary["heldout_psnr_after"] != summary["heldout_psnr_before"]  # training moved the weights
+    # The saved VAE is what the next stages load: it reconstructs a real frame at the frame's size.
+    vae = load_vae(out)
+    assert vae.config.scaling_factor == pytest.approx(summary["scaling_factor"]) and summary["scaling_factor"] != 1.0
+    frame = open_dataset(world_model_setup["ds"]).frame(0)
+    config = get_config("tiny")
+    with torch.no_grad():
+        latents = encode_frames(vae, frames_to_tensor(frame[None]), config)
+        decoded = tensor_to_frames(decode_latents(vae, latents, config))
+    assert latents.shape[1:] == (4, 12, 16) and decoded.shape == (1, 48, 64, 3)
 
 
 def test_processes_that_are_not_joined_are_refused_with_the_fix(world_model_setup, tmp_path):

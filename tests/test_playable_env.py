@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,6 +49,11 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A DNS rebinding attack's result, without DNS: a name of the attacker's that the browser resolves to this machine.
+    "--host-resolver-rules=MAP rebinding.example 127.0.0.1",
+    # This Chromium blocks a public site's WebSocket to 127.0.0.1 by itself; Firefox, Safari and older Chromiums let
+    # any site open one. The tests play such a browser, so what keeps other sites out is the server's own check.
+    "--disable-features=LocalNetworkAccessChecks",
 ]
 GAME_ACTIONS = [
     "NOOP",
@@ -151,6 +157,24 @@ def test_headless_writes_a_gif_of_the_requested_length_and_an_action_log_that_re
     replayed = np.load(tmp_path / "replay" / "ep1_script0.npz")
     assert played["generated"].shape == (6, 48, 64, 3)
     np.testing.assert_array_equal(played["generated"], replayed["generated"])
+
+
+def test_a_headless_run_never_replaces_an_earlier_ones_recording_unless_told(
+    tiny_dataset, tiny_checkpoint, tmp_path, in_process
+):
+    """A second headless run into the same --output_dir silently replaced the first one's headless.* files."""
+    headless = ("--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--ui", "headless")
+    in_process(run_playable_env, *headless, "--actions", "FORWARD*2", "--output_dir", tmp_path)
+    first = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert {"headless.gif", "headless.json", "headless.result.json"} <= set(first)
+    with pytest.raises(EngineError, match="already holds the recording of an earlier headless run .*pass --overwrite"):
+        in_process(run_playable_env, *headless, "--actions", "TURN_LEFT*3", "--output_dir", tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == first
+    in_process(run_playable_env, *headless, "--actions", "TURN_LEFT*3", "--output_dir", tmp_path, "--name", "other")
+    assert gif_frames(tmp_path / "other.gif") == 3 and (tmp_path / "headless.gif").read_bytes() == first["headless.gif"]
+    in_process(run_playable_env, *headless, "--actions", "TURN_LEFT*3", "--output_dir", tmp_path, "--overwrite")
+    assert gif_frames(tmp_path / "headless.gif") == 3
+    assert json.loads((tmp_path / "headless.json").read_text())["actions"] == ["TURN_LEFT"] * 3
 
 
 def test_bad_input_is_refused_with_the_problem_and_the_fix(tiny_dataset, tiny_checkpoint, tmp_path, in_process):
@@ -307,22 +331,20 @@ def server(tiny_dataset, tiny_checkpoint, tmp_path_factory):
         str(tiny_dataset),
     ]
     command += ["--port", "0", "--output_dir", str(out)]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO
-    )
-    lines = []
+    log = tmp_path_factory.mktemp("web_log") / "server.log"  # what the server prints, for the tests to read
+    with open(log, "w") as console:
+        process = subprocess.Popen(
+            command, stdout=console, stderr=subprocess.STDOUT, text=True, env=script_env(), cwd=REPO
+        )
     try:
         deadline = time.time() + 120
         url = None
-        while url is None and time.time() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
-            lines.append(line)
-            match = re.search(r"serving the game at (http://127\.0\.0\.1:\d+/)", line)
+        while url is None and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+            match = re.search(r"serving the game at (http://127\.0\.0\.1:\d+/)", log.read_text())
             url = match.group(1) if match else None
-        assert url, "the server did not start:\n" + "".join(lines)
-        yield {"url": url, "process": process, "out": out}
+        assert url, "the server did not start:\n" + log.read_text()
+        yield {"url": url, "process": process, "out": out, "log": log}
     finally:
         process.terminate()
         try:
@@ -538,6 +560,162 @@ def test_deeply_nested_json_gets_an_error_reply_and_an_immediate_reconnect_plays
     assert "nests too deeply" in message and still_open
     assert greetings == ["hello"] * 6
     assert server["process"].poll() is None
+
+
+async def next_json(ws) -> dict:
+    """The server's next JSON message (the frames' PNGs in between are skipped)."""
+    import aiohttp
+
+    while (message := await ws.receive(timeout=60)).type != aiohttp.WSMsgType.TEXT:
+        assert message.type == aiohttp.WSMsgType.BINARY, f"the connection ended: {message}"
+    return json.loads(message.data)
+
+
+async def play_as_next_player(client, ws_url: str, **options):
+    """A WebSocket connection that holds the engine, and its hello (an earlier test's player may still be
+    leaving: "busy" is retried)."""
+    for _ in range(100):
+        ws = await client.ws_connect(ws_url, **options)
+        hello = await next_json(ws)
+        if hello["type"] == "hello":
+            return ws, hello
+        await ws.close()
+        await asyncio.sleep(0.2)
+    raise AssertionError("the engine stayed busy")
+
+
+def command(name: str) -> str:
+    return json.dumps({"type": "command", "command": name})
+
+
+def test_every_recording_reported_saved_is_on_disk_even_many_in_one_second(server):
+    """Recordings were named to the second: toggling recording 40 times in 4 s gave 20 "saved" replies but 4 files,
+    and the exit summary listed one file five times."""
+    import aiohttp
+
+    ws_url = server["url"].replace("http://", "ws://") + "ws"
+    before = set(server["out"].glob("*.json"))
+
+    async def record_twenty() -> list[dict]:
+        async with aiohttp.ClientSession() as client:
+            ws, _ = await play_as_next_player(client, ws_url)
+            async with ws:
+                await ws.send_str(command("pause"))
+                while not (await next_json(ws)).get("paused"):
+                    pass
+                for _ in range(20):  # start, one frame, stop: as fast as the messages go
+                    for name in ("record", "step", "record"):
+                        await ws.send_str(command(name))
+                saved = []
+                while len(saved) < 20:
+                    if (message := await next_json(ws))["type"] == "saved":
+                        saved.append(message)
+                return saved
+
+    with ThreadPoolExecutor(1) as thread:
+        saved = thread.submit(lambda: asyncio.run(record_twenty())).result()
+    assert len({s["gif"] for s in saved}) == 20, [s["gif"] for s in saved]
+    for recording in saved:
+        gif = Path(recording["gif"])
+        assert gif_frames(gif) == 1 and recording["gif_frames"] == 1
+        assert gif.with_suffix(".npz").is_file() and Path(recording["actions_file"]).is_file()
+        assert json.loads(gif.with_suffix(".json").read_text())["gif"] == str(gif)
+    assert len(set(server["out"].glob("*.json")) - before) == 20
+    assert not list(server["out"].glob(".*"))  # no temporary file left behind
+
+
+def send_raw(url: str, request: bytes) -> bytes:
+    """Send raw bytes to the server; the start of its reply."""
+    address = url.split("//", 1)[1].rstrip("/")
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        try:
+            connection.sendall(request)
+        except OSError:  # the server may answer and close before reading all of it
+            pass
+        try:
+            return connection.recv(200)
+        except OSError:
+            return b""
+
+
+def test_oversized_requests_print_one_rate_limited_line_each_not_a_traceback(server):
+    """Each request with a 100 KB URL or a 20 KB header printed a full aiohttp traceback: any client could flood the
+    server's console."""
+    start = len(server["log"].read_text())
+    replies = []
+    for _ in range(10):
+        replies.append(send_raw(server["url"], b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+        header = b"X-Big: " + b"b" * 20_000
+        replies.append(send_raw(server["url"], b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n\r\n"))
+    assert all(reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0] for reply in replies), replies
+    time.sleep(1)  # the server's console is a file: let its last lines land
+    printed = server["log"].read_text()[start:]
+    assert "Traceback" not in printed and "Error handling request" not in printed, printed
+    refused = [line for line in printed.splitlines() if line.startswith("refused a malformed request from 127.0.0.1")]
+    assert 1 <= len(refused) <= 5 and len(printed.splitlines()) == len(refused), printed  # 5 lines per 10 s at most
+    assert "(400 LineTooLong: Got more than 8190 bytes when reading)" in refused[0]
+    with urllib.request.urlopen(server["url"], timeout=30) as page:  # and the server serves on
+        assert page.status == 200
+
+
+def test_other_web_sites_cannot_drive_the_server_and_its_own_page_still_plays(server, browser):
+    """Any web page could open ws://127.0.0.1:<port>/ws (browsers let any site open WebSockets to localhost) and
+    take the engine and write recordings; a page served under the attacker's own name resolved to 127.0.0.1 (DNS
+    rebinding) got the page and its WebSocket as its own."""
+    import aiohttp
+
+    port = server["url"].rstrip("/").rsplit(":", 1)[1]
+    ws_url = server["url"].replace("http://", "ws://") + "ws"
+
+    async def foreign_clients() -> list[tuple[int, str]]:
+        refusals = []
+        async with aiohttp.ClientSession() as client:
+            for options in (
+                {"origin": "http://evil.example"},
+                {"origin": "null"},  # a sandboxed frame or a file:// page
+                {"headers": {"Host": f"rebinding.example:{port}"}},
+            ):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await client.ws_connect(ws_url, **options)
+                refusals.append((refused.value.status, ""))
+            async with client.get(server["url"], headers={"Host": f"rebinding.example:{port}"}) as response:
+                refusals.append((response.status, await response.text()))
+        return refusals
+
+    with ThreadPoolExecutor(1) as thread:
+        refusals = thread.submit(lambda: asyncio.run(foreign_clients())).result()
+    assert [status for status, _ in refusals] == [403] * 4
+    assert "Host 'rebinding.example:" in refusals[-1][1] and "--allow_host" in refusals[-1][1]
+
+    page = browser.new_page()
+    try:
+        # Another site's page in the player's browser opens a WebSocket to the server: the browser sends its Origin.
+        page.route("http://evil.example/", lambda route: route.fulfill(content_type="text/html", body="<p>cats</p>"))
+        page.goto("http://evil.example/")
+        got = page.evaluate(
+            """(url) => new Promise((done) => {
+                const socket = new WebSocket(url);
+                socket.onmessage = (event) => { done("message: " + event.data.slice(0, 40)); socket.close(); };
+                socket.onclose = () => done("closed");
+            })""",
+            ws_url,
+        )
+        assert got == "closed"
+        # The attacker's name resolved to this machine (DNS rebinding): the page itself is refused.
+        response = page.goto(f"http://rebinding.example:{port}/")
+        assert response.status == 403 and "is not this server's address" in page.inner_text("body")
+        # The server's own page, at the address it printed and at localhost, plays.
+        for url in (server["url"], f"http://localhost:{port}/"):
+            page.goto(url)
+            for _ in range(50):  # an earlier player may still be leaving
+                page.wait_for_function("window.play.hello !== null || window.play.busy !== null", timeout=60000)
+                if page.evaluate("window.play.busy") is None:
+                    break
+                page.reload()
+            page.wait_for_function("window.play.frames.length > 2", timeout=60000)
+    finally:
+        page.close()
 
 
 def test_listening_beyond_this_machine_warns_that_the_server_is_unauthenticated(tiny_checkpoint, tmp_path):

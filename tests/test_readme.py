@@ -88,8 +88,8 @@ COMMANDS = [command for document in DOCUMENTS for command in commands_in(documen
 
 
 @pytest.fixture(scope="module")
-def accepted_options() -> dict[str, set[str]]:
-    """The options each documented script lists in its --help (every script started at once)."""
+def help_texts() -> dict[str, str]:
+    """The --help of each documented script (every script started at once)."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     scripts = sorted({command.script for command in COMMANDS})
     running = {
@@ -103,13 +103,19 @@ def accepted_options() -> dict[str, set[str]]:
         )
         for script in scripts
     }
-    options = {}
+    texts = {}
     for script, process in running.items():
         stdout, stderr = process.communicate(timeout=300)
         failed = f"`python {script} --help` failed (exit {process.returncode}):\n{stderr[-2000:]}"
         assert process.returncode == 0, failed
-        options[script] = set(OPTION.findall(stdout))
-    return options
+        texts[script] = stdout
+    return texts
+
+
+@pytest.fixture(scope="module")
+def accepted_options(help_texts: dict[str, str]) -> dict[str, set[str]]:
+    """The options each documented script lists in its --help."""
+    return {script: set(OPTION.findall(text)) for script, text in help_texts.items()}
 
 
 def test_the_documents_show_commands_of_every_phase():
@@ -215,3 +221,17 @@ def test_the_code_cites_no_design_document_outside_the_repository():
     ]
     message = "DESIGN.md is not in the repository (its content is in docs/); cite docs/ instead:\n"
     assert not citing, message + "\n".join(citing)
+
+
+def test_no_option_states_its_default_twice(help_texts: dict[str, str]):
+    """argparse appended "(default: None)" to help that said its default in words: "(default: the model's no-op,
+    else action 0) (default: None)". Each option's help says its default once."""
+    twice = []
+    for script, text in help_texts.items():
+        # One entry per option: its line and the indented lines that continue its help (headings end one).
+        for entry in re.split(r"\n(?=\S|  -)", text):
+            words = " ".join(entry.split())
+            appended = re.search(r"\(default: [^()]*\)$", words)
+            if appended and re.search(r"\bdefault\b", words[: appended.start()], re.IGNORECASE):
+                twice.append(f"{script}: {words}")
+    assert not twice, "\n".join(twice)

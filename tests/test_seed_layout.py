@@ -4,6 +4,7 @@ and read with this project's window semantics: the window for frame t ends with 
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from gamengen.episodes import open_dataset
-from gamengen.layout import PEER_COLUMNS, ColumnNames, DatasetError
+from gamengen.layout import PEER_COLUMNS, ColumnNames, DatasetError, add_column_arguments, columns_from_args
 from gamengen.windows import PixelWindowDataset
 
 WIDTH, HEIGHT = 64, 48
@@ -81,18 +82,63 @@ def test_every_window_ends_with_the_action_that_produced_its_target_frame(tmp_pa
     assert checked == 3 * 11  # every frame but each episode's first is a target
 
 
-def test_read_with_our_timing_the_actions_would_be_one_step_late(tmp_path):
-    """The off-by-one this option exists for: the same files read as before_action pair frame t with the
-    action that produced frame t - 1."""
-    write_seed_layout(tmp_path)
-    naive = ColumnNames(frame="frames", action="actions", episode="episode_id", step="step_ids")
-    windows = PixelWindowDataset(open_dataset(tmp_path, columns=naive), context_length=4, num_actions=NUM_ACTIONS)
+def paired_with_their_action(dataset) -> list[bool]:
+    """For every window: does it end with the action that produced its target frame?"""
+    windows = PixelWindowDataset(dataset, context_length=4, num_actions=NUM_ACTIONS)
     matches = []
     for index in range(len(windows)):
         sample = windows[index]
         target = ((sample["target"].permute(1, 2, 0).numpy() + 1) * 127.5).round()
         matches.append(int(sample["actions"][-1]) == produced_by(target))
-    assert np.mean(matches) < 0.5
+    return matches
+
+
+def test_read_with_our_timing_the_actions_would_be_one_step_late(tmp_path):
+    """The off-by-one this option exists for: the same files read as before_action pair frame t with the
+    action that produced frame t - 1."""
+    write_seed_layout(tmp_path)
+    naive = ColumnNames(
+        frame="frames", action="actions", episode="episode_id", step="step_ids", frame_timing="before_action"
+    )
+    assert np.mean(paired_with_their_action(open_dataset(tmp_path, columns=naive))) < 0.5
+
+
+def column_options(*argv: str) -> ColumnNames | None:
+    """The ColumnNames a script reads with, from its command line's column options."""
+    parser = argparse.ArgumentParser()
+    add_column_arguments(parser)
+    return columns_from_args(parser.parse_args(argv))
+
+
+def test_the_seed_layouts_column_names_given_as_options_get_its_timing(tmp_path, capsys):
+    """Named explicitly (--frame_column frames ... without --frame_timing), the seed layout was read with this
+    project's timing: only about a fifth of the windows paired their target with the action that produced it."""
+    write_seed_layout(tmp_path)
+    columns = column_options(
+        *("--frame_column", "frames", "--action_column", "actions"),
+        *("--episode_column", "episode_id", "--step_column", "step_ids"),
+    )
+    dataset = open_dataset(tmp_path, columns=columns)
+    assert dataset.columns == PEER_COLUMNS and "seed repository's layout" in capsys.readouterr().out
+    assert all(paired_with_their_action(dataset))
+
+
+def test_other_datasets_without_metadata_must_name_their_frame_timing(tmp_path):
+    """Nothing in such a dataset says when its frames were taken: a guess pairs every frame with the wrong action
+    when it is wrong, so the reader asks, and reads it as told."""
+    write_seed_layout(tmp_path)
+    for shard in tmp_path.glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.rename_columns(["episode", "image", "action", "health", "step"]), shard)
+    names = ("--frame_column", "image", "--action_column", "action", "--episode_column", "episode")
+    with pytest.raises(DatasetError) as refused:
+        open_dataset(tmp_path, columns=column_options(*names, "--step_column", "step"))
+    message = str(refused.value)
+    assert "nothing says when its frames were taken" in message
+    assert "--frame_timing before_action if a row's action produced the next row's frame" in message
+    assert "--frame_timing after_action if a row's frame was captured after its action" in message
+    told = column_options(*names, "--step_column", "step", "--frame_timing", "after_action")
+    assert all(paired_with_their_action(open_dataset(tmp_path, columns=told)))
 
 
 def test_an_unknown_frame_timing_is_refused(tmp_path):

@@ -48,15 +48,22 @@ def test_each_steps_turn_is_the_games(tiny_dataset):
 
 def test_the_turned_frame_foresees_the_next_real_frame(tiny_dataset):
     """On the steps that turn, the last frame turned by the step's degrees is nearer the next real frame than the
-    last frame as it was, or turned the other way; the status bar stays."""
+    last frame as it was, or turned the other way; the status bar stays.
+
+    The columns a turn brings into view are filled from the last frame itself (where they were before), as
+    nothing can know them: filled from the next real frame, as this test first did, the turned frame got them
+    right for free, and its lead over "as it was" looked twice what it is (0.78 of its distance, not 0.92)."""
     distances = {"turned": [], "as it was": [], "turned the other way": []}
     for before, after, _, model in recorded_turns(tiny_dataset):
         if not model:
             continue
         for name, degrees in (("turned", model), ("as it was", 0.0), ("turned the other way", -model)):
-            turned = turn_view(before, degrees, after)  # the columns new to the view: the real ones (no error)
+            turned = turn_view(before, degrees, before)
             distances[name].append(np.abs(turned[:40] - after[:40]).mean())
             np.testing.assert_array_equal(turned[40:], before[40:])
     mean = {name: np.mean(values) for name, values in distances.items()}
-    assert mean["turned"] < 0.85 * mean["as it was"], mean  # 12.4 against 15.9 levels on this fixture
-    assert mean["turned"] < 0.85 * mean["turned the other way"], mean  # 16.5
+    # On this fixture (30 turning steps): 14.6 levels turned, 15.9 as it was, 18.9 turned the other way.
+    assert mean["turned"] < 0.95 * mean["as it was"], mean
+    assert mean["turned"] < 0.85 * mean["turned the other way"], mean
+    # A turn the wrong way would be seen at once: the right one is nearer on every step.
+    assert all(np.array(distances["turned"]) < np.array(distances["turned the other way"])), distances

@@ -211,7 +211,9 @@ def test_other_column_layouts_work_and_a_missing_action_column_is_named(coded_da
         ["frames", "actions", "episode", "step"]
     )
     pq.write_table(renamed.replace_schema_metadata({}), tmp_path / "train-00000.parquet")
-    columns = ColumnNames(frame="frames", action="actions", episode="episode", step="step")
+    columns = ColumnNames(
+        frame="frames", action="actions", episode="episode", step="step", frame_timing="before_action"
+    )
     episodes = open_dataset(tmp_path, columns=columns)
     with pytest.raises(DatasetError, match="no action_names metadata, .*: pass num_actions"):
         PixelWindowDataset(episodes, context_length=2)

@@ -14,9 +14,11 @@ shards, and shard and episode names carry a per-invocation run id, so reruns nev
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -56,6 +58,16 @@ SCHEMA = pa.schema(
         *[(name, pa.float32()) for name in GAME_VARIABLE_COLUMNS],
     ]
 )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each default said once: argparse's ``(default: X)`` is appended only to help that does not
+    say its default in words already (as gamengen/help_format.py does for the diffusion side)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if re.search(r"\bdefault\b", action.help or "", re.IGNORECASE):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class DatasetError(ValueError):

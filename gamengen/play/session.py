@@ -7,7 +7,8 @@ the real one.
 
 from __future__ import annotations
 
-import json
+import glob
+import itertools
 import shlex
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from gamengen.actions import action_id, action_script
 from gamengen.context import default_start_step, episode_context, find_episode
 from gamengen.engine import GameEngine
 from gamengen.episodes import EpisodeDataset
+from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
 from gamengen.media import captioned_row, display_scale, realtime_fps, upscale, write_gif, write_video
 from gamengen.metrics import psnr
 from gamengen.play.keymap import KeyMap
@@ -220,17 +222,19 @@ class PlaySession:
         if recording is None or not recording.frames:
             return None
         self.record_dir.mkdir(parents=True, exist_ok=True)
-        name = name or time.strftime("play-%Y%m%d-%H%M%S")
-        base = self.record_dir / name
+        base = self.record_dir / (name or self.unused_name(time.strftime("play-%Y%m%d-%H%M%S")))
+        # Each file is written whole to a hidden name, then renamed: a file that exists is complete.
         gif = write_gif(recording.frames, base.with_suffix(".gif"), self.gif_fps)
         mp4 = write_video(recording.frames, base.with_suffix(".mp4"), self.gif_fps)
         arrays = {"generated": np.stack(recording.model_frames), "actions": np.asarray(recording.actions)}
         if recording.real_frames:
             arrays["real"] = np.stack(recording.real_frames)
-        np.savez_compressed(base.with_suffix(".npz"), **arrays)
+        with atomic_path(base.with_suffix(".npz"), suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **arrays)
         script = action_script(self.actions, self.engine.action_names)
-        actions_path = base.with_suffix(".actions.txt")
-        actions_path.write_text((script or "# no action was played since the start") + "\n")
+        actions_path = write_bytes_atomic(
+            base.with_suffix(".actions.txt"), (script or "# no action was played since the start") + "\n"
+        )
         log = {
             "gif": str(gif),
             "mp4": str(mp4) if mp4 else None,
@@ -246,9 +250,17 @@ class PlaySession:
             "engine": self.engine.describe(),
             "replay": self.replay_command(actions_path),
         }
-        base.with_suffix(".json").write_text(json.dumps(log, indent=1) + "\n")
+        write_json_atomic(base.with_suffix(".json"), log)
         self.saved.append(log)
         return log
+
+    def unused_name(self, stem: str) -> str:
+        """``stem``, or ``stem-2``, ``stem-3``, ...: the first name no file in the recording folder has and this
+        session has not used. (Names are to the second: recordings stopped within one second would otherwise
+        overwrite each other, every one reported as saved.)"""
+        used = {Path(saved["gif"]).stem for saved in self.saved}
+        names = (stem if number == 1 else f"{stem}-{number}" for number in itertools.count(1))
+        return next(n for n in names if n not in used and not any(self.record_dir.glob(f"{glob.escape(n)}.*")))
 
     def replay_command(self, actions_path: Path) -> str | None:
         """The ``run_autoregressive.py`` call that regenerates these frames (a dataset start only)."""

@@ -18,20 +18,36 @@ Protocol (every client message is a JSON text of at most ``MAX_MESSAGE_CHARS`` c
 
 The engine runs in one worker thread, never on the event loop, so the server answers while a frame
 is being generated.
+
+Who may connect (docs/play.md#who-can-connect). A browser lets any web site open a WebSocket to
+``ws://127.0.0.1:<port>``, and lets a site whose DNS name it re-points at 127.0.0.1 (DNS rebinding) fetch
+from it as its own origin: listening on loopback keeps other machines out, not other sites. So every
+request must name this server in its ``Host`` header (``HostCheck``), and a WebSocket upgrade that carries
+an ``Origin`` (browsers always send one) must come from a page this server served (``same_origin``).
+Refused and malformed requests print one line each on the console, at most a few per ten seconds
+(``RefusalLog``), never a traceback: any client can send them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import ipaddress
 import json
+import logging
+import socket
+import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import numpy as np
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image
 
 from gamengen.play import COMMAND_KEYS, PlaySession, PortError
@@ -41,6 +57,115 @@ MAX_MESSAGE_CHARS = 1024  # longer messages get an error reply
 MAX_FRAME_BYTES = 64 * 1024  # the WebSocket layer closes a connection that sends more (code 1009)
 MAX_HELD_KEYS = 16
 COMMANDS = set(COMMAND_KEYS.values())
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
+
+
+def host_name(host: str) -> str | None:
+    """The name in a ``Host`` header or a URL's netloc, lowercased, without port or IPv6 brackets
+    ('127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1'); None when it cannot be parsed."""
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+
+
+def is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """The names a request's ``Host`` may give: the address the server listens on; for a loopback address the
+    other loopback names; for all interfaces (0.0.0.0, ::) any IP address and this machine's names; and the
+    names of ``--allow_host``. A page reaching the server under a DNS name of its own (DNS rebinding) is refused.
+    Ports are not compared: SSH port forwarding may serve the page on another port."""
+
+    def __init__(self, listen_host: str, allowed: Iterable[str] = ()) -> None:
+        self.listen_host = listen_host
+        names = {listen_host.strip("[]").lower(), *(name.lower() for name in allowed)}
+        if names & LOOPBACK_NAMES:
+            names |= LOOPBACK_NAMES
+        self.any_address = listen_host in ALL_INTERFACES
+        if self.any_address:
+            names |= LOOPBACK_NAMES | {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.names = frozenset(names)
+
+    def allows(self, host: str | None) -> bool:
+        name = host_name(host or "")
+        if not name:
+            return False
+        return name in self.names or (self.any_address and is_ip_address(name))
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a WebSocket's ``Origin`` is the page this server served (its scheme://host:port is the address the
+    request was sent to). No ``Origin``: not a browser (a script or a test), which no web page can drive."""
+    if origin is None:
+        return True
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == (host or "").lower()
+
+
+class RefusalLog:
+    """One console line per refused request, at most ``burst`` lines per ``period`` seconds: any client can send
+    refused requests as fast as it likes, and the console must stay readable. Lines not printed are counted in
+    the next one that is."""
+
+    def __init__(
+        self,
+        burst: int = 5,
+        period: float = 10.0,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.burst, self.period = burst, period
+        self.stream = stream
+        self.clock = clock or time.monotonic
+        self.printed: deque[float] = deque()
+        self.held_back = 0
+
+    def note(self, line: str) -> None:
+        now = self.clock()
+        while self.printed and now - self.printed[0] >= self.period:
+            self.printed.popleft()
+        if len(self.printed) >= self.burst:
+            self.held_back += 1
+            return
+        if self.held_back:
+            line += f" ({self.held_back} more refused before this one, not shown)"
+            self.held_back = 0
+        self.printed.append(now)
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+
+class _BadRequestHandler(logging.Handler):
+    """aiohttp's log of requests it cannot parse (a 100 KB URL, a 20 KB header, not HTTP at all): one line each
+    through the ``RefusalLog`` instead of a traceback. Any other error (a fault of this server's code) keeps its
+    traceback."""
+
+    def __init__(self, refusals: RefusalLog) -> None:
+        super().__init__(logging.DEBUG)
+        self.refusals = refusals
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
+            reason = str(error.message).split(":", 1)[0].strip()[:80] or type(error).__name__
+            self.refusals.note(
+                f"refused a malformed request from {client} ({error.code} {type(error).__name__}: {reason})"
+            )
+        elif record.levelno >= logging.WARNING:
+            print(logging.Formatter().format(record), file=sys.stderr, flush=True)
 
 
 class MessageError(ValueError):
@@ -88,19 +213,49 @@ def encode_png(frame: np.ndarray) -> bytes:
 class GameServer:
     """The app: one ``PlaySession``, lent to one WebSocket connection at a time."""
 
-    def __init__(self, session: PlaySession, fps: float | None = None, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        session: PlaySession,
+        fps: float | None = None,
+        settings: dict[str, Any] | None = None,
+        allow_hosts: Iterable[str] = (),
+    ) -> None:
         self.session = session
         self.fps = fps
         self.settings = settings or {}
+        self.allow_hosts = list(allow_hosts)
+        self.hosts = HostCheck("127.0.0.1", self.allow_hosts)  # serve() sets the address it listens on
+        self.refusals = RefusalLog()
+        # aiohttp's log of the requests it serves: a logger of this server's own (not in logging's tree, so
+        # nothing propagates to the root logger), whose one handler turns malformed requests into refusal lines.
+        self.request_log = logging.Logger(f"{__name__}.requests", logging.DEBUG)
+        self.request_log.addHandler(_BadRequestHandler(self.refusals))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.player: web.WebSocketResponse | None = None
         self.player_left = asyncio.Event()
         self.frames_served = 0
         self.connections = 0
         self.send_lock = asyncio.Lock()
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._check_host])
         self.app.add_routes([web.get("/", self.page), web.get("/ws", self.websocket)])
         self.app.on_shutdown.append(self._on_shutdown)
+
+    def refuse(self, request: web.Request, problem: str, fix: str) -> web.HTTPForbidden:
+        """403 with the problem and the fix, and one console line (rate-limited)."""
+        self.refusals.note(f"refused {request.method} {request.path[:60]} from {request.remote}: {problem}")
+        return web.HTTPForbidden(text=f"{problem}: {fix}\n")
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler) -> web.StreamResponse:
+        host = request.headers.get("Host")  # not request.host, which falls back to this machine's name
+        if not self.hosts.allows(host):
+            raise self.refuse(
+                request,
+                f"Host {(host or '')[:80]!r} is not this server's address ({self.hosts.listen_host})",
+                f"open the address the server printed, or if {host_name(host or '') or 'that name'} is a name of "
+                "this machine, restart with --allow_host NAME",
+            )
+        return await handler(request)
 
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.read_text(), content_type="text/html")
@@ -142,6 +297,14 @@ class GameServer:
             await ws.send_str(json.dumps(message))
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        origin = request.headers.get("Origin")
+        if not same_origin(origin, request.headers.get("Host")):
+            # Another site's page in the player's browser: it would take the engine and write recordings.
+            raise self.refuse(
+                request,
+                f"a WebSocket from the page of {origin[:80]!r} (Origin), not this server's",
+                "play from the page this server serves (open its address)",
+            )
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30)
         await ws.prepare(request)
         self.connections += 1
@@ -255,7 +418,8 @@ def _report_saved_recording(saving: asyncio.Future) -> None:
 
 async def serve(server: GameServer, host: str, port: int, ready=None) -> None:
     """Serve until cancelled (Ctrl-C). ``ready(url)`` is called once the socket listens."""
-    runner = web.AppRunner(server.app, handle_signals=False)
+    server.hosts = HostCheck(host, server.allow_hosts)
+    runner = web.AppRunner(server.app, handle_signals=False, logger=server.request_log)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

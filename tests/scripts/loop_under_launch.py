@@ -1,6 +1,8 @@
 """Run gamengen.training.train (the loop both trainers use) on a tiny model under `accelerate launch`, and
 write what each process saw: the random draws of every step, the sample indices of every step, and the
-final weights. tests/test_multiprocess.py compares them across processes and across a resume."""
+final weights. tests/test_multiprocess.py compares them across processes and across a resume. A fourth
+argument ``unshared`` gives every process but the main one an output folder of its own, as nodes that do
+not share the run folder see it."""
 
 from __future__ import annotations
 
@@ -20,8 +22,12 @@ class Args:
     logging_dir = "logs"
 
 
-def main(output_dir: Path, max_train_steps: int, resume: str | None) -> None:
+def main(output_dir: Path, max_train_steps: int, resume: str | None, unshared: bool = False) -> None:
     accelerator = make_accelerator(Args(), output_dir)
+    if unshared and accelerator.process_index > 0:
+        # A node that does not see the main process's output folder: the same path there holds other files.
+        output_dir = output_dir.with_name(f"{output_dir.name}-node{accelerator.process_index}")
+        output_dir.mkdir(exist_ok=True)
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -62,4 +68,9 @@ def main(output_dir: Path, max_train_steps: int, resume: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
+    main(
+        Path(sys.argv[1]),
+        int(sys.argv[2]),
+        sys.argv[3] if len(sys.argv) > 3 else None,
+        unshared=len(sys.argv) > 4 and sys.argv[4] == "unshared",
+    )
