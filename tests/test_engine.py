@@ -596,3 +596,23 @@ def test_carried_detail_stays_where_the_checkpoint_cannot_say_how_far_a_step_tur
     assert unknown.describe()["carry_motion"] == "none" and in_place.describe()["carry_motion"] == "none"
     with pytest.raises(EngineError, match="carry_motion"):
         GameEngine(bundle, carry_detail=8, carry_motion="flow")
+
+
+def test_the_engine_scripts_use_cuda_graphs_on_a_gpu_unless_told_otherwise():
+    """On a GPU the fast engine is the default (CUDA graphs: 40 frames/s against 8 eager on an H200); --eager opts
+    out, --compile / --compile_mode choose, and a CPU compiles nothing unless asked."""
+    import argparse
+
+    from gamengen.cli import add_engine_arguments, engine_compile_mode
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+
+    def mode(*argv: str) -> str | None:
+        return engine_compile_mode(parser.parse_args(["--model_folder", "m", *argv]))
+
+    assert mode("--device", "cuda") == mode("--device", "cuda:1") == "reduce-overhead"
+    assert mode("--device", "cuda", "--eager") is None
+    assert mode("--device", "cuda", "--compile") == "default"
+    assert mode("--device", "cuda", "--compile_mode", "max-autotune") == "max-autotune"
+    assert mode("--device", "cpu") is None and mode("--device", "cpu", "--compile") == "default"
