@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,6 +64,9 @@ from gamengen.model import ModelLoadError
 from gamengen.run_folder import UsageError
 from gamengen.samplers import FrameDataset
 from gamengen.vae import check_vae, encode_frames, load_vae
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Manifest entries a rerun must agree on: latents made under other settings cannot share a folder.
@@ -229,32 +232,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
     config = get_config(args.preset)
-    dataset = open_dataset(
-        args.dataset_name,
-        columns=columns_from_args(args),
-        revision=args.revision,
-        cache_dir=args.cache_dir,
-        cache_row_groups=4,
-    )
-    check_frame_size(dataset, config)
-    if args.num_actions is not None or dataset.action_names:
-        episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
-        fix = "pass --num_actions N (N >= largest id + 1)"
-        check_action_ids(dataset.episode_ids, episode_actions, args.num_actions, dataset.action_names, too_few_fix=fix)
-
-    vae_path = args.pretrained_vae_model_name_or_path or config.pretrained_model_name_or_path
-    if not vae_path:
-        raise UsageError(
-            f"the {config.preset!r} preset has no pretrained VAE: pass --pretrained_vae_model_name_or_path (e.g. the "
-            "--output_dir of finetune_autoencoder.py)"
-        )
-    vae = load_vae(vae_path, subfolder=args.vae_subfolder, revision=args.revision, cache_dir=args.cache_dir)
-    check_vae(vae, config)
-    encoder_sha256 = encoder_fingerprint(vae)  # of the stored weights, before any cast
+    dataset = open_checked_dataset(args, config)
     device = torch.device(args.device) if args.device else state.device
-    vae.to(device).eval().requires_grad_(False)
-    if MIXED_PRECISION_DTYPES[args.mixed_precision] != torch.float32:
-        vae.to(dtype=MIXED_PRECISION_DTYPES[args.mixed_precision])
+    vae, vae_path, encoder_sha256 = load_encoder(args, config, device)
 
     manifest = build_latent_manifest(
         config=config,
@@ -268,6 +248,47 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         num_actions=args.num_actions,
         mixed_precision=args.mixed_precision,
     )
+    start_cache(state, output_dir, manifest, dataset)
+    return encode_pending_shards(args, state, vae, vae_path, dataset, manifest, config, device)
+
+
+def open_checked_dataset(args: argparse.Namespace, config: ModelConfig) -> EpisodeDataset:
+    """The dataset, its frame size checked against the preset and its action ids against the action count."""
+    dataset = open_dataset(
+        args.dataset_name,
+        columns=columns_from_args(args),
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        cache_row_groups=4,
+    )
+    check_frame_size(dataset, config)
+    if args.num_actions is not None or dataset.action_names:
+        episode_actions = [dataset.actions(i) for i in range(len(dataset.episodes))]
+        fix = "pass --num_actions N (N >= largest id + 1)"
+        check_action_ids(dataset.episode_ids, episode_actions, args.num_actions, dataset.action_names, too_few_fix=fix)
+    return dataset
+
+
+def load_encoder(args: argparse.Namespace, config: ModelConfig, device: torch.device) -> tuple[Any, str, str]:
+    """(the VAE on ``device`` in the --mixed_precision dtype, where it came from, the fingerprint of its encoder)."""
+    vae_path = args.pretrained_vae_model_name_or_path or config.pretrained_model_name_or_path
+    if not vae_path:
+        raise UsageError(
+            f"the {config.preset!r} preset has no pretrained VAE: pass --pretrained_vae_model_name_or_path (e.g. the "
+            "--output_dir of finetune_autoencoder.py)"
+        )
+    vae = load_vae(vae_path, subfolder=args.vae_subfolder, revision=args.revision, cache_dir=args.cache_dir)
+    check_vae(vae, config)
+    encoder_sha256 = encoder_fingerprint(vae)  # of the stored weights, before any cast
+    vae.to(device).eval().requires_grad_(False)
+    if MIXED_PRECISION_DTYPES[args.mixed_precision] != torch.float32:
+        vae.to(dtype=MIXED_PRECISION_DTYPES[args.mixed_precision])
+    return vae, vae_path, encoder_sha256
+
+
+def start_cache(state: PartialState, output_dir: Path, manifest: dict[str, Any], dataset: EpisodeDataset) -> None:
+    """The main process checks the folder (a cache of the same settings to finish, or an empty folder) and writes the
+    manifest; the other processes check that they see it."""
     with state.main_process_first():
         if state.is_main_process:
             existing = read_latent_manifest(output_dir)
@@ -288,6 +309,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"{output_dir}: every process needs the same --output_dir on shared storage"
             )
 
+
+def encode_pending_shards(
+    args: argparse.Namespace,
+    state: PartialState,
+    vae,
+    vae_path: str,
+    dataset: EpisodeDataset,
+    manifest: dict[str, Any],
+    config: ModelConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Encode this process's shards that are not encoded yet, then wait for the others; the run's numbers."""
+    output_dir, encoder_sha256 = Path(args.output_dir), manifest["vae"]["encoder_sha256"]
     shards = manifest["shards"]
     mine = list(range(state.process_index, len(shards), state.num_processes))
     pending = [i for i in mine if not is_encoded(output_dir, shards[i], encoder_sha256)]

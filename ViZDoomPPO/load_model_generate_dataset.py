@@ -237,33 +237,63 @@ def stop_workers(workers: list, terminate: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        config, metadata, existing = check_run(args)
+    except (ScenarioError, AgentLoadError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
+    tag_games_with_run(run_id)
+    job = worker_job(args, config, metadata, run_id)
+    plan = split_episodes(args.episodes, args.num_workers)
+    print(
+        f"run {run_id}: {args.episodes} episodes on {len(plan)} workers -> {out_dir}"
+        + (f" (joining {existing} existing shards)" if existing else "")
+    )
+
+    frames, elapsed, steady, failed = record(job, plan, args.episodes, run_id)
+    if failed is not None:
+        print(f"error: {failed}\nshards written so far are complete and kept in {out_dir}", file=sys.stderr)
+        return 1
+    print(
+        f"recorded {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s; {steady:.1f} frames/s after "
+        f"start-up) -> {out_dir}"
+    )
+    if args.upload:
+        url = upload_dataset(out_dir, args.hf_repo, metadata, args.private)
+        print(f"uploaded to {url}")
+    return 0
+
+
+def check_run(args: argparse.Namespace) -> tuple[DoomConfig, dict, int]:
+    """(the game's settings: the agent's own, with the command line's overrides; the shards' metadata; how many
+    shards --out_dir already holds), after checking the agent, the game and the folder, before any worker starts."""
     base = None
     if args.model_path:
         saved = find_env_config(args.model_path)
         base = DoomConfig.from_dict(saved) if saved else None
-    try:
-        config = config_from_args(args, base)
-        if args.model_path:  # fail here, not in every worker
-            load_agent(args.model_path, observation_space(config), len(ACTION_NAMES))
-        policy = str(Path(args.model_path).resolve()) if args.model_path else "random"
-        metadata = dataset_metadata(config, policy=policy, seed=args.seed)
-        out_dir = Path(args.out_dir)
-        existing = (
-            check_output_dir(out_dir, {**metadata, "format_version": 1, "frame_codec": args.frame_codec})
-            if args.output == "parquet"
-            else 0
-        )
-    except (ScenarioError, AgentLoadError, DatasetError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = new_run_id()
-    tag_games_with_run(run_id)
-    job = {
+    config = config_from_args(args, base)
+    if args.model_path:  # fail here, not in every worker
+        load_agent(args.model_path, observation_space(config), len(ACTION_NAMES))
+    policy = str(Path(args.model_path).resolve()) if args.model_path else "random"
+    metadata = dataset_metadata(config, policy=policy, seed=args.seed)
+    existing = (
+        check_output_dir(Path(args.out_dir), {**metadata, "format_version": 1, "frame_codec": args.frame_codec})
+        if args.output == "parquet"
+        else 0
+    )
+    return config, metadata, existing
+
+
+def worker_job(args: argparse.Namespace, config: DoomConfig, metadata: dict, run_id: str) -> dict:
+    """What every worker process is given (plain values: the workers are spawned)."""
+    return {
         "config": config.to_dict(),
         "metadata": metadata,
         "run_id": run_id,
-        "out_dir": str(out_dir),
+        "out_dir": str(Path(args.out_dir)),
         "output": args.output,
         "model_path": args.model_path,
         "deterministic": args.deterministic,
@@ -273,12 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         "frame_codec": args.frame_codec,
         "png_level": args.png_level,
     }
-    plan = split_episodes(args.episodes, args.num_workers)
-    print(
-        f"run {run_id}: {args.episodes} episodes on {len(plan)} workers -> {out_dir}"
-        + (f" (joining {existing} existing shards)" if existing else "")
-    )
 
+
+def record(job: dict, plan: list[int], episodes: int, run_id: str) -> tuple[int, float, float, str | None]:
+    """Record with one worker process per entry of ``plan`` (its episodes): (frames recorded, seconds, frames/s
+    after start-up, why the run failed or None). Ctrl-C or a failed worker stops the others, which keep their
+    complete episodes; no game of the run outlives it."""
     context = mp.get_context("spawn")  # no fork of a process that holds threads or a game
     messages = context.Queue()
     workers = [
@@ -286,73 +316,78 @@ def main(argv: list[str] | None = None) -> int:
         for w, n in enumerate(plan)
     ]
     started, started_wall = time.perf_counter(), time.time()
+    frames, failed, worker_rates = 0, None, []
+    bar = tqdm(total=episodes, unit="episode", desc="recording")
+    try:
+        for worker in workers:
+            worker.start()
+        frames, failed, worker_rates = watch_workers(workers, messages, bar, started, started_wall)
+    except KeyboardInterrupt:
+        failed = "interrupted"
+    finally:
+        bar.close()
+        failed = end_workers(workers, run_id, failed)
+    steady = sum(worker_rates)  # the workers' rates add up while they run side by side
+    return frames, time.perf_counter() - started, steady, failed
+
+
+def watch_workers(
+    workers: list, messages, bar: tqdm, started: float, started_wall: float
+) -> tuple[int, str | None, list[float]]:
+    """Follow the workers' messages until all are done or one fails: (frames recorded, why the run failed or None,
+    each worker's frames/s from its first step to its end)."""
     frames = 0
     failed: str | None = None
     finished: set[int] = set()
     worker_started: dict[int, float] = {}
     worker_rates: list[float] = []  # frames/s of each worker from its first step to its end
-
-    bar = tqdm(total=args.episodes, unit="episode", desc="recording")
-    try:
-        for worker in workers:
-            worker.start()
-        last_check = time.perf_counter()
-        while len(finished) < len(workers) and failed is None:
-            # A worker that died without a word (killed, out of memory) stops the run, even while the
-            # others keep the queue busy: checked at least once a second, not only when the queue is idle.
-            if time.perf_counter() - last_check >= 1.0:
-                last_check = time.perf_counter()
-                dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
-                if dead:
-                    failed = f"worker {dead[0].name} exited with code {dead[0].exitcode}"
-                    continue
-            try:
-                kind, worker_id, payload = messages.get(timeout=1.0)
-            except queue.Empty:
-                last_check = 0.0
+    last_check = time.perf_counter()
+    while len(finished) < len(workers) and failed is None:
+        # A worker that died without a word (killed, out of memory) stops the run, even while the
+        # others keep the queue busy: checked at least once a second, not only when the queue is idle.
+        if time.perf_counter() - last_check >= 1.0:
+            last_check = time.perf_counter()
+            dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+            if dead:
+                failed = f"worker {dead[0].name} exited with code {dead[0].exitcode}"
                 continue
-            if kind == "steps":
-                frames += payload
-            elif kind == "episode":
-                frames += payload
-                bar.update(1)
-            elif kind == "started":
-                worker_started[worker_id] = payload
-            elif kind == "done":
-                finished.add(worker_id)
-                end, rows = payload
-                worker_rates.append(rows / max(end - worker_started.get(worker_id, started_wall), 1e-9))
-            elif kind == "error":
-                failed = f"worker {worker_id} failed:\n{payload}"
-            bar.set_postfix(frames=frames, fps=f"{frames / (time.perf_counter() - started):.0f}")
-    except KeyboardInterrupt:
-        failed = "interrupted"
-    finally:
-        bar.close()
         try:
-            stop_workers(workers, terminate=failed is not None)
-        except KeyboardInterrupt:  # a second Ctrl-C while the workers write their last episodes
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            failed = "interrupted twice: the workers were killed, their episodes in progress are lost"
-            for worker in workers:
-                if worker.is_alive():
-                    worker.kill()
-                worker.join()
-        finally:
-            kill_games_of_run(run_id)  # also the game of a worker that died (it is no longer our descendant)
-    elapsed = time.perf_counter() - started
-    if failed is not None:
-        print(f"error: {failed}\nshards written so far are complete and kept in {out_dir}", file=sys.stderr)
-        return 1
-    steady = sum(worker_rates)  # the workers' rates add up while they run side by side
-    print(
-        f"recorded {frames} frames in {elapsed:.1f} s ({frames / elapsed:.1f} frames/s; {steady:.1f} frames/s after "
-        f"start-up) -> {out_dir}"
-    )
-    if args.upload:
-        url = upload_dataset(out_dir, args.hf_repo, metadata, args.private)
-        print(f"uploaded to {url}")
-    return 0
+            kind, worker_id, payload = messages.get(timeout=1.0)
+        except queue.Empty:
+            last_check = 0.0
+            continue
+        if kind == "steps":
+            frames += payload
+        elif kind == "episode":
+            frames += payload
+            bar.update(1)
+        elif kind == "started":
+            worker_started[worker_id] = payload
+        elif kind == "done":
+            finished.add(worker_id)
+            end, rows = payload
+            worker_rates.append(rows / max(end - worker_started.get(worker_id, started_wall), 1e-9))
+        elif kind == "error":
+            failed = f"worker {worker_id} failed:\n{payload}"
+        bar.set_postfix(frames=frames, fps=f"{frames / (time.perf_counter() - started):.0f}")
+    return frames, failed, worker_rates
+
+
+def end_workers(workers: list, run_id: str, failed: str | None) -> str | None:
+    """Wait for the workers (asked to stop first when the run ``failed``), then kill every game of the run. Returns
+    why the run failed (a second Ctrl-C kills the workers)."""
+    try:
+        stop_workers(workers, terminate=failed is not None)
+    except KeyboardInterrupt:  # a second Ctrl-C while the workers write their last episodes
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        failed = "interrupted twice: the workers were killed, their episodes in progress are lost"
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+            worker.join()
+    finally:
+        kill_games_of_run(run_id)  # also the game of a worker that died (it is no longer our descendant)
+    return failed
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def row(name: str, result: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=40, help="measured frames per configuration (tiny)")
     parser.add_argument("--warmup", type=int, default=3, help="frames generated before measuring")
@@ -142,83 +142,98 @@ def main() -> None:
     parser.add_argument("--sd14_frames", type=int, default=30, help="measured frames per sd14 configuration on a GPU")
     parser.add_argument("--skip_tiny", action="store_true", help="only the sd14 part")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/engine.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # casting the VAE to bf16 warns once per configuration
 
-    results: dict[str, Any] = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "tiny_cpu": {},
-        "sd14": {},
-    }
+    results: dict[str, Any] = {"machine": machine_info(), "tiny_cpu": {}, "sd14": {}}
     table = ["| configuration | UNet ms/frame | decode ms | total ms | FPS |", "|---|---|---|---|---|"]
-
     if not args.skip_tiny:
-        bundle = tiny_bundle()
-        configurations = []
-        for threads in (1, 2):
-            for dtype in ("fp32", "bf16"):
-                configurations.append((threads, dtype, 1.5, False, None))
-            configurations.append((threads, "fp32", 1.0, False, None))
-        # the quickstart's settings: the tiny preset's CFG 1.0 and the detail carry-over of its play command
-        configurations.append((1, "fp32", 1.0, False, 8.0))
-        if args.compile:
-            configurations += [(1, "fp32", 1.5, True, None), (1, "bf16", 1.5, True, None), (2, "bf16", 1.5, True, None)]
-        for threads, dtype, scale, compiled, carry in configurations:
-            torch.set_num_threads(threads)
-            torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-            result = measure(
-                on(bundle, "cpu", torch_dtype),
-                args.frames,
-                args.warmup,
-                guidance_scale=scale,
-                compile=compiled,
-                carry_detail=carry,
-            )
-            name = (
-                f"tiny, CPU {threads} thread{'s' if threads > 1 else ''}, {dtype}, "
-                f"{'CFG 1.5' if scale != 1 else 'no CFG'}{', compiled' if compiled else ''}"
-                f"{f', --carry_detail {carry:g}' if carry else ''}"
-            )
-            results["tiny_cpu"][name] = {**result, "threads": threads}
-            table.append(row(name, result))
-            print(table[-1], flush=True)
-
+        measure_tiny(args, results, table)
     if args.sd14:
-        if torch.cuda.is_available():
-            for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-                bundle = on(sd14_bundle(), "cuda", dtype)
-                for compiled, mode in ((False, None), (True, None), (True, "max-autotune-no-cudagraphs")):
-                    result = measure(
-                        bundle, args.sd14_frames, 10 if compiled else 3, compile=compiled, compile_mode=mode
-                    )
-                    name = (
-                        f"sd14 320x256 ctx 64, {results['machine']['cuda']}, {dtype_name}"
-                        f"{', compiled' if compiled else ''}{f' ({mode})' if mode else ''}"
-                    )
-                    results["sd14"][name] = result
-                    table.append(row(name, result))
-                    print(table[-1], flush=True)
-                del bundle
-                torch.cuda.empty_cache()
-        else:
-            torch.set_num_threads(os.cpu_count() or 1)
-            bundle = on(sd14_bundle(), "cpu", torch.float32)
-            result = measure(bundle, frames=1, warmup=0)
-            name = f"sd14 320x256 ctx 64, CPU {torch.get_num_threads()} threads, fp32 (1 frame, smoke)"
-            results["sd14"][name] = result
-            results["sd14"]["gpu"] = "not measured here (no CUDA device): run this script with --sd14 on a GPU machine"
-            table.append(row(name, result))
-            print(table[-1], flush=True)
+        measure_sd14(args, results, table)
+    write_results(Path(args.output), results, table)
 
-    output = Path(args.output)
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def measure_tiny(args: argparse.Namespace, results: dict[str, Any], table: list[str]) -> None:
+    """The tiny preset on the CPU: 1 and 2 threads, fp32 and bf16, with and without CFG, the quickstart's settings,
+    and with --compile the compiled engines; into ``results["tiny_cpu"]`` and a table row each."""
+    bundle = tiny_bundle()
+    configurations = []
+    for threads in (1, 2):
+        for dtype in ("fp32", "bf16"):
+            configurations.append((threads, dtype, 1.5, False, None))
+        configurations.append((threads, "fp32", 1.0, False, None))
+    # the quickstart's settings: the tiny preset's CFG 1.0 and the detail carry-over of its play command
+    configurations.append((1, "fp32", 1.0, False, 8.0))
+    if args.compile:
+        configurations += [(1, "fp32", 1.5, True, None), (1, "bf16", 1.5, True, None), (2, "bf16", 1.5, True, None)]
+    for threads, dtype, scale, compiled, carry in configurations:
+        torch.set_num_threads(threads)
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        result = measure(
+            on(bundle, "cpu", torch_dtype),
+            args.frames,
+            args.warmup,
+            guidance_scale=scale,
+            compile=compiled,
+            carry_detail=carry,
+        )
+        name = (
+            f"tiny, CPU {threads} thread{'s' if threads > 1 else ''}, {dtype}, "
+            f"{'CFG 1.5' if scale != 1 else 'no CFG'}{', compiled' if compiled else ''}"
+            f"{f', --carry_detail {carry:g}' if carry else ''}"
+        )
+        results["tiny_cpu"][name] = {**result, "threads": threads}
+        table.append(row(name, result))
+        print(table[-1], flush=True)
+
+
+def measure_sd14(args: argparse.Namespace, results: dict[str, Any], table: list[str]) -> None:
+    """The paper-sized model: on CUDA bf16 and fp16, eager and compiled; on a CPU one frame (a smoke measurement);
+    into ``results["sd14"]`` and a table row each."""
+    if torch.cuda.is_available():
+        for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            bundle = on(sd14_bundle(), "cuda", dtype)
+            for compiled, mode in ((False, None), (True, None), (True, "max-autotune-no-cudagraphs")):
+                result = measure(bundle, args.sd14_frames, 10 if compiled else 3, compile=compiled, compile_mode=mode)
+                name = (
+                    f"sd14 320x256 ctx 64, {results['machine']['cuda']}, {dtype_name}"
+                    f"{', compiled' if compiled else ''}{f' ({mode})' if mode else ''}"
+                )
+                results["sd14"][name] = result
+                table.append(row(name, result))
+                print(table[-1], flush=True)
+            del bundle
+            torch.cuda.empty_cache()
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+        bundle = on(sd14_bundle(), "cpu", torch.float32)
+        result = measure(bundle, frames=1, warmup=0)
+        name = f"sd14 320x256 ctx 64, CPU {torch.get_num_threads()} threads, fp32 (1 frame, smoke)"
+        results["sd14"][name] = result
+        results["sd14"]["gpu"] = "not measured here (no CUDA device): run this script with --sd14 on a GPU machine"
+        table.append(row(name, result))
+        print(table[-1], flush=True)
+
+
+def write_results(output: Path, results: dict[str, Any], table: list[str]) -> None:
+    """Write the results (keeping the sections of ``output`` this run did not measure) and print the table."""
     if output.exists():  # keep the sections this run did not measure
         previous = json.loads(output.read_text())
         for key in ("tiny_cpu", "sd14"):

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,8 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import encode_latents  # noqa: E402
-from gamengen.config import DEFAULT_CONTEXT_LENGTH, get_config, get_world_model_config  # noqa: E402
-from gamengen.episodes import open_dataset  # noqa: E402
+from gamengen.config import DEFAULT_CONTEXT_LENGTH, ModelConfig, get_config, get_world_model_config  # noqa: E402
+from gamengen.episodes import EpisodeDataset, open_dataset  # noqa: E402
 from gamengen.latent_cache import (  # noqa: E402
     LatentCache,
     build_latent_manifest,
@@ -159,7 +160,7 @@ def make_train_step(context_length: int, action_names: list[str]):
     return step
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dataset_name", default=None, help="a 64x48 dataset folder (default: record 4 episodes x 150 steps)"
@@ -173,7 +174,11 @@ def main() -> None:
     )
     parser.add_argument("--skip_sd14", action="store_true", help="skip the sd14-size measurements (~40 s)")
     parser.add_argument("--output", default=str(REPO / "benchmarks/results/latent_cache.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.torch_threads)
     config = get_config("tiny")
 
@@ -183,81 +188,111 @@ def main() -> None:
         "preset": "tiny",
         "batch_size": args.batch_size,
     }
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dataset_dir = (
             Path(args.dataset_name) if args.dataset_name else record_dataset(tmp / "ds", episodes=4, steps=150)
         )
-        torch.manual_seed(0)
-        save_vae(build_vae(config), tmp / "vae")
-        vae = load_vae(tmp / "vae").eval().requires_grad_(False)
-        episodes = open_dataset(dataset_dir)
-        results["dataset_frames"] = len(episodes)
-
-        started = time.perf_counter()
-        options = ["--preset", "tiny", "--dataset_name", str(dataset_dir), "--batch_size", "64"]
-        options += ["--pretrained_vae_model_name_or_path", str(tmp / "vae"), "--output_dir", str(tmp / "latents")]
-        encode_latents.main(encode_latents.parse_args(options))
-        results["cache_build_seconds"] = time.perf_counter() - started
-        results["cache_build_frames_per_s"] = len(episodes) / results["cache_build_seconds"]
-        cache = LatentCache(tmp / "latents")
-
-        for context_length in args.context_lengths:
-            pixel_windows = PixelWindowDataset(episodes, context_length=context_length, config=config)
-            latent_windows = LatentWindowDataset(cache, context_length=context_length)
-            on_the_fly = samples_per_second(
-                batches(pixel_windows, args.batch_size, 0),
-                args.num_batches,
-                prepare=lambda b: encode_pixel_windows(vae, b, config),
-            )
-            decode_only = samples_per_second(batches(pixel_windows, args.batch_size, 0), args.num_batches)
-            cached = samples_per_second(batches(latent_windows, args.batch_size, 0), args.num_batches * 5)
-            step = make_train_step(context_length, episodes.action_names)
-            train_on_the_fly = samples_per_second(
-                batches(pixel_windows, args.batch_size, 1),
-                args.num_batches // 2,
-                prepare=lambda b: encode_pixel_windows(vae, b, config),
-                train_step=step,
-            )
-            train_cached = samples_per_second(
-                batches(latent_windows, args.batch_size, 1), args.num_batches // 2, train_step=step
-            )
-            row = {
-                "context_length": context_length,
-                "batch_ready_on_the_fly_samples_per_s": on_the_fly,
-                "of_which_png_decode_only_samples_per_s": decode_only,
-                "batch_ready_cached_samples_per_s": cached,
-                "batch_ready_speedup": cached / on_the_fly,
-                "train_step_on_the_fly_samples_per_s": train_on_the_fly,
-                "train_step_cached_samples_per_s": train_cached,
-                "train_step_speedup": train_cached / train_on_the_fly,
-            }
-            rows.append(row)
-            print(f"N={context_length}: {row}", flush=True)
-        results["measurements"] = rows
-
+        episodes, vae, cache = build_cache(dataset_dir, tmp, config, results)
+        results["measurements"] = [
+            measure_context_length(args, context_length, episodes, vae, cache, config)
+            for context_length in args.context_lengths
+        ]
         if not args.skip_sd14:
-            # The paper's size: what encoding on the fly would cost per sample, and what reading the cache costs.
-            context_length = DEFAULT_CONTEXT_LENGTH["sd14"]
-            encoder_rate = sd14_encoder_frames_per_second(args.sd14_encoder_frames)
-            sd14_cache = sd14_shaped_cache(
-                record_dataset(tmp / "ds320", episodes=2, steps=200, frame_size="320x240"), tmp / "latents320"
-            )
-            sd14_windows = LatentWindowDataset(sd14_cache, context_length=context_length)
-            results["sd14"] = {
-                "context_length": context_length,
-                "vae_encoder_frames_per_s_this_cpu": encoder_rate,
-                "on_the_fly_encode_seconds_per_sample_this_cpu": (context_length + 1) / encoder_rate,
-                "batch_ready_cached_samples_per_s": samples_per_second(
-                    batches(sd14_windows, args.batch_size, 0), args.num_batches * 5
-                ),
-            }
+            results["sd14"] = measure_sd14(args, tmp)
             print(f"sd14: {results['sd14']}", flush=True)
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n{results['machine']}; tiny preset (64x48 frames, latents 4x12x16), batch {args.batch_size}, main process")
+    print_report(results)
+
+
+def build_cache(
+    dataset_dir: Path, tmp: Path, config: ModelConfig, results: dict
+) -> tuple[EpisodeDataset, Any, LatentCache]:
+    """(the episodes, a random-init tiny VAE, the latent cache encode_latents.py makes of them with it), the cache's
+    one-time cost into ``results``."""
+    torch.manual_seed(0)
+    save_vae(build_vae(config), tmp / "vae")
+    vae = load_vae(tmp / "vae").eval().requires_grad_(False)
+    episodes = open_dataset(dataset_dir)
+    results["dataset_frames"] = len(episodes)
+
+    started = time.perf_counter()
+    options = ["--preset", "tiny", "--dataset_name", str(dataset_dir), "--batch_size", "64"]
+    options += ["--pretrained_vae_model_name_or_path", str(tmp / "vae"), "--output_dir", str(tmp / "latents")]
+    encode_latents.main(encode_latents.parse_args(options))
+    results["cache_build_seconds"] = time.perf_counter() - started
+    results["cache_build_frames_per_s"] = len(episodes) / results["cache_build_seconds"]
+    return episodes, vae, LatentCache(tmp / "latents")
+
+
+def measure_context_length(
+    args: argparse.Namespace,
+    context_length: int,
+    episodes: EpisodeDataset,
+    vae,
+    cache: LatentCache,
+    config: ModelConfig,
+) -> dict:
+    """Samples/s of a ready batch and of a training step, on the fly and cached, at one context length."""
+    pixel_windows = PixelWindowDataset(episodes, context_length=context_length, config=config)
+    latent_windows = LatentWindowDataset(cache, context_length=context_length)
+    on_the_fly = samples_per_second(
+        batches(pixel_windows, args.batch_size, 0),
+        args.num_batches,
+        prepare=lambda b: encode_pixel_windows(vae, b, config),
+    )
+    decode_only = samples_per_second(batches(pixel_windows, args.batch_size, 0), args.num_batches)
+    cached = samples_per_second(batches(latent_windows, args.batch_size, 0), args.num_batches * 5)
+    step = make_train_step(context_length, episodes.action_names)
+    train_on_the_fly = samples_per_second(
+        batches(pixel_windows, args.batch_size, 1),
+        args.num_batches // 2,
+        prepare=lambda b: encode_pixel_windows(vae, b, config),
+        train_step=step,
+    )
+    train_cached = samples_per_second(
+        batches(latent_windows, args.batch_size, 1), args.num_batches // 2, train_step=step
+    )
+    row = {
+        "context_length": context_length,
+        "batch_ready_on_the_fly_samples_per_s": on_the_fly,
+        "of_which_png_decode_only_samples_per_s": decode_only,
+        "batch_ready_cached_samples_per_s": cached,
+        "batch_ready_speedup": cached / on_the_fly,
+        "train_step_on_the_fly_samples_per_s": train_on_the_fly,
+        "train_step_cached_samples_per_s": train_cached,
+        "train_step_speedup": train_cached / train_on_the_fly,
+    }
+    print(f"N={context_length}: {row}", flush=True)
+    return row
+
+
+def measure_sd14(args: argparse.Namespace, tmp: Path) -> dict:
+    """The paper's size: what encoding on the fly would cost per sample, and what reading the cache costs."""
+    context_length = DEFAULT_CONTEXT_LENGTH["sd14"]
+    encoder_rate = sd14_encoder_frames_per_second(args.sd14_encoder_frames)
+    sd14_cache = sd14_shaped_cache(
+        record_dataset(tmp / "ds320", episodes=2, steps=200, frame_size="320x240"), tmp / "latents320"
+    )
+    sd14_windows = LatentWindowDataset(sd14_cache, context_length=context_length)
+    return {
+        "context_length": context_length,
+        "vae_encoder_frames_per_s_this_cpu": encoder_rate,
+        "on_the_fly_encode_seconds_per_sample_this_cpu": (context_length + 1) / encoder_rate,
+        "batch_ready_cached_samples_per_s": samples_per_second(
+            batches(sd14_windows, args.batch_size, 0), args.num_batches * 5
+        ),
+    }
+
+
+def print_report(results: dict) -> None:
+    """The results as a markdown table (and a sentence on sd14)."""
+    print(
+        f"\n{results['machine']}; tiny preset (64x48 frames, latents 4x12x16), batch {results['batch_size']}, "
+        "main process"
+    )
     print(
         f"cache build (one time): {results['dataset_frames']} frames in {results['cache_build_seconds']:.1f} s "
         f"({results['cache_build_frames_per_s']:.0f} frames/s)\n"
@@ -267,7 +302,7 @@ def main() -> None:
         "the fly | train step: cached | speedup |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
+    for row in results["measurements"]:
         print(
             f"| {row['context_length']} | {row['batch_ready_on_the_fly_samples_per_s']:.0f} samples/s | "
             f"{row['of_which_png_decode_only_samples_per_s']:.0f} | "

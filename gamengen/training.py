@@ -1,6 +1,6 @@
-"""What the two trainers (train_text_to_image.py, finetune_autoencoder.py) share: the accelerate options and
-launch checks, and THE training loop (``train``). docs/training.md describes a run; its folder and
-``checkpoint-<step>`` subfolders are handled by ``gamengen.run_folder``.
+"""What the two trainers (train_text_to_image.py, finetune_autoencoder.py) share: the accelerate options and the
+Accelerator (its launch checked by ``gamengen.launch``), and THE training loop (``train``). docs/training.md
+describes a run; its folder and ``checkpoint-<step>`` subfolders are handled by ``gamengen.run_folder``.
 
 A trainer builds its model(s), optimizer, learning-rate schedule and DataLoader, passes them through
 ``accelerator.prepare``, and hands them to ``train`` with a loss function for one batch and ``Hooks``
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -27,6 +26,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from gamengen.devices import cpu_computes_bf16
+from gamengen.launch import check_launch
 from gamengen.run_folder import CHECKPOINT_PREFIX, DEFAULT_CHECKPOINTS_KEPT, UsageError, resume, save_checkpoint
 
 
@@ -136,47 +136,6 @@ def make_accelerator(args: Any, output_dir: Path) -> Accelerator:
             "Pass --mixed_precision no on this machine."
         )
     return accelerator
-
-
-MISLAUNCH_FIX = (
-    "on GPUs: accelerate launch --multi_gpu --num_processes N ...; on a CPU (gloo): "
-    "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N --num_machines 1 ..."
-)
-
-
-def check_launch(accelerator: Accelerator) -> None:
-    """Refuse a launch whose processes are not connected: each would believe it is the only one, and all
-    would write the same folder (``--multi_gpu`` without usable GPUs or backend), or a launch that asked for
-    several processes and got one (``--num_processes N`` without ``--multi_gpu``)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size > 1 and accelerator.num_processes == 1:
-        raise UsageError(
-            f"{world_size} processes were launched but they are not connected (no distributed backend: each "
-            "believes it is the main one and all would write the same --output_dir). Launch with a backend: "
-            f"{MISLAUNCH_FIX}"
-        )
-    asked = launcher_num_processes()
-    if asked is not None and asked > 1 and accelerator.num_processes == 1:
-        raise UsageError(
-            f"accelerate launch was asked for {asked} processes but started one (--num_processes without "
-            f"--multi_gpu runs a single process). {MISLAUNCH_FIX}"
-        )
-
-
-def launcher_num_processes() -> int | None:
-    """``--num_processes`` of the ``accelerate launch`` that started this process (None: not launched by it)."""
-    try:
-        words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return None
-    head = " ".join(words[:4])  # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
-    if "accelerate" not in head or "launch" not in head:
-        return None
-    for index, word in enumerate(words):
-        if word.startswith("--num_processes"):
-            value = word.split("=", 1)[1] if "=" in word else (words[index + 1] if index + 1 < len(words) else "")
-            return int(value) if value.isdigit() else None
-    return None
 
 
 def make_lr_scheduler(args: Any, optimizer: torch.optim.Optimizer, accelerator: Accelerator) -> Any:
@@ -320,22 +279,10 @@ def train(
     progress = tqdm(
         range(options.max_train_steps), initial=run.step, desc="steps", disable=not accelerator.is_local_main_process
     )
-    last_checkpoint = run.step if run.step > 0 else None
-    limit = options.checkpoints_total_limit or None  # 0: keep all
-    unlogged: list[dict[str, torch.Tensor]] = []  # per step, still on the device
     model.train()
+    bookkeeping = StepBookkeeping(accelerator, options, run, hooks, lr_scheduler, progress)
     epoch = first_epoch
     micro_batch = 0
-    window_started = time.perf_counter()  # training time is read after the device has finished (log_steps)
-
-    def flush() -> None:
-        nonlocal window_started
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize(accelerator.device)  # the clock is read once the queued steps have run
-        run.train_seconds += time.perf_counter() - window_started
-        log_steps(accelerator, run, unlogged, lr_scheduler.get_last_lr()[0], progress)
-        window_started = time.perf_counter()
-
     try:
         while run.step < options.max_train_steps:
             skip = batches_to_skip if epoch == first_epoch else 0
@@ -359,58 +306,89 @@ def train(
                     continue  # a micro-batch of an accumulated step
                 run.step += 1
                 micro_batch = 0
-                if hooks.after_step is not None:
-                    hooks.after_step(run.step)
-                unlogged.append({"loss": loss.detach(), **{name: value.detach() for name, value in metrics.items()}})
-                progress.update(1)
-                checkpoint_now = run.step % options.checkpointing_steps == 0
-                validate_now = run.step % options.validation_steps == 0 and hooks.validate is not None
-                if run.step % options.logging_steps == 0 or checkpoint_now or validate_now:
-                    flush()
-                if checkpoint_now:
-                    if accelerator.is_main_process:
-                        save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
-                    last_checkpoint = run.step
-                if validate_now and accelerator.is_main_process:
-                    run.validation, run.validated_step = hooks.validate(run.step), run.step
-                    model.train()
-                if checkpoint_now or validate_now:
-                    window_started = time.perf_counter()  # checkpoints and validation are not training time
+                bookkeeping.step_done(model, loss, metrics)
                 if run.step >= options.max_train_steps:
                     break
             epoch += 1
-        flush()
+        bookkeeping.flush()
     except KeyboardInterrupt:
-        # Ctrl-C: keep what was trained since the last checkpoint, then tell the trainer to stop.
-        progress.close()
-        saved = None
-        if run.step > (last_checkpoint or 0) and accelerator.is_main_process:
-            saved = save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
-        elif last_checkpoint is not None:
-            saved = options.output_dir / f"{CHECKPOINT_PREFIX}{last_checkpoint}"
-        raise TrainingInterrupted(run.step, saved) from None
+        raise bookkeeping.interrupted() from None
     progress.close()
     accelerator.wait_for_everyone()
     # The final state, so that a later run with a larger --max_train_steps can continue this one.
-    if accelerator.is_main_process and last_checkpoint != run.step:
-        save_checkpoint(accelerator, options.output_dir, run.step, limit, hooks.checkpoint_files)
+    if accelerator.is_main_process and bookkeeping.last_checkpoint != run.step:
+        bookkeeping.save_checkpoint()
     return run
 
 
-def log_steps(
-    accelerator: Accelerator, run: TrainingRun, unlogged: list[dict[str, torch.Tensor]], lr: float, progress: Any
-) -> None:
-    """Read the losses of the steps not yet logged from the device (one wait), log their mean at the
-    current step, and show it in the progress bar."""
-    if not unlogged:
-        return
-    values = {name: torch.stack([step[name].float() for step in unlogged]).tolist() for name in unlogged[0]}
-    run.losses.extend(values["loss"])
-    for name, steps in values.items():
-        if name != "loss":
-            run.metrics.setdefault(name, []).extend(steps)
-    logs = {name: sum(v) / len(v) for name, v in values.items()}
-    logs.update(lr=lr, samples_per_second=run.samples_per_second or 0.0)
-    unlogged.clear()
-    progress.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{logs['samples_per_second']:.1f}")
-    accelerator.log(logs, step=run.step)
+class StepBookkeeping:
+    """``train``'s bookkeeping after each optimisation step: the losses still on the device (read every
+    ``logging_steps``, one wait), the clock of training time (validation and checkpoints not counted), the
+    periodic checkpoints and validation, and the newest checkpoint."""
+
+    def __init__(
+        self, accelerator: Accelerator, options: LoopOptions, run: TrainingRun, hooks: Hooks, lr_scheduler, progress
+    ) -> None:
+        self.accelerator, self.options, self.run, self.hooks = accelerator, options, run, hooks
+        self.lr_scheduler, self.progress = lr_scheduler, progress
+        self.last_checkpoint = run.step if run.step > 0 else None
+        self.limit = options.checkpoints_total_limit or None  # 0: keep all
+        self.unlogged: list[dict[str, torch.Tensor]] = []  # per step, still on the device
+        self.window_started = time.perf_counter()  # training time is read after the device has finished (flush)
+
+    def step_done(self, model: torch.nn.Module, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+        """After optimisation step ``run.step``: the hook, the loss kept for the next log, and every
+        ``logging_steps``, ``checkpointing_steps`` and ``validation_steps`` the log, checkpoint and validation."""
+        run, options, hooks, accelerator = self.run, self.options, self.hooks, self.accelerator
+        if hooks.after_step is not None:
+            hooks.after_step(run.step)
+        self.unlogged.append({"loss": loss.detach(), **{name: value.detach() for name, value in metrics.items()}})
+        self.progress.update(1)
+        checkpoint_now = run.step % options.checkpointing_steps == 0
+        validate_now = run.step % options.validation_steps == 0 and hooks.validate is not None
+        if run.step % options.logging_steps == 0 or checkpoint_now or validate_now:
+            self.flush()
+        if checkpoint_now:
+            if accelerator.is_main_process:
+                self.save_checkpoint()
+            self.last_checkpoint = run.step
+        if validate_now and accelerator.is_main_process:
+            run.validation, run.validated_step = hooks.validate(run.step), run.step
+            model.train()
+        if checkpoint_now or validate_now:
+            self.window_started = time.perf_counter()  # checkpoints and validation are not training time
+
+    def flush(self) -> None:
+        """Stop the clock once the queued steps have run, read the losses of the steps not yet logged from the
+        device, log their mean at the current step, and show it in the progress bar."""
+        accelerator, run, unlogged = self.accelerator, self.run, self.unlogged
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)  # the clock is read once the queued steps have run
+        run.train_seconds += time.perf_counter() - self.window_started
+        if unlogged:
+            values = {name: torch.stack([step[name].float() for step in unlogged]).tolist() for name in unlogged[0]}
+            run.losses.extend(values["loss"])
+            for name, steps in values.items():
+                if name != "loss":
+                    run.metrics.setdefault(name, []).extend(steps)
+            logs = {name: sum(v) / len(v) for name, v in values.items()}
+            logs.update(lr=self.lr_scheduler.get_last_lr()[0], samples_per_second=run.samples_per_second or 0.0)
+            unlogged.clear()
+            self.progress.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{logs['samples_per_second']:.1f}")
+            accelerator.log(logs, step=run.step)
+        self.window_started = time.perf_counter()
+
+    def interrupted(self) -> TrainingInterrupted:
+        """Ctrl-C: keep what was trained since the last checkpoint, then tell the trainer to stop."""
+        self.progress.close()
+        saved = None
+        if self.run.step > (self.last_checkpoint or 0) and self.accelerator.is_main_process:
+            saved = self.save_checkpoint()
+        elif self.last_checkpoint is not None:
+            saved = self.options.output_dir / f"{CHECKPOINT_PREFIX}{self.last_checkpoint}"
+        return TrainingInterrupted(self.run.step, saved)
+
+    def save_checkpoint(self) -> Path:
+        """The training state at the current step, in output_dir/checkpoint-<step> (main process)."""
+        args = (self.accelerator, self.options.output_dir, self.run.step, self.limit, self.hooks.checkpoint_files)
+        return save_checkpoint(*args)

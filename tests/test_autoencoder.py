@@ -241,7 +241,7 @@ def test_presets_have_the_documented_latent_shapes():
 
 
 def test_the_edge_term_charges_blur_that_mse_lets_pass(tiny_dataset, tmp_path):
-    from finetune_autoencoder import edge_loss
+    from gamengen.autoencoder_training import edge_loss
 
     frames = frames_to_tensor(np.stack([open_dataset(tiny_dataset).frame(i) for i in (0, 20)]))
     blurred = torch.nn.functional.avg_pool2d(frames, 3, stride=1, padding=1, count_include_pad=False)
@@ -269,7 +269,7 @@ def test_the_adversarial_term_trains_a_discriminator_that_checkpoints_and_resume
 
 
 def test_posterior_noise_zero_trains_the_decoder_on_the_latent_the_world_model_sees(tiny_dataset):
-    from finetune_autoencoder import Reconstruction
+    from gamengen.autoencoder_training import Reconstruction
 
     config = get_config("tiny")
     torch.manual_seed(0)
