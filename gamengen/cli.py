@@ -24,6 +24,13 @@ from gamengen.layout import DatasetError, add_column_arguments, columns_from_arg
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The checkpoint and sampling options of every script that generates frames."""
     group = parser.add_argument_group("model and sampling")
+    add_model_arguments(group)
+    add_sampling_arguments(group)
+    add_column_arguments(parser.add_argument_group("dataset columns (other layouts)"))
+
+
+def add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    """The checkpoint, the device and precision, and compilation."""
     group.add_argument(
         "--model_folder",
         required=True,
@@ -65,6 +72,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="most context frames sent through the VAE encoder at once (bounds memory at the paper's size)",
     )
+
+
+def add_sampling_arguments(group: argparse._ArgumentGroup) -> None:
+    """How a frame is sampled (the checkpoint's defaults unless given), the detail carry-over, seed and threads."""
     group.add_argument(
         "--guidance_scale",
         type=float,
@@ -126,8 +137,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse a context shorter than the model's instead of padding it (first frame repeated, NOOP actions)",
     )
-    data = parser.add_argument_group("dataset columns (other layouts)")
-    add_column_arguments(data)
 
 
 GPU_COMPILE_MODE = "reduce-overhead"  # CUDA graphs: measured 40 frames/s against 7.7-8.9 eager (docs/gpu.md)
