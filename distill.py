@@ -113,7 +113,9 @@ def add_training_arguments(group: argparse._ArgumentGroup) -> None:
         "--train_batch_size", type=int, default=16, help="windows per device per step (the paper: 128 in total)"
     )
     group.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="optimizer of all three networks")
-    group.add_argument("--learning_rate", type=float, default=1e-5, help="the student's learning rate")
+    group.add_argument(
+        "--learning_rate", type=float, default=1e-4, help="the student's learning rate (docs/research_log.md)"
+    )
     group.add_argument(
         "--fake_score_learning_rate", type=float, default=None, help="the fake score's (default: --learning_rate)"
     )
