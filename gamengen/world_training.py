@@ -25,6 +25,7 @@ from gamengen.layout import PEER_COLUMNS, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import WorldModel
 from gamengen.peer import PEER_ACTION_NAMES
+from gamengen.throughput import peak_memory_gib
 from gamengen.training import TrainingRun
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
@@ -181,8 +182,12 @@ def write_summary(
         "latents_dir": args.latents_dir,
         "global_step": run.step,
         "steps_this_run": run.steps_this_run,
-        "train_batch_size": args.train_batch_size,
+        "train_batch_size": args.train_batch_size,  # per device and micro-batch
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_batch_size": args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+        "optimizer": args.optimizer,
         "samples_per_second": run.samples_per_second,
+        "peak_memory_gib": peak_memory_gib(accelerator.device),  # CUDA only (None elsewhere)
         "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
         "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
         "validation_psnr": run.validation,
@@ -199,9 +204,10 @@ def write_summary(
     output_dir = Path(args.output_dir)
     write_json_atomic(output_dir / SUMMARY_FILE, summary, indent=2)
     if run.losses:
+        memory = f", peak GPU memory {summary['peak_memory_gib']:.1f} GiB" if summary["peak_memory_gib"] else ""
         print(
-            f"trained {run.steps_this_run} steps (step {run.start_step} -> {run.step}, "
-            f"{summary['samples_per_second']:.1f} samples/s); "
+            f"trained {run.steps_this_run} steps of {summary['total_batch_size']} windows (step {run.start_step} -> "
+            f"{run.step}, {summary['samples_per_second']:.1f} samples/s{memory}); "
             f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
         )
     print(
