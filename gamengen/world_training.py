@@ -187,6 +187,8 @@ def write_summary(
         "total_batch_size": args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
         "optimizer": args.optimizer,
         "samples_per_second": run.samples_per_second,
+        "train_seconds": run.train_seconds,
+        "out_of_time": run.out_of_time,  # stopped by --max_train_seconds before --max_train_steps
         "peak_memory_gib": peak_memory_gib(accelerator.device),  # CUDA only (None elsewhere)
         "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
         "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
@@ -210,6 +212,8 @@ def write_summary(
             f"{run.step}, {summary['samples_per_second']:.1f} samples/s{memory}); "
             f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
         )
+    if run.out_of_time:
+        print(f"stopped at step {run.step} of {args.max_train_steps}: --max_train_seconds {args.max_train_seconds:g}")
     print(
         f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, "
         f"up to {args.num_validation_samples} windows, against the VAE-decoded target latents): "

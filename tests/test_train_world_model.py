@@ -128,6 +128,16 @@ def test_resume_continues_the_step_count(trained, setup):
     assert other.returncode == 2 and "context length 4" in other.stderr
 
 
+def test_a_run_of_a_fixed_time_stops_then_and_saves_its_model(setup, tmp_path):
+    out = tmp_path / "timed"
+    result = train_on_latents(setup, out, 100_000, "--max_train_seconds", 3, "--logging_steps", 2)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["out_of_time"] and 2 <= summary["global_step"] < 100_000 and summary["global_step"] % 2 == 0
+    assert f"stopped at step {summary['global_step']} of 100000: --max_train_seconds 3" in result.stdout
+    assert (out / f"checkpoint-{summary['global_step']}").is_dir()  # resumable from where the time ran out
+    assert load_world_model(out).config.context_length == 4
+
+
 def test_pixel_path_trains_without_a_cache(setup):
     """Without --latents_dir the frames are decoded and encoded at every step: the run says it used no cache, it
     learns as the cached path does, and its checkpoint plays at the context it was trained with."""
