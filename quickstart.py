@@ -172,8 +172,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.seeds > 1:
         return run_seeds(args)
     run = Path(args.output_dir)
-    (run / "logs").mkdir(parents=True, exist_ok=True)
     budget = budget_from_args(args)
+    check_device(args.budget, budget)
+    (run / "logs").mkdir(parents=True, exist_ok=True)
     state = load_state(run)
     commands = stage_commands(run, budget, args)
     outputs = stage_outputs(run)
@@ -203,6 +204,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = write_summary(run, state, budget)
     print_results(run, state, budget, summary)
     return state
+
+
+def check_device(name: str, budget: Budget) -> None:
+    """Refuse a budget sized for a GPU where torch sees none (its stages would take hours on a CPU)."""
+    import torch
+
+    if budget.device == "gpu" and not torch.cuda.is_available():
+        raise QuickstartError(
+            f"the {name} budget is sized for one CUDA GPU and torch sees none here: on a CPU its stages would take "
+            "hours. Use --budget 20min on a CPU, or --budget gpu-smoke for the gpu budget's stages at the smoke sizes"
+        )
 
 
 def print_results(run: Path, state: dict[str, Any], budget: Budget, summary: Path) -> None:

@@ -52,6 +52,15 @@ def test_the_gpu_budget_trains_the_small_preset_for_fixed_times_within_9_minutes
     assert "--max_train_seconds" not in flat and "--eager" not in flat and "--n_envs 2" in flat
 
 
+def test_the_gpu_budget_is_refused_where_torch_sees_no_gpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(quickstart.QuickstartError, match="sized for one CUDA GPU and torch sees none here"):
+        quickstart.main(quickstart.parse_args(["--budget", "gpu", "--output_dir", str(tmp_path / "run")]))
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """``bash benchmarks/gpu_pipeline.sh --dry_run`` as a user runs it (no wheel folder: the packages are installed)."""
