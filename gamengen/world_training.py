@@ -206,12 +206,13 @@ def write_summary(
     output_dir = Path(args.output_dir)
     write_json_atomic(output_dir / SUMMARY_FILE, summary, indent=2)
     if run.losses:
-        memory = f", peak GPU memory {summary['peak_memory_gib']:.1f} GiB" if summary["peak_memory_gib"] else ""
         print(
-            f"trained {run.steps_this_run} steps of {summary['total_batch_size']} windows (step {run.start_step} -> "
-            f"{run.step}, {summary['samples_per_second']:.1f} samples/s{memory}); "
+            f"trained {run.steps_this_run} steps (step {run.start_step} -> {run.step}, "
+            f"{summary['samples_per_second']:.1f} samples/s); "
             f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
         )
+    if summary["peak_memory_gib"] is not None:
+        print(f"peak GPU memory {summary['peak_memory_gib']:.1f} GiB ({summary['total_batch_size']} windows per step)")
     if run.out_of_time:
         print(f"stopped at step {run.step} of {args.max_train_steps}: --max_train_seconds {args.max_train_seconds:g}")
     print(
