@@ -4,7 +4,8 @@
 # processes), trains the small preset's autoencoder and world model (128x96 frames) on the GPU for fixed times,
 # distils a 1-step student, evaluates both against the baselines and rolls them out.
 #
-#   bash benchmarks/gpu_pipeline.sh [--dry_run] [--output_dir DIR] [--run_dir DIR] [--wheels DIR] [-- quickstart options]
+#   bash benchmarks/gpu_pipeline.sh [--dry_run] [--output_dir DIR] [--run_dir DIR] [--wheels DIR]
+#                                   [-- quickstart.py options]
 #
 # 1. Installs the wheels of the wheel folder (default .whl/ in the repository root, kept out of git; --wheels or
 #    GPU_PIPELINE_WHEELS) into /tmp/gpu_pipeline_site and puts it on PYTHONPATH; then checks that diffusers,
@@ -28,8 +29,8 @@
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-#       --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0 \
-#       vizdoom==1.3.2 gymnasium==1.4.0 farama-notifications==0.0.6 stable_baselines3==2.9.2
+#       --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 zipp==4.1.2 \
+#       lazy-importer==0.1.0 vizdoom==1.3.2 gymnasium==1.4.0 farama-notifications==0.0.6 stable_baselines3==2.9.2
 #
 # About 46 MB (vizdoom 39 MB, with its freedoom WADs), with the repository's 2.5 MB under the 64 MiB that travels.
 # vizdoom also names pygame-ce, which only its window needs: the recording runs headless without it.
