@@ -4,6 +4,7 @@ evaluation and rollouts, with results to look at.
     python quickstart.py                          # the 20-minute budget on 2 CPU cores -> runs/quickstart
     python quickstart.py --smoke                  # the smallest sizes, a few minutes (what CI runs)
     python quickstart.py --budget 60min --output_dir runs/hour
+    python quickstart.py --budget gpu             # one GPU and 16 cores, within 9 minutes -> runs/gpu (docs/gpu.md)
 
 Every stage is one of the repository's scripts, called as a user would call it (the command is
 printed and kept in ``quickstart.json``), its output in a sub-folder of ``--output_dir``:
@@ -39,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from gamengen.help_format import HelpFormatter
-from gamengen.quickstart.budgets import BUDGETS, FIELD_HELP, PRECISIONS, Budget, estimate, resolve_budget
+from gamengen.quickstart.budgets import (
+    BUDGET_PRESETS,
+    BUDGETS,
+    FIELD_HELP,
+    PRECISIONS,
+    Budget,
+    estimate,
+    resolve_budget,
+)
 from gamengen.quickstart.runner import fmt_seconds, run_stage
 from gamengen.quickstart.seeds import write_seeds_summary
 from gamengen.quickstart.stages import STAGES, play_command, stage_commands, stage_outputs
@@ -76,16 +85,18 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--budget",
         choices=sorted(BUDGETS),
         default="20min",
-        help="sizes of every stage (smoke: minutes; 20min / 60min on 2 CPU cores)",
+        help="sizes of every stage (smoke: minutes; 20min / 60min on 2 CPU cores; gpu: one GPU and 16 cores, 9 "
+        "minutes, the small preset; gpu-smoke: the gpu budget's stages at the smoke sizes, on a CPU)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="the same pipeline at the smallest sizes (= --budget smoke)"
     )
     parser.add_argument(
         "--preset",
-        default="tiny",
-        choices=["tiny", "tiny-s2d", "sd14"],
-        help="world-model preset (sd14: the paper's, for GPUs; tiny-s2d: a lossless autoencoder, an experiment)",
+        default=None,
+        choices=["tiny", "tiny-s2d", "small", "sd14"],
+        help="world-model preset (default: small for the gpu budget, else tiny; sd14: the paper's, for GPUs; "
+        "tiny-s2d: a lossless autoencoder, an experiment)",
     )
     parser.add_argument(
         "--redo",
@@ -117,6 +128,11 @@ def add_size_options(parser: argparse.ArgumentParser) -> None:
     """One option per Budget field, overriding the budget's value."""
     sizes = parser.add_argument_group("sizes (override the budget's)")
     for item in fields(Budget):
+        if isinstance(item.default, bool):  # --name / --no-name
+            sizes.add_argument(
+                f"--{item.name}", action=argparse.BooleanOptionalAction, default=None, help=FIELD_HELP.get(item.name)
+            )
+            continue
         sizes.add_argument(
             f"--{item.name}",
             type=type(item.default) if not isinstance(item.default, str) else str,
@@ -130,8 +146,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Resolve --smoke and the default run folder; refuse values out of range by name."""
     if args.smoke:
         args.budget = "smoke"
+    if args.preset is None:
+        args.preset = BUDGET_PRESETS.get(args.budget, "tiny")
     if args.output_dir is None:
-        args.output_dir = "runs/smoke" if args.budget == "smoke" else "runs/quickstart"
+        args.output_dir = "runs/quickstart" if args.budget in ("20min", "60min") else f"runs/{args.budget}"
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     if args.carry_detail is not None and not args.carry_detail >= 0:
@@ -154,8 +172,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.seeds > 1:
         return run_seeds(args)
     run = Path(args.output_dir)
-    (run / "logs").mkdir(parents=True, exist_ok=True)
     budget = budget_from_args(args)
+    check_device(args.budget, budget)
+    (run / "logs").mkdir(parents=True, exist_ok=True)
     state = load_state(run)
     commands = stage_commands(run, budget, args)
     outputs = stage_outputs(run)
@@ -185,6 +204,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = write_summary(run, state, budget)
     print_results(run, state, budget, summary)
     return state
+
+
+def check_device(name: str, budget: Budget) -> None:
+    """Refuse a budget sized for a GPU where torch sees none (its stages would take hours on a CPU)."""
+    import torch
+
+    if budget.device == "gpu" and not torch.cuda.is_available():
+        raise QuickstartError(
+            f"the {name} budget is sized for one CUDA GPU and torch sees none here: on a CPU its stages would take "
+            "hours. Use --budget 20min on a CPU, or --budget gpu-smoke for the gpu budget's stages at the smoke sizes"
+        )
 
 
 def print_results(run: Path, state: dict[str, Any], budget: Budget, summary: Path) -> None:

@@ -7,7 +7,8 @@ autoregressive rollouts stable and guidable (section 3.2.1): the context latents
 Gaussian noise of a random level (uniform over 10 buckets in [0, 0.7]; the bucket is embedded and
 added to the timestep embedding), and the whole context is dropped 10% of the time, which is the
 unconditional branch of classifier-free guidance at inference. Paper settings (``--preset sd14``):
-context 64, Adafactor lr 2e-5, batch 128, grad clip 1.0, 700k steps.
+context 64, Adafactor lr 2e-5, batch 128, grad clip 1.0, 700k steps; the preset keeps them but for the optimizer,
+fused AdamW on GPUs (``--optimizer adafactor`` is the paper's; docs/gpu.md#training-speed).
 
 Example (tiny preset on a CPU, with latents cached by encode_latents.py):
 
@@ -20,11 +21,14 @@ The name follows diffusers' ``examples/text_to_image`` script, whose argument na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from gamengen.actions import EngineError
@@ -34,6 +38,7 @@ from gamengen.config import (
     PREDICTION_TYPES,
     PRESETS,
     WORLD_MODEL_TRAINING_DEFAULTS,
+    WorldModelConfig,
     get_config,
 )
 from gamengen.ddim import parse_timesteps
@@ -42,12 +47,14 @@ from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError, add_dataset_arguments
 from gamengen.model import (
     ModelLoadError,
+    WorldModel,
     build_world_model,
     load_pretrained_unet,
     make_scheduler,
 )
 from gamengen.optim import OPTIMIZERS, ema_weights, make_ema, make_optimizer
 from gamengen.run_folder import check_run_dir, find_checkpoint
+from gamengen.throughput import compile_blocks, plan_batches, use_channels_last
 from gamengen.training import (
     Hooks,
     LoopOptions,
@@ -101,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_training_arguments(train)
     add_run_arguments(
         train, parser.add_argument_group("logging and hub"), checkpointing_steps=1000, pushed="the checkpoint folder"
+    )
+    add_speed_arguments(parser.add_argument_group("speed (docs/gpu.md#training-speed)"))
+    # Left unset, the accumulation is what --total_batch_size needs (plan_batches), so an explicit one is told apart.
+    parser.set_defaults(gradient_accumulation_steps=None)
+    accumulation = next(a for a in parser._actions if a.dest == "gradient_accumulation_steps")
+    accumulation.help = (
+        "micro-batches accumulated into one optimisation step (default: as many as --total_batch_size needs, else 1)"
     )
     return checked_args(parser, parser.parse_args(argv))
 
@@ -239,7 +253,8 @@ def add_training_arguments(train: argparse._ArgumentGroup) -> None:
         "--train_batch_size",
         type=int,
         default=None,
-        help=f"windows per device per step (default: {by_preset('train_batch_size')}; paper: 128 in total)",
+        help="windows per device per micro-batch; with --total_batch_size, at most this many (the largest divisor "
+        f"of the total's share per device) (default: {by_preset('train_batch_size')})",
     )
     train.add_argument(
         "--max_train_steps",
@@ -272,7 +287,9 @@ def add_training_arguments(train: argparse._ArgumentGroup) -> None:
         help="recompute UNet activations in the backward pass to save memory",
     )
     paper = "(sd14: the paper's)"
-    optimizer_help = f"default: {by_preset('optimizer')} {paper}"
+    optimizer_help = (
+        f"default: {by_preset('optimizer')}; adamw is fused when the model is on a GPU; adafactor is the paper's"
+    )
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=optimizer_help)
     learning_rate_help = f"default: {by_preset('learning_rate')} {paper}"
     train.add_argument("--learning_rate", type=float, default=None, help=learning_rate_help)
@@ -320,9 +337,39 @@ def add_training_arguments(train: argparse._ArgumentGroup) -> None:
     )
 
 
+def add_speed_arguments(speed: argparse._ArgumentGroup) -> None:
+    speed.add_argument(
+        "--total_batch_size",
+        type=int,
+        default=None,
+        help="windows per optimisation step over all devices, reached by gradient accumulation unless "
+        "--gradient_accumulation_steps is given; with it, the total is derived, and both given must agree "
+        f"(default: {by_preset('total_batch_size')}; paper: 128)",
+    )
+    speed.add_argument(
+        "--channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"store the UNet's convolution weights channels-last (NHWC) (default: {by_preset('channels_last')})",
+    )
+    speed.add_argument(
+        "--compile_blocks",
+        action="store_true",
+        help="torch.compile the UNet's blocks one by one (its down, middle and up blocks): compilation waits before "
+        "the first steps, bounded by the blocks; validation runs them uncompiled",
+    )
+    speed.add_argument(
+        "--compile_backend",
+        default="inductor",
+        help="torch.compile backend of --compile_blocks (aot_eager: graphs traced, no code generated; for debugging)",
+    )
+
+
 def checked_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """The preset's defaults filled in where an option was left unset; impossible values refused."""
     preset_defaults = WORLD_MODEL_TRAINING_DEFAULTS[args.preset]
+    if args.gradient_accumulation_steps is not None and args.total_batch_size is None:
+        preset_defaults = {**preset_defaults, "total_batch_size": None}  # the accumulation asked for sets the total
     for name, value in preset_defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -330,6 +377,7 @@ def checked_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
         args.max_train_steps = 700_000
     counts = [
         "train_batch_size",
+        "total_batch_size",
         "gradient_accumulation_steps",
         "checkpointing_steps",
         "validation_steps",
@@ -365,7 +413,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_run_dir(output_dir, resuming=args.resume_from_checkpoint is not None, results=["unet", CONFIG_FILE])
     if args.num_threads is not None and args.num_threads >= 1:
         torch.set_num_threads(args.num_threads)
+    plan = plan_batches(
+        args.total_batch_size, args.train_batch_size, launched_processes(), args.gradient_accumulation_steps
+    )
+    args.train_batch_size, args.gradient_accumulation_steps = plan.per_device, plan.accumulation
+    args.total_batch_size = plan.total
     accelerator = make_accelerator(args, output_dir)
+    accelerator.print(f"batch: {plan.describe()}")
     set_seed(args.seed)
 
     # The VAE: decodes validation samples, and encodes the frames when there is no latent cache. (Downloads
@@ -395,22 +449,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.num_train_epochs} epochs of {len(train_windows)} windows: {args.max_train_steps} steps"
         )
 
-    # The UNet: widened from a pretrained one (sd14) or new (tiny).
-    pretrained_unet = None
-    if args.pretrained_model_name_or_path:
-        with accelerator.main_process_first():
-            pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision, args.cache_dir)
-    model = build_world_model(config, pretrained_unet)
-    del pretrained_unet
-    if args.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+    model = make_model(args, config, accelerator)
     scheduler = make_scheduler(config)
-    pretrained = args.pretrained_model_name_or_path
-    origin = f"widened {pretrained}" if pretrained else f"new {args.preset} UNet"
-    if args.resume_from_checkpoint and find_checkpoint(output_dir, args.resume_from_checkpoint) is not None:
-        origin = "its weights come from the checkpoint it resumes"
-    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({origin})")
-
+    # On the device before the optimizer is made: AdamW is fused when the parameters are on a GPU.
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate, args.adam_weight_decay)
     lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
     train_dataloader = torch.utils.data.DataLoader(
@@ -432,7 +473,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return diffusion_loss(model, batch, config, scheduler, generator, args.snr_gamma, args.lognormal_noise), {}
 
     def validate_now(step: int) -> float:
-        with ema_weights(ema, accelerator.unwrap_model(model)):
+        # The compiled blocks are for the training step: validation's shapes would compile them again.
+        stance = torch.compiler.set_stance("force_eager") if args.compile_blocks else contextlib.nullcontext()
+        with ema_weights(ema, accelerator.unwrap_model(model)), stance:
             return log_validation(
                 accelerator, model, vae, scheduler, config, validation_windows, output_dir, step, args.seed
             )
@@ -458,6 +501,36 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             push_to_hub(args, output_dir, HUB_FILES, f"world model after {run.step} steps")
     accelerator.end_training()
     return summary
+
+
+def launched_processes() -> int:
+    """The processes of this run, as ``accelerate launch`` (or torchrun) announces them; 1 for a plain launch."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def make_model(args: argparse.Namespace, config: WorldModelConfig, accelerator: Accelerator) -> WorldModel:
+    """The world model on the run's device: its UNet widened from a pretrained one (sd14) or new (tiny), with
+    gradient checkpointing, channels-last weights and compiled blocks as asked."""
+    pretrained_unet = None
+    if args.pretrained_model_name_or_path:
+        with accelerator.main_process_first():
+            pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision, args.cache_dir)
+    model = build_world_model(config, pretrained_unet)
+    del pretrained_unet
+    if args.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.to(accelerator.device)
+    if args.channels_last:
+        use_channels_last(model)
+    pretrained = args.pretrained_model_name_or_path
+    origin = f"widened {pretrained}" if pretrained else f"new {args.preset} UNet"
+    if args.resume_from_checkpoint and find_checkpoint(Path(args.output_dir), args.resume_from_checkpoint) is not None:
+        origin = "its weights come from the checkpoint it resumes"
+    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({origin})")
+    if args.compile_blocks:
+        blocks = compile_blocks(model, backend=args.compile_backend)
+        accelerator.print(f"compiling the UNet's {blocks} blocks ({args.compile_backend}): the first steps wait for it")
+    return model
 
 
 if __name__ == "__main__":

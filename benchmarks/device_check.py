@@ -13,18 +13,24 @@ measured (the order below is the priority):
 
 * ``device``: GPU name, torch and CUDA versions, the dense bf16 peak that MFU is taken over, and a
   measured bf16 matrix-product rate (8192^3) for comparison;
-* ``train_sd14_eager`` / ``train_sd14_compile``: one training step of the sd14 world model (SD v1.4's
-  UNet config with conv_in widened to 4 x 65 channels, random weights) on random latent windows at batch
-  8 and 16: the trainer's loss (``gamengen.diffusion.diffusion_loss``) under bf16 autocast, gradient
-  clipping and Adafactor as ``train_text_to_image.py``. Samples/s, ms per step, forward+backward and
-  optimizer ms apart, peak memory, FLOPs per step (``torch.utils.flop_counter.FlopCounterMode`` on one
-  eager step: model FLOPs, forward and backward) and MFU = FLOPs / step time / the dense bf16 peak;
+* ``train_sd14``: one training step of the sd14 world model (SD v1.4's UNet config with conv_in widened
+  to 4 x 65 channels, random weights) on random latent windows at the trainer's GPU defaults (fused AdamW,
+  channels-last weights) at batch 32, 64 and 128: the trainer's loss (``gamengen.diffusion.diffusion_loss``)
+  under bf16 autocast, gradient clipping and the optimizer as ``train_text_to_image.py``. Samples/s, ms per
+  step, forward+backward and optimizer ms apart, peak memory, FLOPs per step
+  (``torch.utils.flop_counter.FlopCounterMode`` on one eager step: model FLOPs, forward and backward) and
+  MFU = FLOPs / step time / the dense bf16 peak;
+* ``train_sd14_variants``: the same at batch 64 with one default changed: channels-first weights,
+  transformers' Adafactor (the paper's), torch's Adafactor;
 * ``optimizer_sd14``: the optimizer phase alone (clipping, step, zero_grad) over sd14's parameters with
   random gradients, for each of the trainer's ``--optimizer`` choices (transformers' Adafactor, torch's
-  multi-tensor Adafactor, AdamW): ms per step and peak memory;
-* ``engine_sd14_eager`` / ``engine_sd14_compile`` / ``engine_sd14_reduce_overhead``: ``GameEngine``
-  frames at 320x256, context 64, 4 DDIM steps, CFG 1.5, bf16, SD v1.4's VAE (random weights): frames/s,
-  UNet / decode / total ms per frame (the engine's own per-stage timing) and p50 / p99 frame latency;
+  multi-tensor Adafactor, AdamW, fused on a GPU) and AdamW's multi-tensor step: ms per step and peak memory;
+* ``engine_sd14_eager`` / ``engine_sd14_reduce_overhead`` / ``engine_sd14_compile``: ``GameEngine``
+  frames at 320x256, context 64, 4 and 1 DDIM steps, CFG 1.5, bf16, SD v1.4's VAE (random weights),
+  uncompiled, with CUDA graphs and with torch.compile's default mode: frames/s, UNet / decode / total ms per
+  frame (the engine's own per-stage timing) and p50 / p99 frame latency;
+* ``train_sd14_compile_blocks``: the GPU defaults at batch 64 with ``--compile_blocks`` (each UNet block
+  compiled; the compilation is the warm-up);
 * ``train_tiny``: the tiny preset's training samples/s (AdamW, fp32 and bf16 autocast).
 
 Timing: warm-up iterations (compilation included) are excluded, and ``torch.cuda.synchronize`` runs
@@ -72,7 +78,7 @@ BF16_DENSE_PEAK_TFLOPS: list[tuple[str, float, str]] = [
 ]
 MAX_GRAD_NORM = 1.0  # the trainer's default (paper: 1.0)
 ENGINE_GUIDANCE_SCALE = 1.5  # paper
-ENGINE_DDIM_STEPS = 4  # paper
+ENGINE_DDIM_STEPS = [4, 1]  # the paper's 4, and the distilled student's 1
 MATMUL_SIZE = 8192
 MIN_PART_SECONDS = 10.0  # under --time_budget, a part with less time than this left is not started
 
@@ -107,7 +113,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="run each part in its own process under its time bound (default: yes, except in a dry run)",
     )
-    parser.add_argument("--train_batch_sizes", type=int, nargs="+", default=None, help="sd14 training batches (8 16)")
+    parser.add_argument(
+        "--train_batch_sizes", type=int, nargs="+", default=None, help="sd14 training batches (32 64 128)"
+    )
+    parser.add_argument(
+        "--variant_batch_size", type=int, default=None, help="sd14 batch of the variants and compiled blocks (64)"
+    )
+    parser.add_argument("--engine_steps", type=int, nargs="+", default=None, help="DDIM steps of the engine (4 1)")
     parser.add_argument("--tiny_batch_sizes", type=int, nargs="+", default=None, help="tiny training batches (32)")
     parser.add_argument("--train_steps", type=int, default=None, help="measured training steps per configuration (10)")
     parser.add_argument("--engine_frames", type=int, default=None, help="measured frames per engine mode (100)")
@@ -123,7 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     dry = args.dry_run
     defaults = {
-        "train_batch_sizes": [2, 4] if dry else [8, 16],
+        "train_batch_sizes": [2, 4] if dry else [32, 64, 128],
+        "variant_batch_size": 2 if dry else 64,
+        "engine_steps": list(ENGINE_DDIM_STEPS),
         "tiny_batch_sizes": [4] if dry else [32],
         "train_steps": 1 if dry else 10,
         "engine_frames": 2 if dry else 100,
@@ -134,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.isolate is None:
         args.isolate = not dry
-    if min(args.train_batch_sizes + args.tiny_batch_sizes + [args.train_steps, args.engine_frames]) < 1:
+    sizes = args.train_batch_sizes + args.tiny_batch_sizes + args.engine_steps
+    if min([*sizes, args.variant_batch_size, args.train_steps, args.engine_frames]) < 1:
         parser.error("batch sizes, --train_steps and --engine_frames must be >= 1")
     args.parts = [name.strip() for name in args.parts.split(",") if name.strip()]
     unknown = [name for name in args.parts + ([args.run_part] if args.run_part else []) if name not in PART_NAMES]
@@ -317,23 +332,27 @@ def measure_training(
     optimizer_name: str,
     learning_rate: float,
     autocast_bf16: bool,
-    compiled: bool,
     device,
+    channels_last: bool = False,
+    compiled: bool = False,
     **config_overrides: Any,
 ) -> dict[str, Any]:
-    """One training step of a fresh world model on random windows: throughput, phase times, memory, MFU."""
+    """One training step of a fresh world model on random windows: throughput, phase times, memory, MFU. The
+    model is made as train_text_to_image.py makes it: on the device, channels-last weights when asked, then the
+    optimizer (AdamW fused on a GPU), then its blocks compiled (``--compile_blocks``) when asked."""
     import torch
 
     from gamengen.diffusion import diffusion_loss
     from gamengen.optim import make_optimizer
+    from gamengen.throughput import compile_blocks, use_channels_last
 
     setup_started = time.perf_counter()
     model, _, scheduler, config = build_models(preset, device, with_vae=False, **config_overrides)
     model.train()
+    if channels_last:
+        use_channels_last(model)
     optimizer = make_optimizer(optimizer_name, model.parameters(), learning_rate, 0.0)
-    if compiled:
-        torch._dynamo.reset()  # a fresh compilation, never an earlier part's cache entries
-    network = torch.compile(model, backend=options.compile_backend, dynamic=False) if compiled else model
+    network = model
     batch = random_windows(config, batch_size, device)
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -350,6 +369,9 @@ def measure_training(
 
     flops = count_flops(lambda: forward_backward(model))  # counted eagerly: compilation changes kernels, not FLOPs
     model.zero_grad(set_to_none=True)
+    if compiled:
+        torch._dynamo.reset()  # a fresh compilation, never an earlier part's cache entries
+        compile_blocks(model, backend=options.compile_backend)  # in place: the warm-up steps compile them
     setup_seconds = time.perf_counter() - setup_started
     warmup = 3 if compiled else 2
     started = time.perf_counter()
@@ -399,9 +421,10 @@ def measure_training(
         "mfu": achieved / peak_tflops if peak_tflops else f"not measured: {peak_source}",
         "peak_tflops": peak_tflops if peak_tflops else f"not measured: {peak_source}",
         "loss": loss_value,
-        "optimizer": f"{optimizer_name} (+ clip_grad_norm {MAX_GRAD_NORM}, zero_grad)",
+        "optimizer": f"{optimizer_label(optimizer_name, optimizer)} (+ clip_grad_norm {MAX_GRAD_NORM}, zero_grad)",
         "precision": "bf16 autocast, fp32 weights" if autocast_bf16 else "fp32",
-        "compiled": f"torch.compile (backend {options.compile_backend})" if compiled else "eager",
+        "layout": "channels-last" if channels_last else "channels-first",
+        "compiled": f"UNet blocks compiled ({options.compile_backend})" if compiled else "eager",
         "setup_s": setup_seconds,
         "warmup_steps": warmup,
         "warmup_s": warmup_seconds,
@@ -410,7 +433,26 @@ def measure_training(
     }
 
 
-OPTIMIZERS = ("adafactor", "adafactor_torch", "adamw")  # train_text_to_image.py --optimizer choices
+OPTIMIZERS = ("adafactor", "adafactor_torch", "adamw", "adamw_foreach")  # the trainer's --optimizer, and AdamW's
+# multi-tensor step beside its fused one
+
+
+def optimizer_label(name: str, optimizer: Any) -> str:
+    """The optimizer's name, with how AdamW steps (fused on a GPU)."""
+    if name == "adamw":
+        return "adamw (fused)" if optimizer.defaults.get("fused") else "adamw (not fused)"
+    return name
+
+
+def make_measured_optimizer(name: str, parameters: list[Any]) -> Any:
+    """The trainer's optimizer of that name (lr 2e-5, sd14's), or AdamW's multi-tensor step for ``adamw_foreach``."""
+    import torch
+
+    from gamengen.optim import make_optimizer
+
+    if name == "adamw_foreach":
+        return torch.optim.AdamW(parameters, lr=2e-5, weight_decay=0.0, foreach=True)
+    return make_optimizer(name, parameters, 2e-5, 0.0)
 
 
 def measure_optimizer(options: argparse.Namespace, optimizer_name: str, device) -> dict[str, Any]:
@@ -418,14 +460,12 @@ def measure_optimizer(options: argparse.Namespace, optimizer_name: str, device) 
     which optimizer keeps a GPU step short (transformers' Adafactor loops over the tensors in Python)."""
     import torch
 
-    from gamengen.optim import make_optimizer
-
     setup_started = time.perf_counter()
     model, _, _, _ = build_models(sd14_stand_in(options), device, with_vae=False)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     generator = torch.Generator(device=device).manual_seed(0)
     gradients = [torch.randn(p.shape, generator=generator, device=device, dtype=p.dtype) * 1e-3 for p in parameters]
-    optimizer = make_optimizer(optimizer_name, parameters, 2e-5, 0.0)
+    optimizer = make_measured_optimizer(optimizer_name, parameters)
 
     def optimizer_step() -> None:
         for parameter, gradient in zip(parameters, gradients, strict=True):
@@ -445,7 +485,7 @@ def measure_optimizer(options: argparse.Namespace, optimizer_name: str, device) 
     synchronize(device)
     return {
         "model": model_label(options),
-        "optimizer": optimizer_name,
+        "optimizer": optimizer_label(optimizer_name, optimizer),
         "optimizer_ms": 1000 * (time.perf_counter() - started) / options.train_steps,
         "tensors": len(parameters),
         "parameters_millions": sum(p.numel() for p in parameters) / 1e6,
@@ -456,27 +496,36 @@ def measure_optimizer(options: argparse.Namespace, optimizer_name: str, device) 
     }
 
 
-def measure_engine(options: argparse.Namespace, compiled: bool, compile_mode: str | None) -> dict[str, Any]:
-    """Frames of the GameEngine over the sd14 models in bf16: frames/s, per-stage ms, p50 / p99 latency."""
-    import numpy as np
+def engine_bundle(options: argparse.Namespace) -> Any:
+    """The sd14 models (random weights) in bf16 on the device, for the engine."""
     import torch
     from diffusers.utils import logging as diffusers_logging
 
     from gamengen.checkpoint import WorldModelBundle
-    from gamengen.engine import GameEngine
 
     diffusers_logging.set_verbosity_error()  # casting the VAE to bf16 warns, as intended here
     device = compute_device(options)
-    setup_started = time.perf_counter()
     model, vae, scheduler, config = build_models(sd14_stand_in(options), device, with_vae=True)
     model, vae = model.to(dtype=torch.bfloat16).eval(), vae.to(dtype=torch.bfloat16).eval()
-    bundle = WorldModelBundle(model, vae, scheduler, config)
-    if compiled:
-        torch._dynamo.reset()
+    return WorldModelBundle(model, vae, scheduler, config)
+
+
+def measure_engine(
+    options: argparse.Namespace, bundle: Any, compiled: bool, compile_mode: str | None, steps: int
+) -> dict[str, Any]:
+    """Frames of the GameEngine over the sd14 models in bf16 at ``steps`` DDIM steps: frames/s, per-stage ms, p50 /
+    p99 latency. The engines of one part share the bundle (a second one reuses the first one's compiled code)."""
+    import numpy as np
+    import torch
+
+    from gamengen.engine import GameEngine
+
+    device, config = next(bundle.model.parameters()).device, bundle.config
+    setup_started = time.perf_counter()
     engine = GameEngine(
         bundle,
         guidance_scale=ENGINE_GUIDANCE_SCALE,
-        num_inference_steps=ENGINE_DDIM_STEPS,
+        num_inference_steps=steps,
         seed=0,
         compile=compiled,
         compile_mode=compile_mode,
@@ -563,14 +612,31 @@ def part_device(options: argparse.Namespace) -> Iterator[tuple[str | None, Any]]
     yield None, info
 
 
-def part_train_sd14(compiled: bool) -> Callable[[argparse.Namespace], Iterator[tuple[str | None, Any]]]:
+# The sd14 trainer's GPU defaults (train_text_to_image.py, gamengen/config.py): fused AdamW, channels-last weights;
+# each variant changes one of them (or compiles the UNet's blocks). lr 2e-5 and bf16 autocast throughout.
+TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {"optimizer_name": "adamw", "channels_last": True},
+    "channels_first": {"optimizer_name": "adamw", "channels_last": False},
+    "adafactor": {"optimizer_name": "adafactor", "channels_last": True},
+    "adafactor_torch": {"optimizer_name": "adafactor_torch", "channels_last": True},
+    "compile_blocks": {"optimizer_name": "adamw", "channels_last": True, "compiled": True},
+}
+
+
+def part_train_sd14(
+    variants: list[str], batches: Callable[[argparse.Namespace], list[int]]
+) -> Callable[[argparse.Namespace], Iterator[tuple[str | None, Any]]]:
+    """The sd14 training step of each variant at each of its batches: keys ``variant/batch_<b>``."""
+
     def run(options: argparse.Namespace) -> Iterator[tuple[str | None, Any]]:
         device = compute_device(options)
-        for batch_size in options.train_batch_sizes:
-            # The sd14 trainer's settings (train_text_to_image.py): Adafactor, lr 2e-5, bf16 autocast.
-            preset, label = sd14_stand_in(options), model_label(options)
-            settings = (preset, label, batch_size, "adafactor", 2e-5, True, compiled, device)
-            yield f"batch_{batch_size}", guarded(measure_training, device, options, *settings)
+        preset, label = sd14_stand_in(options), model_label(options)
+        for variant in variants:
+            settings = dict(TRAIN_VARIANTS[variant])
+            optimizer_name = settings.pop("optimizer_name")
+            for batch_size in batches(options):
+                arguments = (options, preset, label, batch_size, optimizer_name, 2e-5, True, device)
+                yield f"{variant}/batch_{batch_size}", guarded(measure_training, device, *arguments, **settings)
 
     return run
 
@@ -582,8 +648,16 @@ def part_optimizer_sd14(options: argparse.Namespace) -> Iterator[tuple[str | Non
 
 
 def part_engine(compiled: bool, mode: str | None) -> Callable[[argparse.Namespace], Iterator[tuple[str | None, Any]]]:
+    """The engine at each of ``--engine_steps`` DDIM steps, one bundle for all: keys ``steps_<n>``."""
+
     def run(options: argparse.Namespace) -> Iterator[tuple[str | None, Any]]:
-        yield None, measure_engine(options, compiled, mode)
+        import torch
+
+        if compiled:
+            torch._dynamo.reset()
+        bundle = engine_bundle(options)
+        for steps in options.engine_steps:
+            yield f"steps_{steps}", measure_engine(options, bundle, compiled, mode, steps)
 
     return run
 
@@ -594,7 +668,7 @@ def part_train_tiny(options: argparse.Namespace) -> Iterator[tuple[str | None, A
     tiny = {"residual": True, "action_positions": True, "action_class": True}
     for batch_size in options.tiny_batch_sizes:
         for name, bf16 in (("fp32", False), ("bf16", True)):
-            settings = ("tiny", "tiny preset", batch_size, "adamw", 5e-4, bf16, False, device)
+            settings = ("tiny", "tiny preset", batch_size, "adamw", 5e-4, bf16, device)
             yield f"batch_{batch_size}_{name}", guarded(measure_training, device, options, *settings, **tiny)
 
 
@@ -607,29 +681,51 @@ class Part:
     timeout_s: float  # default time bound on a GPU machine (see PARTS)
 
     def expected_keys(self, options: argparse.Namespace) -> list[str | None]:
-        if self.name.startswith("train_sd14"):
-            return [f"batch_{b}" for b in options.train_batch_sizes]
+        if self.name == "train_sd14":
+            return [f"defaults/batch_{b}" for b in options.train_batch_sizes]
+        if self.name == "train_sd14_variants":
+            return [f"{variant}/batch_{options.variant_batch_size}" for variant in VARIANTS_COMPARED]
+        if self.name == "train_sd14_compile_blocks":
+            return [f"compile_blocks/batch_{options.variant_batch_size}"]
         if self.name == "optimizer_sd14":
             return list(OPTIMIZERS)
         if self.name == "train_tiny":
             return [f"batch_{b}_{dtype}" for b in options.tiny_batch_sizes for dtype in ("fp32", "bf16")]
+        if self.name.startswith("engine_"):
+            return [f"steps_{steps}" for steps in options.engine_steps]
         return [None]
 
 
-# Cheap, certain measurements first; the compiled ones (minutes of compilation each) last, CUDA graphs first
-# among them (the eager sd14 engine is launch-bound). The bounds are sized from the first H200 run
-# (docs/gpu.md): the parts' start (imports, CUDA, building sd14 on the GPU) took 10-30 s, the engine's
-# compilation 92 s. Together they exceed one device call: --time_budget (device_check.sh passes one) cuts
-# the last parts short rather than the whole run.
+VARIANTS_COMPARED = ["channels_first", "adafactor", "adafactor_torch"]  # each against the defaults at its batch
+
+# What the trainer's defaults rest on first (training at its defaults and the one-change variants, the optimizers),
+# then the engine (CUDA graphs are what it plays with on a GPU), the compiled blocks, the tiny preset, and last
+# torch.compile's default mode (measured: between eager and CUDA graphs). The bounds are sized from the H200 runs
+# (docs/gpu.md): a part's start (imports, CUDA, building sd14 on the GPU) took 10-30 s, a batch-128 step 0.37 s,
+# the engine's CUDA-graph warm-up 63 s. Together they exceed one device call: --time_budget (device_check.sh
+# passes one) cuts the last parts short rather than the whole run.
 PARTS = [
     Part("device", "device", None, part_device, 30),
-    Part("train_sd14_eager", "train_sd14", "eager", part_train_sd14(compiled=False), 90),
+    Part("train_sd14", "train_sd14", None, part_train_sd14(["defaults"], lambda o: o.train_batch_sizes), 110),
+    Part(
+        "train_sd14_variants",
+        "train_sd14",
+        None,
+        part_train_sd14(VARIANTS_COMPARED, lambda o: [o.variant_batch_size]),
+        110,
+    ),
     Part("optimizer_sd14", "optimizer_sd14", None, part_optimizer_sd14, 60),
-    Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 50),
+    Part("engine_sd14_eager", "engine_sd14", "eager", part_engine(False, None), 60),
+    Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 150),
+    Part(
+        "train_sd14_compile_blocks",
+        "train_sd14",
+        None,
+        part_train_sd14(["compile_blocks"], lambda o: [o.variant_batch_size]),
+        180,
+    ),
     Part("train_tiny", "train_tiny", None, part_train_tiny, 40),
-    Part("engine_sd14_reduce_overhead", "engine_sd14", "reduce-overhead", part_engine(True, "reduce-overhead"), 180),
     Part("engine_sd14_compile", "engine_sd14", "compile", part_engine(True, None), 150),
-    Part("train_sd14_compile", "train_sd14", "compile", part_train_sd14(compiled=True), 240),
 ]
 PART_NAMES = [part.name for part in PARTS]
 
@@ -686,6 +782,8 @@ def run_isolated(part: Part, options: argparse.Namespace, timeout: float) -> tup
 def forwarded_options(options: argparse.Namespace) -> list[str]:
     arguments = ["--dry_run"] if options.dry_run else []
     arguments += ["--train_batch_sizes", *map(str, options.train_batch_sizes)]
+    arguments += ["--variant_batch_size", str(options.variant_batch_size)]
+    arguments += ["--engine_steps", *map(str, options.engine_steps)]
     arguments += ["--tiny_batch_sizes", *map(str, options.tiny_batch_sizes)]
     arguments += ["--train_steps", str(options.train_steps), "--engine_frames", str(options.engine_frames)]
     arguments += ["--compile_backend", options.compile_backend]
@@ -714,6 +812,11 @@ def store(results: dict[str, Any], part: Part, options: argparse.Namespace, valu
     else:
         missing = {"not_measured": reason.removeprefix("not measured: ")}
     measurements = {key: values.get(key, missing) for key in part.expected_keys(options)}
+    if all(key is not None and "/" in key for key in measurements):  # "variant/batch_b": nested in the section
+        for key, measurement in measurements.items():
+            outer, inner = key.split("/", 1)
+            results.setdefault(part.section, {}).setdefault(outer, {})[inner] = measurement
+        return
     section = measurements[None] if list(measurements) == [None] else measurements
     if part.key is None:
         results[part.section] = section
@@ -822,7 +925,7 @@ def number(value: Any, digits: int = 3) -> str:
 def outcome(measurement: Any) -> str | None:
     """ "error: ..." or "not measured: ..." for a measurement that has no numbers, else None."""
     if isinstance(measurement, dict):
-        if "error" in measurement:
+        if isinstance(measurement.get("error"), str):  # (the CUDA tests' "error" is a count of errored tests)
             return f"error: {measurement['error']}"
         if "not_measured" in measurement:
             return f"not measured: {measurement['not_measured']}"
@@ -900,7 +1003,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     train_header = ["mode", "batch", "samples/s", "step ms", "fwd+bwd ms", "optimizer ms", "peak GiB", "TFLOP/s", "MFU"]
     train_header.append("setup s")
-    lines += [f"## Training step: sd14 world model, bf16 autocast, Adafactor + clipping{stand_in}", ""]
+    lines += [f"## Training step: sd14 world model, bf16 autocast, clipping{stand_in}", ""]
+    lines += [
+        "defaults: the trainer's GPU defaults (fused AdamW, channels-last weights); each other mode changes one.",
+        "",
+    ]
     rows = []
     for mode, measurements in results.get("train_sd14", {}).items():
         for key, measurement in measurements.items() if outcome(measurements) is None else [("", measurements)]:
@@ -929,11 +1036,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         ("setup_s", 3),
         ("warmup_s", 3),
     ]
-    engine_header = ["mode", "frames/s", "UNet ms", "decode ms", "total ms", "p50 ms", "p99 ms", "peak GiB"]
-    engine_header += ["setup s", "warm-up s"]
-    lines += ["", f"## Engine: sd14 320x256, context 64, 4 DDIM steps, CFG 1.5, bf16{stand_in}", ""]
-    engine = results.get("engine_sd14", {})
-    rows = [rows_of(measurement, [mode], engine_columns, len(engine_header)) for mode, measurement in engine.items()]
+    engine_header = ["mode", "DDIM steps", "frames/s", "UNet ms", "decode ms", "total ms", "p50 ms", "p99 ms"]
+    engine_header += ["peak GiB", "setup s", "warm-up s"]
+    lines += ["", f"## Engine: sd14 320x256, context 64, CFG 1.5, bf16{stand_in}", ""]
+    rows = []
+    for mode, measurements in results.get("engine_sd14", {}).items():
+        for key, measurement in measurements.items() if outcome(measurements) is None else [("", measurements)]:
+            rows.append(rows_of(measurement, [mode, key.removeprefix("steps_")], engine_columns, len(engine_header)))
     lines += table(engine_header, rows)
 
     tiny = results.get("train_tiny", {})

@@ -2,7 +2,9 @@
 
 ``sd14`` is the paper's setting: Stable Diffusion v1.4's VAE on 320x240 frames padded to 320x256
 (latents 4x32x40). ``tiny`` uses the same diffusers classes with a small, randomly initialised
-config on 64x48 frames (latents 4x12x16), so that the whole pipeline trains on a laptop CPU.
+config on 64x48 frames (latents 4x12x16), so that the whole pipeline trains on a laptop CPU. ``small``, between
+them, is the GPU quickstart's (``quickstart.py --budget gpu``): 128x96 frames (latents 4x24x32), a 14M-parameter
+VAE and a 97M-parameter UNet trained from scratch in minutes on one GPU.
 
 Padding (both presets): frames sit in the top-left corner of the padded canvas; the extra rows at
 the bottom (and columns at the right) are black. Cropping ``[:frame_height, :frame_width]`` undoes
@@ -12,7 +14,7 @@ it exactly. ``tiny`` needs no padding (48 and 64 are multiples of its downsampli
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 # The paper's Stable Diffusion checkpoint: the sd14 preset's VAE and the UNet its world model is widened from.
@@ -163,11 +165,28 @@ def _tiny_s2d() -> ModelConfig:
     return config
 
 
-PRESETS = {"sd14": _sd14, "tiny": _tiny, "tiny-s2d": _tiny_s2d}
+# The small preset's VAE: the tiny one's three levels (factor 4: 128x96 -> 24x32 latents, SD's 4 channels), with SD's
+# two ResNet blocks per level and four times the tiny one's channels. ~14M parameters; 15 GFLOP to encode a frame,
+# 30 to decode it.
+SMALL_VAE_CONFIG: dict[str, Any] = {
+    **TINY_VAE_CONFIG,
+    "block_out_channels": [64, 128, 256],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 128,
+}
+
+
+def _small() -> ModelConfig:  # tiny's at 128x96 (no padding), with its own VAE (scaling factor: measured)
+    size = {"frame_width": 128, "frame_height": 96, "padded_width": 128, "padded_height": 96}
+    return replace(_tiny(), preset="small", vae=copy.deepcopy(SMALL_VAE_CONFIG), **size)
+
+
+PRESETS = {"sd14": _sd14, "small": _small, "tiny": _tiny, "tiny-s2d": _tiny_s2d}
 
 
 def get_config(preset: str) -> ModelConfig:
-    """A fresh copy of a preset's config ("sd14", "tiny" or "tiny-s2d")."""
+    """A fresh copy of a preset's config ("sd14", "small", "tiny" or "tiny-s2d")."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
     return PRESETS[preset]()
@@ -190,9 +209,25 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "norm_num_groups": 16,
 }
 
+# The small preset's UNet: three levels over the 24x32 latents (24x32, 12x16, 6x8), SD's two ResNet blocks per level,
+# cross-attention to the action tokens at the two lower levels (192 and 48 positions; none at 768), SD's 8 heads.
+# 97M parameters; a training sample is 53 GFLOP forward and backward (sd14's: 686).
+SMALL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": [24, 32],
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [128, 256, 512],
+    "layers_per_block": 2,
+    "cross_attention_dim": 256,
+    "attention_head_dim": 8,  # diffusers' name for the number of heads in this UNet
+    "norm_num_groups": 32,
+}
+UNET_CONFIGS = {"tiny": TINY_UNET_CONFIG, "tiny-s2d": TINY_UNET_CONFIG, "small": SMALL_UNET_CONFIG}  # sd14: pretrained
+
 # Context length per preset: the paper's 64 frames; a short context for the CPU preset (the
-# paper's context ablation: 1 frame is clearly worse than 2+, beyond 4 gains are small).
-DEFAULT_CONTEXT_LENGTH = {"sd14": 64, "tiny": 4, "tiny-s2d": 4}
+# paper's context ablation: 1 frame is clearly worse than 2+, beyond 4 gains are small) and twice that on a GPU.
+DEFAULT_CONTEXT_LENGTH = {"sd14": 64, "small": 8, "tiny": 4, "tiny-s2d": 4}
 PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")  # what the UNet predicts (diffusers' names)
 
 
@@ -306,7 +341,7 @@ def get_world_model_config(
 ) -> WorldModelConfig:
     """The world-model config of a preset for a dataset's action list (fields overridable)."""
     model = get_config(preset)
-    unet = copy.deepcopy(TINY_UNET_CONFIG) if preset != "sd14" else {}
+    unet = copy.deepcopy(UNET_CONFIGS.get(preset, {}))
     return WorldModelConfig(
         model=model,
         context_length=context_length_of(preset, context_length),
@@ -318,13 +353,20 @@ def get_world_model_config(
 
 # ----------------------------------------------------------------------------------------------
 # World-model training defaults per preset: train_text_to_image.py fills each of these options (the keys
-# are its option names) that the command line leaves unset. sd14 follows the paper; tiny's choices were
-# measured on a CPU (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked).
+# are its option names) that the command line leaves unset. sd14 follows the paper's model and batch, at the speed
+# measured on an H200 (docs/gpu.md#training-speed); tiny's choices were measured on a CPU
+# (docs/research_log.md#what-the-tiny-preset-does-now-and-sd14-does-not-unless-asked).
 WORLD_MODEL_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd14": {
         "pretrained_model_name_or_path": SD14_MODEL_ID,  # the UNet to widen (and, by default, the VAE)
-        "train_batch_size": 8,  # per device (the paper's 128 is the total)
-        "optimizer": "adafactor",
+        # The paper's 128 windows per step, in micro-batches of at most 64 per device (gradient accumulation makes
+        # up the rest): on an H200 64 ran 307 samples/s, 128 344 in 59 GiB, the old default 8 28.
+        "total_batch_size": 128,
+        "train_batch_size": 64,
+        # Fused AdamW: 21 ms per step over sd14's parameters, where transformers' Adafactor (the paper's optimizer,
+        # --optimizer adafactor) took 115 ms and more than half of a batch-8 step.
+        "optimizer": "adamw",
+        "channels_last": True,
         "learning_rate": 2e-5,
         "guidance_scale": 1.5,
         "residual": False,
@@ -334,8 +376,10 @@ WORLD_MODEL_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         "pretrained_model_name_or_path": None,  # a new UNet; the VAE comes from finetune_autoencoder.py
+        "total_batch_size": None,  # --train_batch_size per device and step
         "train_batch_size": 32,
         "optimizer": "adamw",
+        "channels_last": False,
         "learning_rate": 5e-4,
         "guidance_scale": 1.0,  # measured 0.2-0.4 dB better than the paper's 1.5
         "residual": True,
@@ -346,3 +390,12 @@ WORLD_MODEL_TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 WORLD_MODEL_TRAINING_DEFAULTS["tiny-s2d"] = dict(WORLD_MODEL_TRAINING_DEFAULTS["tiny"])
+# small, a new model trained on a GPU for minutes: tiny's choices (not measured at this size), a batch of 128 on one
+# device, a learning rate for a 97M-parameter UNet, channels-last weights.
+WORLD_MODEL_TRAINING_DEFAULTS["small"] = {
+    **WORLD_MODEL_TRAINING_DEFAULTS["tiny"],
+    "train_batch_size": 128,
+    "learning_rate": 3e-4,
+    "channels_last": True,
+    "num_threads": None,
+}

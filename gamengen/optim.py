@@ -18,7 +18,10 @@ def make_optimizer(
     tensors in Python, ~20 operations each, so an sd14 step issues ~14k small operations). It factors the
     second moment over a tensor's LAST TWO dimensions (a conv kernel's 3x3), where the paper's JAX Adafactor
     factors over its two largest. ``adafactor_torch``: torch.optim.Adafactor, the same idea with a multi-tensor
-    (foreach) step and its own beta2 schedule. ``adamw``: torch's AdamW (foreach on GPUs)."""
+    (foreach) step and its own beta2 schedule. ``adamw``: torch's AdamW, fused (one kernel for all the tensors'
+    updates) when every parameter is on a CUDA device, so put the model on its device before making it; elsewhere
+    torch's default step. Measured over sd14's 860M parameters on an H200 (docs/gpu.md): transformers' Adafactor
+    115 ms per step, torch's Adafactor 240 ms, AdamW 21 ms."""
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -33,7 +36,11 @@ def make_optimizer(
     if name == "adafactor_torch":
         return torch.optim.Adafactor(parameters, lr=learning_rate, weight_decay=weight_decay, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+        # Tensors, or parameter groups (dicts whose "params" may be generators: listed once, then read twice).
+        parameters = [{**p, "params": list(p["params"])} if isinstance(p, dict) else p for p in parameters]
+        tensors = [t for item in parameters for t in (item["params"] if isinstance(item, dict) else [item])]
+        fused = bool(tensors) and all(tensor.device.type == "cuda" for tensor in tensors)
+        return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, fused=fused or None)
     raise ValueError(f"unknown optimizer {name!r}: one of {', '.join(OPTIMIZERS)}")
 
 
@@ -43,7 +50,10 @@ def make_ema(decay: float | None, accelerator: Any, model: torch.nn.Module) -> A
         return None
     from diffusers.training_utils import EMAModel
 
-    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=decay, use_ema_warmup=True, power=0.75)
+    # On a GPU the average is updated by multi-tensor operations (foreach): a few kernels a step, not a few per tensor.
+    foreach = accelerator.device.type == "cuda"
+    parameters = accelerator.unwrap_model(model).parameters()
+    ema = EMAModel(parameters, decay=decay, use_ema_warmup=True, power=0.75, foreach=foreach)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     return ema

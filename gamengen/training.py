@@ -102,6 +102,13 @@ def add_run_arguments(train: Any, logging: Any, checkpointing_steps: int, pushed
     train.add_argument(
         "--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder; continues its step count"
     )
+    train.add_argument(
+        "--max_train_seconds",
+        type=float,
+        default=None,
+        help="also stop at the first logging step after this many seconds of training (validation included): "
+        "a run of a fixed time, ending with its checkpoint",
+    )
     logging.add_argument(
         "--logging_steps",
         type=int,
@@ -185,6 +192,7 @@ class LoopOptions:
     resume_from_checkpoint: str | None
     seed: int
     logging_steps: int = 10
+    max_train_seconds: float | None = None
     tracker_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -225,6 +233,7 @@ class TrainingRun:
     metrics: dict[str, list[float]] = field(default_factory=dict)  # the loss function's other scalars, per step
     validation: float | None = None  # the newest score of Hooks.validate
     validated_step: int | None = None  # ... and the step it was measured at
+    out_of_time: bool = False  # stopped by --max_train_seconds before --max_train_steps
 
     @property
     def steps_this_run(self) -> int:
@@ -284,7 +293,7 @@ def train(
     epoch = first_epoch
     micro_batch = 0
     try:
-        while run.step < options.max_train_steps:
+        while run.step < options.max_train_steps and not run.out_of_time:
             skip = batches_to_skip if epoch == first_epoch else 0
             loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
             loader.set_epoch(epoch)
@@ -307,7 +316,7 @@ def train(
                 run.step += 1
                 micro_batch = 0
                 bookkeeping.step_done(model, loss, metrics)
-                if run.step >= options.max_train_steps:
+                if run.step >= options.max_train_steps or run.out_of_time:
                     break
             epoch += 1
         bookkeeping.flush()
@@ -335,6 +344,7 @@ class StepBookkeeping:
         self.limit = options.checkpoints_total_limit or None  # 0: keep all
         self.unlogged: list[dict[str, torch.Tensor]] = []  # per step, still on the device
         self.window_started = time.perf_counter()  # training time is read after the device has finished (flush)
+        self.started = self.window_started  # --max_train_seconds counts from here
 
     def step_done(self, model: torch.nn.Module, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """After optimisation step ``run.step``: the hook, the loss kept for the next log, and every
@@ -357,6 +367,16 @@ class StepBookkeeping:
             model.train()
         if checkpoint_now or validate_now:
             self.window_started = time.perf_counter()  # checkpoints and validation are not training time
+        if run.step % options.logging_steps == 0 and self.out_of_time():
+            run.out_of_time = True
+
+    def out_of_time(self) -> bool:
+        """Whether ``--max_train_seconds`` have passed, on any process (all stop at the same step)."""
+        if self.options.max_train_seconds is None:
+            return False
+        late = float(time.perf_counter() - self.started >= self.options.max_train_seconds)
+        flag = torch.tensor(late, device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def flush(self) -> None:
         """Stop the clock once the queued steps have run, read the losses of the steps not yet logged from the

@@ -25,6 +25,7 @@ from gamengen.layout import PEER_COLUMNS, columns_from_args
 from gamengen.metrics import psnr
 from gamengen.model import WorldModel
 from gamengen.peer import PEER_ACTION_NAMES
+from gamengen.throughput import peak_memory_gib
 from gamengen.training import TrainingRun
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
@@ -181,8 +182,14 @@ def write_summary(
         "latents_dir": args.latents_dir,
         "global_step": run.step,
         "steps_this_run": run.steps_this_run,
-        "train_batch_size": args.train_batch_size,
+        "train_batch_size": args.train_batch_size,  # per device and micro-batch
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_batch_size": args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+        "optimizer": args.optimizer,
         "samples_per_second": run.samples_per_second,
+        "train_seconds": run.train_seconds,
+        "out_of_time": run.out_of_time,  # stopped by --max_train_seconds before --max_train_steps
+        "peak_memory_gib": peak_memory_gib(accelerator.device),  # CUDA only (None elsewhere)
         "loss_first": float(np.mean(run.losses[:window])) if run.losses else None,
         "loss_last": float(np.mean(run.losses[-window:])) if run.losses else None,
         "validation_psnr": run.validation,
@@ -204,6 +211,10 @@ def write_summary(
             f"{summary['samples_per_second']:.1f} samples/s); "
             f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"
         )
+    if summary["peak_memory_gib"] is not None:
+        print(f"peak GPU memory {summary['peak_memory_gib']:.1f} GiB ({summary['total_batch_size']} windows per step)")
+    if run.out_of_time:
+        print(f"stopped at step {run.step} of {args.max_train_steps}: --max_train_seconds {args.max_train_seconds:g}")
     print(
         f"held-out next-frame PSNR ({config.num_inference_steps} DDIM steps, CFG {config.guidance_scale}, "
         f"up to {args.num_validation_samples} windows, against the VAE-decoded target latents): "

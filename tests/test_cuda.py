@@ -71,13 +71,17 @@ def test_reduced_precision_frames_are_close_to_fp32_ones(tiny_models, dtype):
     assert other_seed.min() > 4 * PRECISION_TOLERANCE, f"another seed changed frames by only {other_seed} levels"
 
 
-def test_bf16_training_step_gives_a_finite_loss_and_moves_the_weights(tiny_models):
+@pytest.mark.parametrize("optimizer_name", ["adamw", "adafactor"])  # sd14's default (fused on a GPU), the paper's
+def test_bf16_training_step_gives_a_finite_loss_and_moves_the_weights(tiny_models, optimizer_name):
     from gamengen.diffusion import diffusion_loss
     from gamengen.optim import make_optimizer
+    from gamengen.throughput import use_channels_last
 
     model, _, config = tiny_models
     model = copy.deepcopy(model).to("cuda").train()  # fp32 weights, bf16 autocast: --mixed_precision bf16
-    optimizer = make_optimizer("adafactor", model.parameters(), 1e-3, 0.0)  # the sd14 trainer's optimizer
+    use_channels_last(model)  # as the sd14 trainer does
+    optimizer = make_optimizer(optimizer_name, model.parameters(), 1e-3, 0.0)
+    assert optimizer_name != "adamw" or optimizer.defaults["fused"], "AdamW over CUDA parameters must be fused"
     generator = torch.Generator(device="cuda").manual_seed(0)
     latent, context = config.model.latent_shape, config.context_length
     batch = {

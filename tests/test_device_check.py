@@ -53,22 +53,32 @@ def test_dry_run_measures_every_section_and_names_the_device(dry_run):
     assert device["name"].startswith("CPU") and device["torch"]
     assert device["bf16_peak_tflops"].startswith("not measured"), "a CPU has no bf16 peak: MFU must say so, not guess"
 
-    for mode in ("eager", "compile"):
-        for batch in ("batch_2", "batch_4"):
-            measurement = results["train_sd14"][mode][batch]
-            assert has_numbers(measurement, TRAIN_NUMBERS), measurement
+    # The trainer's GPU defaults at every batch, and each one-change variant (and the compiled blocks) beside them.
+    training = results["train_sd14"]
+    assert set(training) == {"defaults", "channels_first", "adafactor", "adafactor_torch", "compile_blocks"}
+    assert set(training["defaults"]) == {"batch_2", "batch_4"}
+    for variant, measurements in training.items():
+        for measurement in measurements.values():
+            assert has_numbers(measurement, TRAIN_NUMBERS), (variant, measurement)
             assert measurement["mfu"].startswith("not measured"), measurement["mfu"]
+    assert training["defaults"]["batch_2"]["layout"] == "channels-last"
+    assert training["defaults"]["batch_2"]["optimizer"].startswith("adamw (not fused)")  # fused on a GPU only
+    assert training["channels_first"]["batch_2"]["layout"] == "channels-first"
+    assert training["adafactor"]["batch_2"]["optimizer"].startswith("adafactor (")
+    assert training["compile_blocks"]["batch_2"]["compiled"] == "UNet blocks compiled (eager)"
     for mode in ("eager", "compile", "reduce-overhead"):
-        measurement = results["engine_sd14"][mode]
-        assert has_numbers(measurement, ENGINE_NUMBERS), measurement
-        assert measurement["guidance_scale"] == 1.5 and measurement["num_inference_steps"] == 4
-        assert measurement["dtype"] == "bfloat16"
+        for steps in (4, 1):
+            measurement = results["engine_sd14"][mode][f"steps_{steps}"]
+            assert has_numbers(measurement, ENGINE_NUMBERS), measurement
+            assert measurement["guidance_scale"] == 1.5 and measurement["num_inference_steps"] == steps
+            assert measurement["dtype"] == "bfloat16"
     for key in ("batch_4_fp32", "batch_4_bf16"):
         assert has_numbers(results["train_tiny"][key], TRAIN_NUMBERS), results["train_tiny"][key]
-    for name in ("adafactor", "adafactor_torch", "adamw"):  # each trainer optimizer's step alone, same parameters
-        measurement = results["optimizer_sd14"][name]
+    optimizers = results["optimizer_sd14"]  # each trainer optimizer's step alone, same parameters
+    assert set(optimizers) == {"adafactor", "adafactor_torch", "adamw", "adamw_foreach"}
+    for measurement in optimizers.values():
         assert has_numbers(measurement, ("optimizer_ms", "tensors", "parameters_millions")), measurement
-    assert len({m["parameters_millions"] for m in results["optimizer_sd14"].values()}) == 1
+    assert len({m["parameters_millions"] for m in optimizers.values()}) == 1
 
     tests = results["cuda_tests"]  # no GPU here: every CUDA test is collected and skipped, none fails
     assert tests["failed"] == 0 and tests["error"] == 0
@@ -79,8 +89,9 @@ def test_dry_run_measures_every_section_and_names_the_device(dry_run):
     headings = ("CUDA tests", "## Training step: sd14", "## Optimizer phase alone", "## Engine: sd14", "## Parts")
     for heading in (*headings, "## Training step: tiny"):
         assert heading in markdown, heading
-    rows = ("| eager | 2 |", "| compile | 4 |", "| reduce-overhead |", "| batch 4 bf16 |", "| train_sd14_compile | ok")
-    rows += ("| adafactor_torch |", "| optimizer_sd14 | ok")
+    rows = ("| defaults | 2 |", "| defaults | 4 |", "| channels_first | 2 |", "| compile_blocks | 2 |")
+    rows += ("| eager | 4 |", "| reduce-overhead | 1 |", "| compile | 4 |", "| batch 4 bf16 |")
+    rows += ("| adafactor_torch |", "| adamw_foreach |", "| optimizer_sd14 | ok", "| train_sd14_compile_blocks | ok")
     for row in rows:
         assert row in markdown, row
 
@@ -101,7 +112,7 @@ def test_a_part_that_runs_out_of_time_is_recorded_and_the_others_still_run(tmp_p
     assert results["parts"]["train_tiny"]["status"] == "not measured: timed out after 0.5 s"
     assert results["train_tiny"]["batch_4_fp32"] == {"not_measured": "timed out after 0.5 s"}
     assert results["parts"]["device"]["status"] == "ok" and results["device"]["name"] in markdown
-    assert results["engine_sd14"]["eager"] == {"not_measured": "not selected (--parts)"}
+    assert results["engine_sd14"]["eager"]["steps_1"] == {"not_measured": "not selected (--parts)"}
     assert "| train_tiny | not measured: timed out after 0.5 s |" in markdown
 
 
@@ -121,16 +132,16 @@ def test_a_failed_measurement_shows_its_error_in_the_report():
     results = {
         "device": {"name": "NVIDIA H100 80GB HBM3", "bf16_peak_tflops": 989.0, "bf16_peak_source": "H100 SXM sheet"},
         "cuda_tests": {"not_measured": "not run"},
-        "train_sd14": {"eager": {"batch_16": {"error": "OutOfMemoryError: CUDA out of memory"}}},
-        "engine_sd14": {"compile": {"not_measured": "timed out after 70 s"}},
+        "train_sd14": {"defaults": {"batch_128": {"error": "OutOfMemoryError: CUDA out of memory"}}},
+        "engine_sd14": {"compile": {"steps_4": {"not_measured": "timed out after 70 s"}}},
         "train_tiny": {},
         "parts": {},
     }
     markdown = device_check.render_markdown(results)
     assert "# Device check: NVIDIA H100 80GB HBM3" in markdown
     assert "| 989 (H100 SXM sheet) |" in markdown
-    assert "| eager | 16 | error: OutOfMemoryError: CUDA out of memory |" in markdown
-    assert "| compile | not measured: timed out after 70 s |" in markdown
+    assert "| defaults | 128 | error: OutOfMemoryError: CUDA out of memory |" in markdown
+    assert "| compile | 4 | not measured: timed out after 70 s |" in markdown
 
 
 def test_cuda_test_results_are_read_from_the_pytest_log(tmp_path):
@@ -153,4 +164,4 @@ def test_an_unknown_part_is_refused_with_the_known_ones(capsys):
     device_check = load_device_check()
     with pytest.raises(SystemExit):
         device_check.parse_args(["--parts", "engine"])
-    assert "unknown part(s) ['engine']: choose from device, train_sd14_eager" in capsys.readouterr().err
+    assert "unknown part(s) ['engine']: choose from device, train_sd14, train_sd14_variants" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from gamengen.config import get_config
 from gamengen.devices import cpu_computes_bf16
 from gamengen.engine import GameEngine
 from gamengen.episodes import open_dataset
+from gamengen.errors import UsageError
 from gamengen.vae import build_vae, save_vae
 
 TRAIN = "train_text_to_image.py"
@@ -125,6 +126,16 @@ def test_resume_continues_the_step_count(trained, setup):
 
     other = train_on_latents(setup, out, 30, "--resume_from_checkpoint", "latest", "--context_length", 2, check=False)
     assert other.returncode == 2 and "context length 4" in other.stderr
+
+
+def test_a_run_of_a_fixed_time_stops_then_and_saves_its_model(setup, tmp_path):
+    out = tmp_path / "timed"
+    result = train_on_latents(setup, out, 100_000, "--max_train_seconds", 3, "--logging_steps", 2)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["out_of_time"] and 2 <= summary["global_step"] < 100_000 and summary["global_step"] % 2 == 0
+    assert f"stopped at step {summary['global_step']} of 100000: --max_train_seconds 3" in result.stdout
+    assert (out / f"checkpoint-{summary['global_step']}").is_dir()  # resumable from where the time ran out
+    assert load_world_model(out).config.context_length == 4
 
 
 def test_pixel_path_trains_without_a_cache(setup):
@@ -260,7 +271,16 @@ def test_preset_defaults_fill_only_the_options_left_unset():
     import train_text_to_image as trainer
 
     sd14 = trainer.parse_args(["--dataset_name", "ds"])
-    assert (sd14.optimizer, sd14.learning_rate, sd14.train_batch_size) == ("adafactor", 2e-5, 8)
+    # The GPU defaults (docs/gpu.md#training-speed): the paper's 128 windows per step in micro-batches of at most
+    # 64, fused AdamW (the paper's Adafactor on request), channels-last weights.
+    assert (sd14.optimizer, sd14.learning_rate, sd14.total_batch_size, sd14.train_batch_size) == (
+        "adamw",
+        2e-5,
+        128,
+        64,
+    )
+    assert sd14.channels_last and not sd14.compile_blocks and sd14.gradient_accumulation_steps is None
+    assert trainer.parse_args(["--dataset_name", "ds", "--optimizer", "adafactor"]).optimizer == "adafactor"
     assert sd14.guidance_scale == 1.5
     assert not (sd14.residual or sd14.action_positions or sd14.action_class) and sd14.num_threads is None
     sd14_model = "CompVis/stable-diffusion-v1-4"
@@ -270,6 +290,60 @@ def test_preset_defaults_fill_only_the_options_left_unset():
     assert (tiny.optimizer, tiny.learning_rate, tiny.train_batch_size, tiny.num_threads) == ("adamw", 1e-3, 32, 1)
     assert (tiny.residual, tiny.action_positions, tiny.action_class) == (False, True, True)
     assert tiny.pretrained_model_name_or_path is None
+    assert tiny.total_batch_size is None and not tiny.channels_last
+
+
+@pytest.mark.parametrize(
+    ("options", "processes", "plan"),
+    [
+        ([], 1, (64, 2)),  # one GPU: 2 micro-batches of 64
+        ([], 8, (16, 1)),  # 8 GPUs: 16 each
+        (["--train_batch_size", "48"], 1, (32, 4)),  # at most 48: the largest divisor of 128 below it
+        (["--train_batch_size", "8", "--gradient_accumulation_steps", "2"], 8, (8, 2)),  # the README's old command
+        (["--gradient_accumulation_steps", "3", "--train_batch_size", "8"], 1, (8, 3)),  # the total is then 24
+    ],
+)
+def test_the_sd14_batch_reaches_128_windows_per_step_on_any_number_of_gpus(options, processes, plan):
+    import train_text_to_image as trainer
+    from gamengen.throughput import plan_batches
+
+    args = trainer.parse_args(["--dataset_name", "ds", *options])
+    found = plan_batches(args.total_batch_size, args.train_batch_size, processes, args.gradient_accumulation_steps)
+    assert (found.per_device, found.accumulation) == plan
+    assert found.total == (128 if "3" not in options else 24)
+
+
+def test_a_total_batch_that_cannot_be_reached_is_refused_with_what_to_change():
+    import train_text_to_image as trainer
+    from gamengen.throughput import plan_batches
+
+    args = trainer.parse_args(
+        ["--dataset_name", "ds", "--total_batch_size", "128", "--gradient_accumulation_steps", "1"]
+    )
+    with pytest.raises(UsageError, match="micro-batches of 128, not at most --train_batch_size 64: leave"):
+        plan_batches(args.total_batch_size, args.train_batch_size, 1, args.gradient_accumulation_steps)
+    with pytest.raises(UsageError, match="does not divide among 3 processes"):
+        plan_batches(128, 64, 3, None)
+
+
+def test_channels_last_and_compiled_blocks_train_as_the_eager_model_does(setup, tmp_path):
+    """The GPU speed options on the tiny preset (the CPU runs them too): the same losses step by step as the plain
+    model, and a checkpoint that loads as any other."""
+    common = ("--learning_rate", "1e-3", "--logging_steps", 1, "--total_batch_size", 8, "--train_batch_size", 4)
+    # Dynamo and AOTAutograd capture each block's forward and backward graphs as inductor gets them; inductor's C++
+    # code generation itself took over 5 minutes on the 2 busy cores of CI.
+    aot = ("--compile_backend", "aot_eager")
+    train_on_latents(setup, tmp_path / "plain", 4, *common)
+    fast = train_on_latents(setup, tmp_path / "fast", 4, *common, "--channels_last", "--compile_blocks", *aot)
+    assert "batch: 8 per step = 4 per device x 1 process x 2 accumulated" in fast.stdout
+    assert "compiling the UNet's 5 blocks (aot_eager)" in fast.stdout
+    losses = [json.loads((tmp_path / run / "training_summary.json").read_text()) for run in ("plain", "fast")]
+    for key in ("loss_first", "loss_last"):
+        assert losses[1][key] == pytest.approx(losses[0][key], rel=1e-3), key
+    assert losses[1]["total_batch_size"] == 8 and losses[1]["gradient_accumulation_steps"] == 2
+    assert losses[1]["peak_memory_gib"] is None  # CUDA only
+    bundle = load_world_model(tmp_path / "fast")
+    assert bundle.model.unet.conv_in.weight.is_contiguous()  # saved in the ordinary layout
 
 
 @pytest.mark.parametrize(

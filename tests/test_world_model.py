@@ -329,3 +329,24 @@ def test_every_optimizer_choice_lowers_the_loss_of_a_world_model(config, name):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_the_small_gpu_preset_maps_128x96_frames_to_24x32_latents_and_predicts_them():
+    """The GPU quickstart's preset (between tiny and sd14): its VAE and UNet as the scripts build them, one frame
+    through the VAE and one noisy latent through the world model, at the sizes gamengen/config.py promises."""
+    config = get_world_model_config("small", ACTIONS, action_positions=True, action_class=True, residual=True)
+    assert (config.model.frame_width, config.model.frame_height, config.context_length) == (128, 96, 8)
+    torch.manual_seed(0)
+    vae = build_vae(config.model).eval()
+    frames = torch.rand(1, 3, 96, 128) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(frames).latent_dist.mode()
+        assert tuple(latents.shape) == (1, *config.model.latent_shape) == (1, 4, 24, 32)
+        assert tuple(vae.decode(latents).sample.shape) == (1, 3, 96, 128)
+    model = build_world_model(config).eval()
+    assert 90e6 < sum(p.numel() for p in model.parameters()) < 110e6  # between tiny's 4M and sd14's 860M
+    batch = window_batch(config, size=1)
+    with torch.no_grad():
+        output = model(batch["noisy"], batch["timesteps"], batch["context"], batch["actions"], batch["buckets"])
+    assert output.shape == batch["noisy"].shape and torch.isfinite(output).all()

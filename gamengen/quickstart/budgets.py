@@ -1,5 +1,6 @@
-"""The quickstart's sizes: one ``Budget`` per named budget (smoke, 20min, 60min), the command line's
-overrides, and the time each stage is expected to take on the 2-core development machine."""
+"""The quickstart's sizes: one ``Budget`` per named budget (smoke, 20min, 60min on a 2-core CPU; gpu on one GPU
+and 16 cores, and gpu-smoke, its stages at the smoke sizes on a CPU), the command line's overrides, and the time each
+stage is expected to take."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ class Budget:
     rollout_frames: int = 48
     script: str = "TURN_LEFT*12,FORWARD*12,TURN_RIGHT*12,FORWARD_ATTACK*12"
     wm_args: str = ""  # more train_text_to_image.py options, e.g. "--snr_gamma 5"
+    # Machines with more: the games PPO plays at once, the generator's worker processes, the DataLoader workers of the
+    # vae, latents, world and distill stages (0: read in the stage's own process), the training time of the stages that
+    # train for a fixed time on a GPU (0: their steps alone decide), the evaluation's batch, and an uncompiled engine
+    # (on a GPU the engine compiles with CUDA graphs, a warm-up per process that a short run cannot afford).
+    agent_envs: int = 2
+    workers: int = 2
+    loader_workers: int = 0
+    vae_seconds: float = 0.0
+    wm_seconds: float = 0.0
+    distill_seconds: float = 0.0
+    vae_precision: str = ""  # finetune_autoencoder.py --mixed_precision ("": its default; auto: as the world model's)
+    eval_batch_size: int = 0  # evaluate.py --batch_size (0: its default)
+    eager_engine: bool = False
+    device: str = "cpu"  # the machine the budget is sized for: its stage time estimates
 
 
 BUDGETS = {
@@ -76,7 +91,60 @@ BUDGETS = {
         distill_steps=600,
         eval_windows=256,
     ),
+    # One GPU and 16 cores (benchmarks/gpu_pipeline.sh), everything within 9 minutes: DOOM recorded on the cores by
+    # 12 games and 14 worker processes, the small preset (128x96) trained for fixed times on the GPU (the steps are
+    # upper bounds), the world model the longest. Sized from FLOP counts and the H200's measured rates
+    # (docs/gpu.md#the-gpu-quickstart); not measured on a GPU yet.
+    "gpu": Budget(
+        episode_steps=300,
+        ppo_steps=12288,
+        episodes=98,
+        idm_steps=400,
+        vae_steps=100_000,
+        vae_batch_size=16,
+        wm_steps=100_000,
+        wm_steps_bf16=100_000,
+        wm_batch_size=128,
+        ema_decay=0.999,
+        context_length=8,
+        distill_steps=100_000,
+        distill_batch_size=32,
+        eval_windows=192,
+        eval_horizon=64,
+        rollout_frames=64,
+        wm_args="--lr_scheduler constant_with_warmup --lr_warmup_steps 100",
+        agent_envs=12,
+        workers=14,
+        loader_workers=6,
+        vae_seconds=45,
+        wm_seconds=180,
+        distill_seconds=20,
+        vae_precision="auto",
+        eval_batch_size=64,
+        eager_engine=True,
+        device="gpu",
+    ),
 }
+# The gpu budget's stages and options (fixed times, workers, the uncompiled engine) at the smoke sizes with the tiny
+# preset: its dry run on a CPU (benchmarks/gpu_pipeline.sh --dry_run; what CI runs). The times stop the trainers.
+BUDGETS["gpu-smoke"] = replace(
+    BUDGETS["smoke"],
+    ppo_steps=192,  # 4 whole episodes of 24 steps per game: no short unfinished one to hold out
+    vae_steps=100_000,
+    wm_steps=100_000,
+    wm_steps_bf16=100_000,
+    distill_steps=100_000,
+    agent_envs=2,
+    workers=2,
+    loader_workers=1,
+    vae_seconds=3,
+    wm_seconds=4,
+    distill_seconds=3,
+    eval_batch_size=8,
+    eager_engine=True,
+)
+# The world-model preset of a budget when --preset is not given.
+BUDGET_PRESETS = {"gpu": "small"}
 
 PRECISIONS = ("auto", "bf16", "no")
 # The help of the fields whose name does not say enough (the others' comments above say it).
@@ -91,6 +159,17 @@ FIELD_HELP = {
     "own frames",
     "ema_decay": "the world model saved is an exponential moving average of its weights with this decay "
     "(train_text_to_image.py --ema_decay); 0 = its last weights",
+    "vae_seconds": "train the autoencoder this many seconds (--max_train_seconds; vae_steps is then an upper bound); "
+    "0 = vae_steps decide",
+    "wm_seconds": "train the world model this many seconds (wm_steps is then an upper bound); 0 = wm_steps decide",
+    "distill_seconds": "distil the 1-step student this many seconds; 0 = distill_steps decide",
+    "eager_engine": "evaluate and roll out with an uncompiled engine (--eager: no CUDA-graph warm-up per process)",
+    "agent_envs": "games PPO plays at once, each in its own process",
+    "workers": "worker processes of the generate stage",
+    "loader_workers": "DataLoader worker processes of the vae, latents, world and distill stages (0: none)",
+    "vae_precision": "finetune_autoencoder.py --mixed_precision (empty: its default; auto: the world model's)",
+    "eval_batch_size": "evaluate.py --batch_size: windows generated together (0: its default)",
+    "device": "the machine the budget is sized for (cpu or gpu): the stages' time estimates",
 }
 
 # Throughput measured on the 2-core development machine (docs/quickstart.md), for the time estimates printed
@@ -107,6 +186,20 @@ RATES = {
     "rollouts": (10.0, 15.0),  # generated frames/s
 }
 BF16_SPEEDUP = 1.25  # training samples/s of bf16 autocast over fp32 where the CPU has bf16 instructions
+# The gpu budget's estimates on one H200 and 16 cores (not measured: from the CPU rates with 7 times the agent's
+# processes, and the small preset's FLOPs at ~15% of the H200's measured bf16 rate); the same units as RATES.
+GPU_RATES = {
+    "ppo": (600.0, 20.0),
+    "generate": (1800.0, 15.0),
+    "idm": (40.0, 15.0),
+    "vae": (40.0, 20.0),
+    "latents": (3000.0, 15.0),
+    "world": (90.0, 25.0),
+    "distill": (10.0, 25.0),
+    "evaluate": (150.0, 20.0),
+    "rollouts": (30.0, 20.0),
+}
+TIMED = {"vae": "vae_seconds", "world": "wm_seconds", "distill": "distill_seconds"}  # the stages a budget can time
 
 
 def resolve_budget(name: str, overrides: dict[str, Any]) -> Budget:
@@ -116,7 +209,8 @@ def resolve_budget(name: str, overrides: dict[str, Any]) -> Budget:
     budget = replace(BUDGETS[name], **given)
     precision = world_precision() if budget.wm_precision == "auto" else budget.wm_precision
     steps = budget.wm_steps_bf16 if precision == "bf16" and "wm_steps" not in given else budget.wm_steps
-    return replace(budget, wm_precision=precision, wm_steps=steps, wm_steps_bf16=steps)
+    vae_precision = precision if budget.vae_precision == "auto" else budget.vae_precision
+    return replace(budget, wm_precision=precision, wm_steps=steps, wm_steps_bf16=steps, vae_precision=vae_precision)
 
 
 def world_precision() -> str:
@@ -148,7 +242,7 @@ def lossless(preset: str) -> bool:
 
 
 def estimate(stage: str, budget: Budget, preset: str = "tiny") -> float:
-    """Seconds the stage is expected to take at RATES."""
+    """Seconds the stage is expected to take at RATES (GPU_RATES for a budget sized for a GPU)."""
     if stage == "vae" and lossless(preset):
         return RATES["vae"][1]  # nothing to train: start-up and the scaling factor
     units = {
@@ -163,8 +257,12 @@ def estimate(stage: str, budget: Budget, preset: str = "tiny") -> float:
         "evaluate": 1.25 * (2 * budget.eval_windows + budget.eval_episodes * budget.eval_horizon + 16),
         "rollouts": 2.5 * budget.rollout_frames,
     }[stage]
-    rate, start_up = RATES[stage]
-    if stage in ("world", "distill") and budget.wm_precision == "bf16":
+    rate, start_up = (GPU_RATES if budget.device == "gpu" else RATES)[stage]
+    if stage in ("world", "distill") and budget.wm_precision == "bf16" and budget.device == "cpu":
         rate *= BF16_SPEEDUP
+    work = units / rate
+    limit = getattr(budget, TIMED[stage]) if stage in TIMED else 0.0
+    if limit:  # a fixed training time: that, unless the steps end first
+        work = min(work, limit)
     runs = 2 if stage == "evaluate" and budget.carry_detail else 1  # the model's own frames, then the carry-over
-    return runs * (start_up + units / rate)
+    return runs * (start_up + work)

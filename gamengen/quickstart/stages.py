@@ -25,7 +25,7 @@ def stage_commands(run: Path, budget: Budget, args: argparse.Namespace) -> dict[
         "generate": [generate_command(run, budget, args.preset, args.seed + 1000)],
         "idm": [idm_command(run, budget, seed)],
         "vae": [autoencoder_command(run, budget, args.preset, seed)],
-        "latents": [latents_command(run, args.preset)],
+        "latents": [latents_command(run, budget, args.preset)],
         "world": [world_command(run, budget, args.preset, seed)],
         "distill": [distill_command(run, budget, seed)],
         "evaluate": evaluate_commands(run, budget, seed),
@@ -47,7 +47,7 @@ def ppo_command(run: Path, budget: Budget, preset: str, seed: str) -> list[str]:
     n_steps = max(32, min(256, budget.ppo_steps // 4))
     return [
         "ViZDoomPPO/train_ppo_parallel.py",
-        *("--total_timesteps", str(budget.ppo_steps), "--n_envs", "2", "--n_steps", str(n_steps)),
+        *("--total_timesteps", str(budget.ppo_steps), "--n_envs", str(budget.agent_envs), "--n_steps", str(n_steps)),
         *("--batch_size", "64", "--n_epochs", "4", "--log_dir", str(run / "agent"), "--run_name", "quickstart"),
         *("--record_dir", str(run / "dataset")),
         *("--checkpoint_freq", str(max(budget.ppo_steps // 2, 256)), "--seed", seed),
@@ -60,7 +60,7 @@ def generate_command(run: Path, budget: Budget, preset: str, seed: int) -> list[
     policy = run / "agent" / "models" / "quickstart" / "best_model.zip"
     return [
         "ViZDoomPPO/load_model_generate_dataset.py",
-        *("--model_path", str(policy), "--episodes", str(budget.episodes), "--num_workers", "2"),
+        *("--model_path", str(policy), "--episodes", str(budget.episodes), "--num_workers", str(budget.workers)),
         *("--max_steps_per_episode", str(budget.episode_steps), "--out_dir", str(run / "dataset")),
         *("--seed", str(seed)),
         *game_options(budget, preset),
@@ -86,14 +86,28 @@ def autoencoder_command(run: Path, budget: Budget, preset: str, seed: str) -> li
         *("--train_batch_size", str(budget.vae_batch_size)),
         *("--validation_steps", str(max(budget.vae_steps // 2, 1))),
         *("--checkpointing_steps", str(max(budget.vae_steps // 3, 1))),
+        *timed(budget.vae_seconds),
+        *loader_options(budget),
+        *(["--mixed_precision", budget.vae_precision] if budget.vae_precision else []),
     ]
 
 
-def latents_command(run: Path, preset: str) -> list[str]:
+def timed(seconds: float) -> list[str]:
+    """A trainer's fixed training time (its steps are then an upper bound); nothing when the steps decide."""
+    return ["--max_train_seconds", f"{seconds:g}"] if seconds else []
+
+
+def loader_options(budget: Budget) -> list[str]:
+    """DataLoader worker processes of the stages that read the dataset, when the budget has cores for them."""
+    return ["--dataloader_num_workers", str(budget.loader_workers)] if budget.loader_workers else []
+
+
+def latents_command(run: Path, budget: Budget, preset: str) -> list[str]:
     """Every frame's latent, encoded once."""
     return [
         *("encode_latents.py", "--preset", preset, "--dataset_name", str(run / "dataset")),
         *("--pretrained_vae_model_name_or_path", str(run / "vae"), "--output_dir", str(run / "latents")),
+        *loader_options(budget),
     ]
 
 
@@ -108,6 +122,8 @@ def world_command(run: Path, budget: Budget, preset: str, seed: str) -> list[str
         *(["--ema_decay", str(budget.ema_decay)] if budget.ema_decay else []),
         *("--validation_steps", str(max(budget.wm_steps // 2, 1))),
         *("--checkpointing_steps", str(max(budget.wm_steps // 3, 1))),
+        *timed(budget.wm_seconds),
+        *loader_options(budget),
         *shlex.split(budget.wm_args),
     ]
 
@@ -121,6 +137,8 @@ def distill_command(run: Path, budget: Budget, seed: str) -> list[str]:
         *("--mixed_precision", budget.wm_precision, "--num_threads", "1"),
         *("--validation_steps", str(max(budget.distill_steps // 2, 1))),
         *("--checkpointing_steps", str(max(budget.distill_steps // 2, 1))),
+        *timed(budget.distill_seconds),
+        *loader_options(budget),
     ]
 
 
@@ -142,6 +160,8 @@ def evaluate_command(run: Path, budget: Budget, seed: str, output_dir: Path) -> 
         *("--output_dir", str(output_dir), "--max_windows", str(budget.eval_windows)),
         *("--num_episodes", str(budget.eval_episodes), "--horizon", str(budget.eval_horizon)),
         *("--idm", str(run / "idm"), "--seed", seed),
+        *(["--batch_size", str(budget.eval_batch_size)] if budget.eval_batch_size else []),
+        *eager(budget),
     ]
 
 
@@ -157,7 +177,12 @@ def rollouts_commands(run: Path, budget: Budget, seed: str) -> list[list[str]]:
     student = [*start, "--num_frames", str(budget.rollout_frames)]
     student[student.index(str(run / "world_model"))] = str(run / "student")
     student += ["--output_dir", str(run / "rollouts" / "student"), "--no_mp4", "--seed", seed]
-    return [recorded + engine_options(budget), scripted + engine_options(budget), student + engine_options(budget)]
+    return [command + engine_options(budget) + eager(budget) for command in (recorded, scripted, student)]
+
+
+def eager(budget: Budget) -> list[str]:
+    """The engine uncompiled (on a GPU it compiles with CUDA graphs by default: a warm-up in every process)."""
+    return ["--eager"] if budget.eager_engine else []
 
 
 def engine_options(budget: Budget) -> list[str]:
