@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from gamengen.actions import EngineError
@@ -38,7 +36,6 @@ from gamengen.config import (
     PREDICTION_TYPES,
     PRESETS,
     WORLD_MODEL_TRAINING_DEFAULTS,
-    WorldModelConfig,
     get_config,
 )
 from gamengen.ddim import parse_timesteps
@@ -47,14 +44,11 @@ from gamengen.help_format import HelpFormatter
 from gamengen.layout import DatasetError, add_dataset_arguments
 from gamengen.model import (
     ModelLoadError,
-    WorldModel,
-    build_world_model,
-    load_pretrained_unet,
     make_scheduler,
 )
 from gamengen.optim import OPTIMIZERS, ema_weights, make_ema, make_optimizer
-from gamengen.run_folder import check_run_dir, find_checkpoint
-from gamengen.throughput import compile_blocks, plan_batches, use_channels_last
+from gamengen.run_folder import check_run_dir
+from gamengen.throughput import plan_batches
 from gamengen.training import (
     Hooks,
     LoopOptions,
@@ -70,8 +64,10 @@ from gamengen.windows import encode_pixel_windows
 from gamengen.world_training import (
     SUMMARY_FILE,
     check_resumable,
+    launched_processes,
     load_windows,
     log_validation,
+    make_model,
     pick_validation_windows,
     world_model_config,
     write_summary,
@@ -375,14 +371,8 @@ def checked_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> a
             setattr(args, name, value)
     if args.max_train_steps is None and args.num_train_epochs is None:
         args.max_train_steps = 700_000
-    counts = [
-        "train_batch_size",
-        "total_batch_size",
-        "gradient_accumulation_steps",
-        "checkpointing_steps",
-        "validation_steps",
-        "noise_buckets",
-    ]
+    counts = ["train_batch_size", "total_batch_size", "gradient_accumulation_steps", "checkpointing_steps"]
+    counts += ["validation_steps", "noise_buckets"]
     for name in [*counts, "max_train_steps", "num_train_epochs", "max_train_samples"]:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -501,36 +491,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             push_to_hub(args, output_dir, HUB_FILES, f"world model after {run.step} steps")
     accelerator.end_training()
     return summary
-
-
-def launched_processes() -> int:
-    """The processes of this run, as ``accelerate launch`` (or torchrun) announces them; 1 for a plain launch."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def make_model(args: argparse.Namespace, config: WorldModelConfig, accelerator: Accelerator) -> WorldModel:
-    """The world model on the run's device: its UNet widened from a pretrained one (sd14) or new (tiny), with
-    gradient checkpointing, channels-last weights and compiled blocks as asked."""
-    pretrained_unet = None
-    if args.pretrained_model_name_or_path:
-        with accelerator.main_process_first():
-            pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision, args.cache_dir)
-    model = build_world_model(config, pretrained_unet)
-    del pretrained_unet
-    if args.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    model.to(accelerator.device)
-    if args.channels_last:
-        use_channels_last(model)
-    pretrained = args.pretrained_model_name_or_path
-    origin = f"widened {pretrained}" if pretrained else f"new {args.preset} UNet"
-    if args.resume_from_checkpoint and find_checkpoint(Path(args.output_dir), args.resume_from_checkpoint) is not None:
-        origin = "its weights come from the checkpoint it resumes"
-    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({origin})")
-    if args.compile_blocks:
-        blocks = compile_blocks(model, backend=args.compile_backend)
-        accelerator.print(f"compiling the UNet's {blocks} blocks ({args.compile_backend}): the first steps wait for it")
-    return model
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from gamengen.files import atomic_path, write_json_atomic
 from gamengen.latent_cache import open_latent_cache
 from gamengen.layout import PEER_COLUMNS, columns_from_args
 from gamengen.metrics import psnr
-from gamengen.model import WorldModel
+from gamengen.model import WorldModel, build_world_model, load_pretrained_unet
 from gamengen.peer import PEER_ACTION_NAMES
-from gamengen.throughput import peak_memory_gib
+from gamengen.run_folder import find_checkpoint
+from gamengen.throughput import compile_blocks, peak_memory_gib, use_channels_last
 from gamengen.training import TrainingRun
 from gamengen.windows import LatentWindowDataset, PixelWindowDataset, encode_pixel_windows
 
@@ -265,3 +267,33 @@ def log_validation(
         if tracker.name == "tensorboard":
             tracker.writer.add_image("validation/prediction|truth", np.asarray(grid), step, dataformats="HWC")
     return score
+
+
+def launched_processes() -> int:
+    """The processes of this run, as ``accelerate launch`` (or torchrun) announces them; 1 for a plain launch."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def make_model(args: argparse.Namespace, config: WorldModelConfig, accelerator: Accelerator) -> WorldModel:
+    """The world model on the run's device: its UNet widened from a pretrained one (sd14) or new (tiny), with
+    gradient checkpointing, channels-last weights and compiled blocks as asked."""
+    pretrained_unet = None
+    if args.pretrained_model_name_or_path:
+        with accelerator.main_process_first():
+            pretrained_unet = load_pretrained_unet(args.pretrained_model_name_or_path, args.revision, args.cache_dir)
+    model = build_world_model(config, pretrained_unet)
+    del pretrained_unet
+    if args.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.to(accelerator.device)
+    if args.channels_last:
+        use_channels_last(model)
+    pretrained = args.pretrained_model_name_or_path
+    origin = f"widened {pretrained}" if pretrained else f"new {args.preset} UNet"
+    if args.resume_from_checkpoint and find_checkpoint(Path(args.output_dir), args.resume_from_checkpoint) is not None:
+        origin = "its weights come from the checkpoint it resumes"
+    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({origin})")
+    if args.compile_blocks:
+        blocks = compile_blocks(model, backend=args.compile_backend)
+        accelerator.print(f"compiling the UNet's {blocks} blocks ({args.compile_backend}): the first steps wait for it")
+    return model
