@@ -3,19 +3,16 @@
 Raters see two clips side by side that start from the same recorded moment and follow the same recorded actions:
 one is the real game, the other the world model's own frames, on sides drawn per rater. They pick the one they
 think is real. The paper's raters picked the real game 58% of the time for 1.6 s clips and 60% for 3.2 s clips
-(50% = they cannot tell). Three steps (docs/human_study.md):
-
-    prepare   generate the clip pairs from a world model and the held-out episodes of a dataset (a study folder)
-    serve     the study page: http://127.0.0.1:8001/, one or more raters; answers go to <study_dir>/answers.jsonl,
-              one synced line each, and an interrupted study resumes where each rater stopped
-    report    picked-the-real-clip per clip length with a 95% interval, beside the paper's numbers
+(50% = they cannot tell). One command prepares the clip pairs (the first time: a study folder) and serves the page;
+each answer goes to <study_dir>/answers.jsonl as one synced line, and the same command again resumes the study
+where each rater stopped. ``--report`` prints the result per clip length with a 95% interval beside the paper's.
+docs/human_study.md has the details, and how to run a study with several people on one machine or a LAN.
 
 Example (the quickstart's run folder):
 
-    python run_human_study.py prepare --model_folder runs/quickstart/world_model \\
-        --dataset_name runs/quickstart/dataset --study_dir runs/quickstart/study
-    python run_human_study.py serve --study_dir runs/quickstart/study        # open http://127.0.0.1:8001/
-    python run_human_study.py report --study_dir runs/quickstart/study
+    python run_human_study.py --model_folder runs/quickstart/world_model --dataset_name runs/quickstart/dataset \\
+        --study_dir runs/quickstart/study          # then open http://127.0.0.1:8001/
+    python run_human_study.py --study_dir runs/quickstart/study --report
 """
 
 from __future__ import annotations
@@ -29,10 +26,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from gamengen.cli import add_engine_arguments
+from gamengen.engine import EngineError
 from gamengen.files import write_bytes_atomic, write_json_atomic
 from gamengen.layout import DatasetError
+from gamengen.model import ModelLoadError
 from gamengen.study.answers import ANSWERS_FILE, AnswerError, AnswerLog, read_answers
-from gamengen.study.clips import PAPER_LENGTHS, StudyError, frames_for, load_study
+from gamengen.study.clips import PAPER_LENGTHS, STUDY_FILE, StudyError, frames_for, load_study
 from gamengen.study.report import report_markdown, study_table
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -42,39 +42,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{prepare,serve,report}")
-    prepare = commands.add_parser(
-        "prepare",
-        help="generate the clip pairs into a new study folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    add_engine_arguments(parser)
+    for action in parser._actions:  # the model is needed only to prepare a study, not to serve or report it
+        if action.dest == "model_folder":
+            action.required = False
+            action.help += " (needed the first time, to prepare the clips)"
+    study = parser.add_argument_group("the study")
+    study.add_argument("--study_dir", required=True, help="the study folder: made the first time, then resumed")
+    study.add_argument(
+        "--dataset_name", default=None, help="dataset whose held-out episodes start the clips (default: the model's)"
     )
-    from gamengen.cli import add_engine_arguments  # the model's options (torch is imported only to prepare)
-
-    add_engine_arguments(prepare)
-    clips = prepare.add_argument_group("the clips")
-    clips.add_argument(
-        "--dataset_name", default=None, help="dataset of the starts (default: the model's training data)"
-    )
-    clips.add_argument("--study_dir", required=True, help="the new study folder (never replaced once it exists)")
-    clips.add_argument(
+    study.add_argument(
         "--lengths",
         default=",".join(f"{s:g}" for s in PAPER_LENGTHS),
         help="clip lengths in seconds, at the dataset's frame rate (the paper's: 1.6,3.2)",
     )
-    clips.add_argument(
-        "--clips_per_length", type=int, default=20, help="clip pairs of each length (20+20 = 40 answers)"
-    )
-    clips.add_argument(
+    study.add_argument("--clips_per_length", type=int, default=20, help="clip pairs per length (20+20: 40 answers)")
+    study.add_argument(
         "--episodes",
         nargs="*",
         default=None,
         help="episodes to start from (ids or indices; default: the held-out ones)",
     )
-    clips.add_argument("--batch_size", type=int, default=8, help="clips generated together in one engine batch")
-    serve = commands.add_parser(
-        "serve", help="serve the study page to raters", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    serve.add_argument("--study_dir", required=True, help="a study folder made by prepare")
+    study.add_argument("--batch_size", type=int, default=8, help="clips generated together in one engine batch")
+    mode = study.add_mutually_exclusive_group()
+    mode.add_argument("--prepare_only", action="store_true", help="prepare the clips and stop (serve them later)")
+    mode.add_argument("--report", action="store_true", help="print the result table (report.md, report.json) and stop")
+    serve = parser.add_argument_group("the page")
     serve.add_argument(
         "--host",
         default="127.0.0.1",
@@ -88,23 +82,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME",
         help="a host name raters may use in the URL besides localhost and IP addresses (repeatable)",
     )
-    report = commands.add_parser("report", help="the result table (also written to report.md and report.json)")
-    report.add_argument("--study_dir", required=True, help="a study folder made by prepare")
     args = parser.parse_args(argv)
-    if args.command == "prepare":
-        if args.carry_detail:
-            parser.error(
-                "--carry_detail pastes the real frame's detail into the generated clip: the study shows the "
-                "model's own frames"
-            )
-        try:
-            args.lengths = [float(v) for v in args.lengths.split(",") if v.strip()]
-        except ValueError:
-            parser.error(f"--lengths is a comma-separated list of seconds such as 1.6,3.2, got {args.lengths!r}")
+    if args.carry_detail:
+        parser.error(
+            "--carry_detail pastes the real frame's detail into the generated clip: the study shows the "
+            "model's own frames"
+        )
+    try:
+        args.lengths = [float(v) for v in args.lengths.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--lengths is a comma-separated list of seconds such as 1.6,3.2, got {args.lengths!r}")
     return args
 
 
-def prepare(args: argparse.Namespace) -> dict[str, Any]:
+def prepare(args: argparse.Namespace) -> None:
+    """Generate the clip pairs into a new study folder."""
     from gamengen.cli import dataset_from_args, engine_from_args
     from gamengen.starts import dataset_fps
     from gamengen.study.prepare import plan_study, prepare_study
@@ -119,11 +111,17 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     provenance = {"model_folder": str(args.model_folder), "dataset_name": str(args.dataset_name)}
     with tqdm(total=plan.pairs, desc="clip pairs", unit="pair") as progress:
         study = prepare_study(engine, dataset, plan, args.seed, args.batch_size, provenance, progress.update)
-    print(
-        f"prepared {len(study.clips)} clip pairs in {args.study_dir}; serve them with:\n"
-        f"  python run_human_study.py serve --study_dir {args.study_dir}"
-    )
-    return {"clips": len(study.clips), "study_dir": str(args.study_dir)}
+    print(f"prepared {len(study.clips)} clip pairs in {args.study_dir}")
+
+
+def check_same_model(args: argparse.Namespace) -> None:
+    """A study is resumed with the model it was prepared with (or without naming one)."""
+    study = load_study(args.study_dir)
+    if args.model_folder and Path(args.model_folder).resolve() != Path(study.model_folder).resolve():
+        raise StudyError(
+            f"{args.study_dir} holds a study of the model {study.model_folder}, not {args.model_folder}: its answers "
+            "belong to its clips. Resume it without --model_folder, or give a new --study_dir for the other model"
+        )
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,11 +149,8 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
     for problem in log.problems:
         print(f"note: {problem}", flush=True)
     raters = sorted(log.answered)
-    print(
-        f"{len(study.clips)} clip pairs; {len(log.records)} answers so far"
-        + (f" from {', '.join(raters)}" if raters else ""),
-        flush=True,
-    )
+    so_far = f"{len(log.records)} answers so far" + (f" from {', '.join(raters)}" if raters else "")
+    print(f"{len(study.clips)} clip pairs; {so_far}", flush=True)
     server = StudyServer(study, Path(args.study_dir), log, args.allowed_host)
 
     def ready(url: str) -> None:
@@ -180,18 +175,28 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    return {"prepare": prepare, "serve": serve, "report": report}[args.command](args)
+    prepared = (Path(args.study_dir) / STUDY_FILE).is_file()
+    if args.report:
+        return report(args)
+    if prepared:
+        check_same_model(args)
+        print(
+            f"{args.study_dir} holds a prepared study: "
+            + ("nothing to prepare" if args.prepare_only else "resuming it")
+        )
+    elif args.model_folder is None:
+        raise StudyError(
+            f"{args.study_dir} holds no study yet: give --model_folder (and --dataset_name) to prepare its clips"
+        )
+    else:
+        prepare(args)
+    if args.prepare_only:
+        return {"study_dir": str(args.study_dir)}
+    return serve(args)
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    refused: tuple[type[Exception], ...] = (DatasetError, StudyError, AnswerError, OSError)
-    if arguments.command == "prepare":  # the model's errors (their modules import torch, which serving does not need)
-        from gamengen.actions import EngineError
-        from gamengen.model import ModelLoadError
-
-        refused += (EngineError, ModelLoadError)
     try:
-        main(arguments)
-    except refused as error:
+        main(parse_args())
+    except (DatasetError, ModelLoadError, EngineError, StudyError, AnswerError, OSError) as error:
         sys.exit(f"error: {error}")

@@ -25,6 +25,7 @@ import run_human_study
 from gamengen.context import episode_context, episode_frames
 from gamengen.engine import GameEngine
 from gamengen.episodes import open_dataset
+from gamengen.layout import DatasetError
 from gamengen.study.answers import read_answers
 from gamengen.study.clips import StudyError, load_study
 from gamengen.study.report import wilson_interval
@@ -47,7 +48,7 @@ def study_dir(tiny_checkpoint, tiny_dataset, tmp_path_factory) -> Path:
     run_human_study.main(
         run_human_study.parse_args(
             [
-                *("prepare", "--model_folder", str(checkpoint), "--dataset_name", str(tiny_dataset)),
+                *("--model_folder", str(checkpoint), "--dataset_name", str(tiny_dataset), "--prepare_only"),
                 *("--study_dir", str(root / "study"), "--clips_per_length", "2", "--batch_size", "2"),
             ]
         )
@@ -90,12 +91,12 @@ def test_prepare_makes_real_and_generated_clips_of_the_papers_lengths_from_the_s
 
 
 def test_prepare_refuses_a_mismatched_model_a_clip_longer_than_the_episodes_and_an_existing_study(
-    study_dir, tiny_checkpoint, tiny_dataset, tmp_path
+    study_dir, tiny_checkpoint, tiny_dataset, tmp_path, in_process, capsys
 ):
     other = save_tiny_checkpoint(tmp_path / "other", ["NOOP", "JUMP", "CROUCH"])
-    base = ["prepare", "--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--study_dir"]
-    mismatched = run_script("run_human_study.py", *base[:2], other, *base[3:], tmp_path / "a", check=False)
-    assert mismatched.returncode == 1 and "are not the checkpoint's" in mismatched.stderr
+    base = ["--model_folder", tiny_checkpoint, "--dataset_name", tiny_dataset, "--prepare_only", "--study_dir"]
+    with pytest.raises(DatasetError, match="are not the checkpoint's .*use a dataset recorded with the action set"):
+        in_process(run_human_study, base[0], other, *base[2:], tmp_path / "a")
     too_long = run_script("run_human_study.py", *base, tmp_path / "b", "--lengths", "1.6,5", check=False)
     assert too_long.returncode == 1 and "Traceback" not in too_long.stderr
     assert (
@@ -105,14 +106,17 @@ def test_prepare_refuses_a_mismatched_model_a_clip_longer_than_the_episodes_and_
         and "pass shorter --lengths" in too_long.stderr
     )
     assert not (tmp_path / "b").exists()  # refused before any clip was made
-    again = run_script("run_human_study.py", *base, study_dir, check=False)
-    assert again.returncode == 1 and "already holds a study" in again.stderr
-    pasted = run_script("run_human_study.py", *base, tmp_path / "c", "--carry_detail", 8, check=False)
-    assert pasted.returncode == 2 and "the study shows the model's own frames" in pasted.stderr
+    with pytest.raises(StudyError, match="holds a study of the model .* its answers belong to its clips"):
+        in_process(run_human_study, *base, study_dir)  # another model than the study's
+    with pytest.raises(StudyError, match="holds no study yet: give --model_folder"):
+        in_process(run_human_study, "--study_dir", tmp_path / "none")
+    with pytest.raises(SystemExit):
+        in_process(run_human_study, *base, tmp_path / "c", "--carry_detail", 8)
+    assert "the study shows the model's own frames" in capsys.readouterr().err
 
 
 def start_server(study: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, str(REPO / "run_human_study.py"), "serve", "--study_dir", str(study), "--port", "0"]
+    command = [sys.executable, str(REPO / "run_human_study.py"), "--study_dir", str(study), "--port", "0"]
     with open(log, "a") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=script_env(), cwd=REPO)
     deadline = time.time() + 120
@@ -284,7 +288,7 @@ def test_an_interrupted_study_resumes_keeping_every_answer_and_the_report_gives_
 ):
     answers = study_dir / "answers.jsonl"
     # A second server on the same answers is refused while the first runs.
-    second = run_script("run_human_study.py", "serve", "--study_dir", study_dir, "--port", 0, check=False, timeout=120)
+    second = run_script("run_human_study.py", "--study_dir", study_dir, "--port", 0, check=False, timeout=120)
     assert second.returncode == 1 and "another study server is recording answers" in second.stderr
     stop_server(server["process"])  # Ctrl-C: the report is printed
     assert "| 1.6 s | 14 |" in server["log"].read_text()
@@ -310,7 +314,7 @@ def test_an_interrupted_study_resumes_keeping_every_answer_and_the_report_gives_
     assert records[-1]["rater"] == "dee" and len(records) == len(kept.splitlines()) + 1
     assert "is not an answer" in (tmp_path / "again.log").read_text()
 
-    result = run_human_study.main(run_human_study.parse_args(["report", "--study_dir", str(study_dir)]))
+    result = run_human_study.main(run_human_study.parse_args(["--study_dir", str(study_dir), "--report"]))
     rows = {row["seconds"]: row for row in result["rows"]}
     for seconds, paper in ((1.6, 0.58), (3.2, 0.60)):
         counted = [r for r in records if r["seconds"] == seconds]

@@ -93,7 +93,7 @@ def load_study(study_dir: str | Path) -> Study:
     if not path.is_file():
         raise StudyError(
             f"{study_dir} holds no study ({STUDY_FILE} is missing): make one with "
-            f"python run_human_study.py prepare --model_folder M --dataset_name D --study_dir {study_dir}"
+            f"python run_human_study.py --model_folder M --dataset_name D --study_dir {study_dir}"
         )
     try:
         values = json.loads(path.read_text())

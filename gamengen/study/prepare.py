@@ -1,4 +1,4 @@
-"""Generate a study's clip pairs (``run_human_study.py prepare``, docs/human_study.md#preparing-the-clips).
+"""Generate a study's clip pairs (the first run of ``run_human_study.py``, docs/human_study.md#preparing-the-clips).
 
 ``plan_study`` checks the request before any frame is generated (a new folder, the model's own frames, episodes
 long enough for every clip length) and draws the starts; ``prepare_study`` generates each pair, the real clip from
@@ -30,7 +30,7 @@ def check_new_study_dir(study_dir: Path) -> None:
     if (study_dir / STUDY_FILE).exists():
         raise StudyError(
             f"{study_dir} already holds a study: its answers belong to its clips, so it is never replaced. Choose "
-            "another --study_dir (or serve this one: python run_human_study.py serve --study_dir ...)"
+            "another --study_dir (or resume this one: python run_human_study.py --study_dir ...)"
         )
     if study_dir.exists() and (not study_dir.is_dir() or any(study_dir.iterdir())):
         raise StudyError(f"{study_dir} exists and is not an empty folder: choose a new --study_dir")

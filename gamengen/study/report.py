@@ -90,7 +90,7 @@ def report_markdown(study: Study, rows: Sequence[dict[str, Any]], problems: Sequ
         "is narrower than it should be).",
     ]
     if not any(row["answers"] for row in rows):
-        lines += ["", "No answers yet: serve the study (python run_human_study.py serve --study_dir ...)."]
+        lines += ["", "No answers yet: serve the study (python run_human_study.py --study_dir ...)."]
     if problems:
         lines += ["", "Lines of the answers file that are not answers (kept in the file, not counted):", ""]
         lines += [f"- {problem}" for problem in problems]
