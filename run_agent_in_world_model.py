@@ -7,9 +7,9 @@ asks the question that comes first: does the agent that made the data behave ins
 game? It plays ``--episodes`` episodes of up to ``--steps`` steps in each, with the same agent, and reports
 
 * the action distribution in both (and the total variation distance between them);
-* how many steps each episode keeps the game's look (``gamengen.game_look``): sharpness against the real game's
-  frames, and, with ``--idm``, whether the inverse-dynamics model reads the actions the agent took; the real
-  game's episodes are judged the same way;
+* how many steps each episode keeps the game's look (``gamengen.game_look``): whether the sharpness of its frames,
+  and, with ``--idm``, how often the inverse-dynamics model reads the actions the agent took, stay within the range
+  the real game's own episodes show; each real episode is judged the same way, by the other real episodes' range;
 * the world model's frames/s beside the engine's own.
 
 The agent sees the model's frames as it sees the game's (``gamengen.agent_observation``): resized to its
@@ -42,7 +42,7 @@ from gamengen.agent_observation import AgentObservation, AgentObservationError
 from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_args
 from gamengen.engine import EngineError
 from gamengen.files import write_bytes_atomic, write_json_atomic
-from gamengen.game_look import LookJudge, frame_energy, idm_hits, steps_in_look
+from gamengen.game_look import LookJudge, frame_energy, idm_hits, look_range, steps_in_look
 from gamengen.idm import IDMError, action_category, load_idm
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale, write_gif
@@ -83,13 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     judge = parser.add_argument_group("the game's look (gamengen/game_look.py)")
     judge.add_argument("--idm", default=None, help="an IDM folder (train_idm.py): also judge whether actions show")
-    judge.add_argument("--window", type=int, default=8, help="steps averaged before judging")
-    judge.add_argument("--sharpness_range", default="0.5,2.0", help="LOW,HIGH: sharpness (1 = the game's) allowed")
+    judge.add_argument("--window", type=int, default=8, help="steps a window of the judge averages over")
     judge.add_argument(
-        "--idm_fraction",
+        "--margin",
         type=float,
-        default=0.5,
-        help="the IDM must read at least this fraction of the rate it reads in the real game's episodes",
+        default=1.0,
+        help="widen the real game's sharpness range by this factor each way (1: exactly the range it shows)",
     )
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default="outputs/agent_in_world_model", help="comparison.json, report.md, gif")
@@ -100,10 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.episodes < 1 or args.steps < 1:
         parser.error("--episodes and --steps must be at least 1")
     try:
-        low, high = (float(v) for v in args.sharpness_range.split(","))
-        args.judge = LookJudge(args.window, low, high, args.idm_fraction)
+        args.judge = LookJudge(args.window, args.margin)
     except ValueError as error:
-        parser.error(f"--sharpness_range/--window/--idm_fraction: {error} (e.g. --sharpness_range 0.5,2.0)")
+        parser.error(f"--window/--margin: {error}")
     return args
 
 
@@ -188,13 +186,13 @@ def category_share(actions: list[int], names: list[str]) -> dict[str, float]:
 def judge_episodes(
     episodes: dict[str, list[Episode]], args: argparse.Namespace, hud_rows: int | None, names: list[str]
 ) -> dict[str, Any]:
-    """Sharpness against the real game's frames, IDM hits, and each episode's verdict."""
+    """Sharpness against the real game's frames, IDM hits, the real game's range and each episode's verdict."""
     real_frames = np.concatenate([np.stack(e.frames) for e in episodes["real_game"]])
-    reference = float(frame_energy(real_frames, hud_rows).mean())
+    reference = float(np.median(frame_energy(real_frames, hud_rows)))
     idm = load_idm(args.idm) if args.idm else None
     if idm is not None and idm.action_names != names:
         raise IDMError(f"the IDM knows the actions {idm.action_names}, the world model {names}: train it on this data")
-    measured: dict[str, Any] = {}
+    measured: dict[str, dict[str, list]] = {}
     for side, played in episodes.items():
         sharpness, hits = [], []
         for episode in played:
@@ -203,15 +201,19 @@ def judge_episodes(
             moves = np.asarray(episode.actions[: len(frames) - 1], dtype=np.int64)
             hits.append(idm_hits(idm, frames[:-1], frames[1:], moves) if idm is not None else None)
         measured[side] = {"sharpness": sharpness, "hits": hits}
-    threshold, idm_rate = None, None
-    if idm is not None:
-        idm_rate = float(np.concatenate(measured["real_game"]["hits"]).mean())
-        threshold = args.judge.idm_fraction * idm_rate
-    result: dict[str, Any] = {"reference_energy": reference, "idm_real_rate": idm_rate, "idm_threshold": threshold}
+    real = measured["real_game"]
+    overall = look_range(real["sharpness"], real["hits"], args.judge)
+    result: dict[str, Any] = {"reference_energy": reference, "range": overall.to_dict() if overall else None}
     for side, values in measured.items():
-        verdicts = [
-            steps_in_look(s, h, args.judge, threshold) for s, h in zip(values["sharpness"], values["hits"], strict=True)
-        ]
+        verdicts = []
+        for index, (sharpness, hits) in enumerate(zip(values["sharpness"], values["hits"], strict=True)):
+            allowed = overall
+            if side == "real_game" and len(real["sharpness"]) > 1:  # judged by the OTHER real episodes' range
+                others = [j for j in range(len(real["sharpness"])) if j != index]
+                allowed = look_range(
+                    [real["sharpness"][j] for j in others], [real["hits"][j] for j in others], args.judge
+                )
+            verdicts.append(steps_in_look(sharpness, hits, args.judge, allowed))
         all_hits = [h for h in values["hits"] if h is not None and len(h)]
         result[side] = {
             "verdicts": [v.to_dict() for v in verdicts],
@@ -253,6 +255,23 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def look_sentence(judged: dict[str, Any], window: int, episodes: int) -> str:
+    allowed = judged["range"]
+    if allowed is None:
+        return f"The game's look: not judged (no real episode lasted a {window}-step window)."
+    idm = (
+        f" and the IDM reads at least {allowed['idm_low']:.2f} of the actions (the lowest of those windows)"
+        if allowed["idm_low"] is not None
+        else " (no --idm: actions not judged)"
+    )
+    others = " Each real episode is judged by the other real episodes' range." if episodes > 1 else ""
+    return (
+        f"The game's look: a window of {window} steps keeps it while its mean sharpness stays within "
+        f"{allowed['low']:.2f}..{allowed['high']:.2f}, the range of the real game's {window}-step windows in this "
+        f"run,{idm}.{others}"
+    )
+
+
 def report_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     judged, wm, real = summary["judge"], summary["world_model"], summary["real_game"]
     judge = settings["judge"]
@@ -274,20 +293,13 @@ def report_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         f"| steps in the game's look, mean (min-max) | {lengths('world_model')} | {lengths('real_game')} |",
         f"| episodes that left the game's look | {judged['world_model']['left_look']} of {settings['episodes']} | "
         f"{judged['real_game']['left_look']} of {settings['episodes']} |",
-        f"| sharpness (1 = the real game's frames) | {fmt(judged['world_model']['sharpness'])} | "
+        f"| sharpness (1 = the real game's median frame) | {fmt(judged['world_model']['sharpness'])} | "
         f"{fmt(judged['real_game']['sharpness'])} |",
         f"| IDM reads the action's category | {fmt(judged['world_model']['idm_rate'])} | "
         f"{fmt(judged['real_game']['idm_rate'])} |",
         f"| frames/s (the engine's own) | {wm['fps']:.1f} ({wm['engine_fps']:.1f}) | {real['fps']:.1f} |",
         "",
-        f"The game's look: a window of {judge['window']} steps with mean sharpness in {judge['sharpness_low']}.."
-        f"{judge['sharpness_high']}"
-        + (
-            f" and the IDM reading at least {fmt(judged['idm_threshold'])} of the actions ({judge['idm_fraction']} of "
-            f"its {fmt(judged['idm_real_rate'])} in the real game)."
-            if judged["idm_threshold"] is not None
-            else " (no --idm: actions not judged)."
-        ),
+        look_sentence(judged, judge["window"], settings["episodes"]),
         "",
         "## Actions",
         "",

@@ -5,20 +5,23 @@ the actions taken. Two of evaluation's measures judge that without a real frame 
 episodes that never happened in the real game:
 
 * **sharpness**: each frame's gradient energy (``gamengen.metrics.gradient_energy``, the 3D view without the
-  status bar) over the mean energy of the real game's frames; 1 = as much detail as the game, below = blur,
-  above = noise;
+  status bar) over the median energy of the real game's frames; 1 = the game's typical detail, below = blur, above =
+  noise;
 * **action following**: whether the inverse-dynamics model (``gamengen.idm``) reads the category of the action
-  the agent took (turn left / right, move, strafe, attack or use, still) from each transition.
+  taken (turn left / right, move, strafe, attack or use, still) from each transition.
 
-``steps_in_look`` slides a window of W steps over an episode: the episode leaves the game's look when a window's
-mean sharpness is outside ``[low, high]``, or the IDM reads fewer of its actions than ``idm_fraction`` times the
-rate it reads in the real game's episodes. The episode's length in the game's look is the number of steps before
-that window began (all of them when no window fails). The real game's own episodes are judged the same way, so
-that the comparison shows how often the judge would stop the game itself.
+The game itself varies a lot: on E1M1 one stretch of 8 frames can hold several times the detail of another (a wall
+close up, a lit room), and a weak IDM misses many real actions. So the judge is calibrated on the real game: a
+window of W steps keeps the game's look while its mean sharpness lies within the range the real game's own W-step
+windows span (widened by ``margin``) and its IDM rate is at least the lowest rate of those windows. An episode
+leaves the game's look at the first window that does not; its length in the look is the number of steps before that
+window (all of them when none fails). A real episode is judged against the range of the OTHER real episodes, so the
+report also shows how often the judge stops the real game itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,22 +35,29 @@ from gamengen.vae import frames_to_tensor
 
 @dataclass(frozen=True)
 class LookJudge:
-    """The thresholds of the game's look (see the module docstring)."""
+    """The window the measures are averaged over, and how far beyond the real game's range a window may go."""
 
     window: int = 8
-    sharpness_low: float = 0.5
-    sharpness_high: float = 2.0
-    idm_fraction: float = 0.5
+    margin: float = 1.0  # the allowed sharpness range is [real low / margin, real high * margin]
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"the window is at least 1 step, got {self.window}")
-        if not 0 <= self.sharpness_low < 1 < self.sharpness_high:
-            raise ValueError(
-                f"the sharpness range must hold 1 (the game's own): got {self.sharpness_low}..{self.sharpness_high}"
-            )
-        if not 0 <= self.idm_fraction <= 1:
-            raise ValueError(f"idm_fraction is a fraction of the real game's IDM rate, in [0, 1]: {self.idm_fraction}")
+        if self.margin < 1:
+            raise ValueError(f"the margin widens the real game's range: at least 1, got {self.margin}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LookRange:
+    """What the real game's windows show: their mean sharpness from ``low`` to ``high``, their IDM rate from
+    ``idm_low`` (None: no IDM)."""
+
+    low: float
+    high: float
+    idm_low: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,35 +81,57 @@ def idm_hits(idm: IDM, before: np.ndarray, after: np.ndarray, actions: np.ndarra
     return categories == idm.action_categories[np.asarray(actions, dtype=np.int64)]
 
 
+def window_means(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of every full window of ``window`` consecutive values (none when there are fewer values)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < window:
+        return np.zeros(0)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    return (sums[window:] - sums[:-window]) / window
+
+
+def look_range(
+    sharpness: Sequence[np.ndarray], hits: Sequence[np.ndarray | None], judge: LookJudge
+) -> LookRange | None:
+    """The range the real game's windows span over the given episodes (None: no episode has a full window)."""
+    means = [window_means(s, judge.window) for s in sharpness]
+    means = np.concatenate(means) if means else np.zeros(0)
+    if not len(means):
+        return None
+    rates = [window_means(h, judge.window) for h in hits if h is not None]
+    rates = np.concatenate(rates) if rates else np.zeros(0)
+    idm_low = float(rates.min()) if len(rates) else None
+    return LookRange(float(means.min()) / judge.margin, float(means.max()) * judge.margin, idm_low)
+
+
 @dataclass
 class LookVerdict:
     """One episode judged: how many of its steps kept the game's look, and why it left it (if it did)."""
 
     steps: int  # steps played
     steps_in_look: int
-    left_because: str | None  # None: never left
+    left_because: str | None  # None: never left (or too short to judge, see ``judged``)
+    judged: bool = True  # False: shorter than one window, or no real range to judge it by
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def steps_in_look(
-    sharpness: np.ndarray, hits: np.ndarray | None, judge: LookJudge, idm_threshold: float | None
+    sharpness: np.ndarray, hits: np.ndarray | None, judge: LookJudge, allowed: LookRange | None
 ) -> LookVerdict:
-    """Judge one episode from its per-step sharpness ratios and IDM hits (``hits`` None: sharpness only)."""
+    """Judge one episode from its per-step sharpness and IDM hits (``hits`` None: sharpness only)."""
     steps = len(sharpness)
-    for end in range(judge.window, steps + 1):
-        begin = end - judge.window
-        mean_sharpness = float(np.mean(sharpness[begin:end]))
-        reason = None
-        if mean_sharpness < judge.sharpness_low:
-            reason = f"blurred (sharpness {mean_sharpness:.2f} < {judge.sharpness_low}) at steps {begin + 1}-{end}"
-        elif mean_sharpness > judge.sharpness_high:
-            reason = f"noisy (sharpness {mean_sharpness:.2f} > {judge.sharpness_high}) at steps {begin + 1}-{end}"
-        elif hits is not None and idm_threshold is not None:
-            rate = float(np.mean(hits[begin:end]))
-            if rate < idm_threshold:
-                reason = f"actions unreadable (IDM {rate:.2f} < {idm_threshold:.2f}) at steps {begin + 1}-{end}"
-        if reason is not None:
+    if allowed is None or steps < judge.window:
+        return LookVerdict(steps, steps, None, judged=False)
+    rates = window_means(hits, judge.window) if hits is not None and allowed.idm_low is not None else None
+    for begin, mean in enumerate(window_means(sharpness, judge.window)):
+        where = f"at steps {begin + 1}-{begin + judge.window}"
+        if mean < allowed.low:
+            return LookVerdict(steps, begin, f"blurred (sharpness {mean:.3g} < the game's {allowed.low:.3g}) {where}")
+        if mean > allowed.high:
+            return LookVerdict(steps, begin, f"noisy (sharpness {mean:.3g} > the game's {allowed.high:.3g}) {where}")
+        if rates is not None and rates[begin] < allowed.idm_low:
+            reason = f"actions unreadable (IDM {rates[begin]:.2f} < the game's {allowed.idm_low:.2f}) {where}"
             return LookVerdict(steps, begin, reason)
     return LookVerdict(steps, steps, None)

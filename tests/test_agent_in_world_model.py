@@ -11,7 +11,7 @@ import pytest
 from conftest import run_script, save_tiny_checkpoint
 from PIL import Image
 
-from gamengen.game_look import LookJudge, steps_in_look
+from gamengen.game_look import LookJudge, LookRange, look_range, steps_in_look
 
 SCRIPT = "run_agent_in_world_model.py"
 
@@ -70,7 +70,9 @@ def test_the_trained_agent_plays_in_the_world_model_and_in_the_game_and_both_are
         assert len(side["episodes"]) == 2 and side["fps"] > 0
     assert world["episodes"][0]["start"].endswith("step 4")  # the first full context of an episode
     judged = comparison["judge"]
-    assert 0 <= judged["idm_real_rate"] <= 1 and judged["idm_threshold"] == pytest.approx(0.5 * judged["idm_real_rate"])
+    allowed = judged["range"]  # what the real game's 4-step windows span
+    assert 0 < allowed["low"] < allowed["high"] and 0 <= allowed["idm_low"] <= 1
+    assert 0 <= judged["real_game"]["idm_rate"] <= 1 and 0 <= judged["world_model"]["idm_rate"] <= 1
     assert 0 <= comparison["action_tv_distance"] <= 1
     assert comparison["settings"]["automap"] == "blank in the world model, the game's own in the real game"
     assert world["engine_fps"] >= world["fps"]  # the agent's own time comes on top of the model's
@@ -82,33 +84,44 @@ def test_the_trained_agent_plays_in_the_world_model_and_in_the_game_and_both_are
 
 
 def test_a_random_world_model_leaves_the_games_look_and_the_real_game_keeps_it(tiny_checkpoint, tiny_dataset, tmp_path):
-    """An untrained model draws noise: the sharpness judge stops it within the first window, and lets the real game
-    (the same random policy, the same number of steps) run to the end."""
+    """An untrained model draws noise: the judge stops it in the first window, and lets most real episodes (the same
+    random policy, the same steps, each judged by the other real episodes' range) run to the end."""
     out = tmp_path / "random"
     run_script(
         SCRIPT,
         *model_options(tiny_checkpoint, tiny_dataset, out),
         "--random_policy",
-        *("--episodes", 2, "--steps", 16, "--window", 4, "--no_gif", "--blank_real_automap"),
+        *("--episodes", 3, "--steps", 16, "--window", 4, "--no_gif", "--blank_real_automap"),
     )
     comparison = json.loads((out / "comparison.json").read_text())
     world, real = comparison["judge"]["world_model"], comparison["judge"]["real_game"]
-    assert world["left_look"] == 2 and world["steps_in_look"] == [0, 0]
+    assert world["left_look"] == 3 and world["steps_in_look"] == [0, 0, 0]
     assert all("sharpness" in v["left_because"] for v in world["verdicts"])
-    assert real["left_look"] == 0 and real["steps_in_look"] == [e["steps"] for e in comparison["real_game"]["episodes"]]
-    assert comparison["judge"]["idm_real_rate"] is None  # no --idm: the actions were not judged
+    lengths = [e["steps"] for e in comparison["real_game"]["episodes"]]
+    assert sum(kept == steps for kept, steps in zip(real["steps_in_look"], lengths, strict=True)) >= 2
+    assert comparison["judge"]["range"]["idm_low"] is None  # no --idm: the actions were not judged
+    assert comparison["settings"]["automap"] == "blank in both"
     assert not (out / "episode0.gif").exists()
 
 
-def test_the_judge_counts_the_steps_before_the_first_window_that_fails():
-    judge = LookJudge(window=3, sharpness_low=0.5, sharpness_high=2.0, idm_fraction=0.5)
-    sharp = np.array([1.0, 0.9, 1.1, 1.0, 0.2, 0.1, 0.1, 0.1])
-    verdict = steps_in_look(sharp, None, judge, None)
-    assert verdict.steps_in_look == 3 and verdict.left_because == "blurred (sharpness 0.43 < 0.5) at steps 4-6"
+def test_the_judge_counts_the_steps_before_the_first_window_outside_the_real_games_range():
+    judge = LookJudge(window=3)
+    real = [np.array([1.0, 0.6, 0.8, 1.4, 1.2]), np.array([0.9, 1.1, 1.0])]
+    allowed = look_range(real, [None, None], judge)
+    assert (allowed.low, allowed.high, allowed.idm_low) == (pytest.approx(0.8), pytest.approx(3.4 / 3), None)
+    verdict = steps_in_look(np.array([1.0, 0.9, 1.0, 1.0, 0.9, 0.2, 0.2, 0.2]), None, judge, allowed)
+    assert (
+        verdict.steps_in_look == 3 and verdict.left_because == "blurred (sharpness 0.7 < the game's 0.8) at steps 4-6"
+    )
+    wider = look_range(real, [None, None], LookJudge(window=3, margin=2.0))
+    assert (wider.low, wider.high) == (pytest.approx(0.4), pytest.approx(6.8 / 3))
     hits = np.array([1, 1, 1, 0, 0, 0, 1, 1], dtype=bool)
-    verdict = steps_in_look(np.ones(8), hits, judge, idm_threshold=0.4)
-    assert verdict.steps_in_look == 2 and "actions unreadable (IDM 0.33 < 0.40) at steps 3-5" in verdict.left_because
-    assert steps_in_look(np.ones(8), hits, judge, idm_threshold=0.0).left_because is None
+    verdict = steps_in_look(np.ones(8), hits, judge, LookRange(0.5, 2.0, idm_low=0.4))
+    assert verdict.steps_in_look == 2 and verdict.left_because == (
+        "actions unreadable (IDM 0.33 < the game's 0.40) at steps 3-5"
+    )
+    short = steps_in_look(np.ones(2), None, judge, allowed)  # shorter than a window: not judged
+    assert short.steps_in_look == 2 and short.left_because is None and not short.judged
 
 
 def test_a_model_of_another_game_and_a_pasted_detail_are_refused(tiny_dataset, tmp_path):
