@@ -51,9 +51,13 @@ from gamengen.play import doom_env_module, game_settings
 from gamengen.world_model_env import WorldModelEnv
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default, and the docstring's example command as written."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("Example") :], formatter_class=HelpFormatter
     )
     add_engine_arguments(parser)
     parser.add_argument(

@@ -38,9 +38,13 @@ from gamengen.study.report import report_markdown, study_table
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default, and the docstring's example command as written."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("Example") :], formatter_class=HelpFormatter
     )
     add_engine_arguments(parser)
     for action in parser._actions:  # the model is needed only to prepare a study, not to serve or report it
