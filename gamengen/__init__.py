@@ -13,5 +13,15 @@
 - ``gamengen.engine``: the game engine, with ``gamengen.ddim`` (its sampler), ``gamengen.actions``,
   ``gamengen.context``, ``gamengen.cli``, ``gamengen.devices`` and ``gamengen.media`` around it;
 - ``gamengen.idm`` / ``gamengen.idm_training``: the inverse-dynamics model of evaluation; ``gamengen.metrics``;
-- ``gamengen.play``: live play (browser, desktop window, scripted).
+- ``gamengen.play``: live play (browser, desktop window, scripted); ``gamengen.study``: the human study page;
+- ``gamengen.WorldModelEnv`` (``gamengen.world_model_env``): the world model as a gymnasium environment.
 """
+
+
+def __getattr__(name: str):
+    """``gamengen.WorldModelEnv`` (the world model as a gymnasium environment), imported when first used."""
+    if name == "WorldModelEnv":
+        from gamengen.world_model_env import WorldModelEnv
+
+        return WorldModelEnv
+    raise AttributeError(f"module 'gamengen' has no attribute {name!r}")
