@@ -43,6 +43,7 @@ from gamengen.cli import add_engine_arguments, dataset_from_args, engine_from_ar
 from gamengen.engine import EngineError
 from gamengen.files import write_bytes_atomic, write_json_atomic
 from gamengen.game_look import LookJudge, frame_energy, idm_hits, look_range, steps_in_look
+from gamengen.help_format import HelpFormatter as SharedHelpFormatter
 from gamengen.idm import IDMError, action_category, load_idm
 from gamengen.layout import DatasetError
 from gamengen.media import captioned_row, display_scale, write_gif
@@ -51,7 +52,7 @@ from gamengen.play import doom_env_module, game_settings
 from gamengen.world_model_env import WorldModelEnv
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(SharedHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default, and the docstring's example command as written."""
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from gamengen.cli import add_engine_arguments
 from gamengen.engine import EngineError
 from gamengen.files import write_bytes_atomic, write_json_atomic
+from gamengen.help_format import HelpFormatter as SharedHelpFormatter
 from gamengen.layout import DatasetError
 from gamengen.model import ModelLoadError
 from gamengen.study.answers import ANSWERS_FILE, AnswerError, AnswerLog, read_answers
@@ -38,7 +39,7 @@ from gamengen.study.report import report_markdown, study_table
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(SharedHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default, and the docstring's example command as written."""
 
 
