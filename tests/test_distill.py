@@ -30,16 +30,16 @@ STUDENT_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> dict[str, Path]:
-    """6 random-policy episodes at 64x48, a random tiny VAE, its latent cache and a teacher trained 30 steps."""
+    """4 random-policy episodes at 64x48, a random tiny VAE, its latent cache and a teacher trained 20 steps."""
     root = tmp_path_factory.mktemp("distill")
-    record_random_episodes(root / "ds", 6, 40, "--frame_size", "64x48", "--seed", 4)
+    record_random_episodes(root / "ds", 4, 32, "--frame_size", "64x48", "--seed", 4)
     torch.manual_seed(0)
     save_vae(build_vae(get_config("tiny")), root / "vae")
     common = ["--preset", "tiny", "--dataset_name", root / "ds", "--pretrained_vae_model_name_or_path", root / "vae"]
     run_script("encode_latents.py", *common, "--output_dir", root / "lat")
     run_script(
         "train_text_to_image.py", *common, "--latents_dir", root / "lat", "--output_dir", root / "teacher",
-        "--max_train_steps", 30, "--train_batch_size", 8, "--learning_rate", "1e-3", "--report_to", "none",
+        "--max_train_steps", 20, "--train_batch_size", 8, "--learning_rate", "1e-3", "--report_to", "none",
         "--validation_steps", 1000, "--num_validation_samples", 1,
     )  # fmt: skip
     return {"root": root, "ds": root / "ds", "lat": root / "lat", "teacher": root / "teacher"}
@@ -63,7 +63,7 @@ def folder_digest(folder: Path) -> str:
 def student(teacher) -> tuple[Path, subprocess.CompletedProcess, str, str]:
     before = folder_digest(teacher["teacher"])
     out = teacher["root"] / "student"
-    result = distill(teacher, out, 6, "--validation_steps", 3, "--checkpointing_steps", 3)
+    result = distill(teacher, out, 4, "--validation_steps", 2, "--checkpointing_steps", 2)
     return out, result, before, folder_digest(teacher["teacher"])
 
 
@@ -84,11 +84,11 @@ def test_the_student_is_a_checkpoint_the_engine_plays_at_one_step(student, teach
     assert frame.shape == (48, 64, 3) and frame.dtype.name == "uint8"
     assert engine.last_timing.unet_calls == 1  # one UNet call, no CFG branch: the 1-step student
     assert sorted(p.name for p in (out / "samples").glob("validation-*.png")) == [
-        "validation-0000003.png",
-        "validation-0000006.png",
+        "validation-0000002.png",
+        "validation-0000004.png",
     ]
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["global_step"] == 6 and summary["validation_psnr"] > 0
+    assert summary["global_step"] == 4 and summary["validation_psnr"] > 0
     # the student moved away from the teacher
     taught = load_file(teacher["teacher"] / STUDENT_WEIGHTS)
     learned = load_file(out / STUDENT_WEIGHTS)
@@ -103,11 +103,11 @@ def test_the_teacher_never_changes(student):
 def test_a_resumed_distillation_ends_where_an_uninterrupted_one_does(student, teacher):
     out, _, _, _ = student
     resumed = teacher["root"] / "student_resumed"
-    distill(teacher, resumed, 3, "--validation_steps", 3, "--checkpointing_steps", 3)
+    distill(teacher, resumed, 2, "--validation_steps", 2, "--checkpointing_steps", 2)
     result = distill(
-        teacher, resumed, 6, "--validation_steps", 3, "--checkpointing_steps", 3, "--resume_from_checkpoint", "latest"
+        teacher, resumed, 4, "--validation_steps", 2, "--checkpointing_steps", 2, "--resume_from_checkpoint", "latest"
     )
-    assert "resumed from" in result.stdout and "at step 3" in result.stdout
+    assert "resumed from" in result.stdout and "at step 2" in result.stdout
     straight, continued = load_file(out / STUDENT_WEIGHTS), load_file(resumed / STUDENT_WEIGHTS)
     assert all(torch.equal(straight[name], continued[name]) for name in straight)
 
@@ -171,7 +171,7 @@ def test_two_gloo_processes_distil_together_each_drawing_its_own_noise(teacher, 
     command += ["--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--multi_gpu", str(REPO / "tests" / "scripts" / "distill_under_launch.py")]
     command += ["--teacher_model", str(teacher["teacher"]), "--dataset_name", str(teacher["ds"])]
-    command += ["--latents_dir", str(teacher["lat"]), "--output_dir", str(out), "--max_train_steps", "3"]
+    command += ["--latents_dir", str(teacher["lat"]), "--output_dir", str(out), "--max_train_steps", "2"]
     command += ["--train_batch_size", "2", "--report_to", "none", "--validation_steps", "1000"]
     command += ["--num_validation_samples", "1"]
     env = script_env(PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="1")
@@ -179,8 +179,8 @@ def test_two_gloo_processes_distil_together_each_drawing_its_own_noise(teacher, 
     assert result.returncode == 0, result.stderr[-4000:]
     first, second = (json.loads((out / f"draws-{p}.json").read_text()) for p in range(2))
     assert first["processes"] == second["processes"] == 2
-    assert len(first["draws"]) == len(second["draws"]) == 3
+    assert len(first["draws"]) == len(second["draws"]) == 2
     assert all(a != b for a, b in zip(first["draws"], second["draws"], strict=True))
-    assert json.loads((out / "training_summary.json").read_text())["global_step"] == 3
+    assert json.loads((out / "training_summary.json").read_text())["global_step"] == 2
     assert load_world_model(out).config.num_inference_steps == 1
 
