@@ -40,14 +40,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from gamengen.config import PRESETS, ModelConfig, get_config
 from gamengen.context import check_action_ids, check_frame_size
-from gamengen.episodes import EpisodeDataset, open_dataset
+from gamengen.episodes import EpisodeDataset, open_dataset, shard_actions
 from gamengen.files import TMP_MARKER
 from gamengen.help_format import HelpFormatter
 from gamengen.latent_cache import (
@@ -214,11 +213,6 @@ def encode_shard(
         chunks.append(encode_frames(vae, pixels.to(device, non_blocking=True), config).to("cpu", torch.float16))
         progress.update(len(pixels))
     return torch.cat(chunks)
-
-
-def shard_actions(dataset: EpisodeDataset, shard: int) -> np.ndarray:
-    parts = sorted((e.start, i) for i, e in enumerate(dataset.episodes) if e.shard == shard)
-    return np.concatenate([dataset.actions(i) for _, i in parts])
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -37,9 +37,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import encode_latents  # noqa: E402
 from gamengen.config import DEFAULT_CONTEXT_LENGTH, ModelConfig, get_config, get_world_model_config  # noqa: E402
-from gamengen.episodes import EpisodeDataset, open_dataset  # noqa: E402
+from gamengen.episodes import EpisodeDataset, open_dataset, shard_actions  # noqa: E402
 from gamengen.latent_cache import (  # noqa: E402
     LatentCache,
     build_latent_manifest,
@@ -108,7 +107,7 @@ def sd14_shaped_cache(dataset_dir: Path, out: Path) -> LatentCache:
     write_latent_manifest(out, manifest)
     for shard_index, shard in enumerate(manifest["shards"]):
         latents = torch.randn(shard["num_rows"], *get_config("sd14").latent_shape)
-        write_latent_shard(out, shard, latents, encode_latents.shard_actions(dataset, shard_index), "synthetic")
+        write_latent_shard(out, shard, latents, shard_actions(dataset, shard_index), "synthetic")
     return LatentCache(out)
 
 
@@ -221,7 +220,7 @@ def build_cache(
     started = time.perf_counter()
     options = ["--preset", "tiny", "--dataset_name", str(dataset_dir), "--batch_size", "64"]
     options += ["--pretrained_vae_model_name_or_path", str(tmp / "vae"), "--output_dir", str(tmp / "latents")]
-    encode_latents.main(encode_latents.parse_args(options))
+    subprocess.run([sys.executable, str(REPO / "encode_latents.py"), *options], check=True, cwd=REPO)
     results["cache_build_seconds"] = time.perf_counter() - started
     results["cache_build_frames_per_s"] = len(episodes) / results["cache_build_seconds"]
     return episodes, vae, LatentCache(tmp / "latents")

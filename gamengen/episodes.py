@@ -329,6 +329,12 @@ class EpisodeDataset:
         )
 
 
+def shard_actions(dataset: EpisodeDataset, shard: int) -> np.ndarray:
+    """The actions of every row of one shard, in the shard's row order."""
+    parts = sorted((e.start, i) for i, e in enumerate(dataset.episodes) if e.shard == shard)
+    return np.concatenate([dataset.actions(i) for _, i in parts])
+
+
 def split_episode_ids(episode_ids: Sequence[str], holdout_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic held-out split by episode: episodes ordered by a hash of their id, the first
     ``max(1, round(fraction * n))`` held out. The same ids always give the same split, whatever the
