@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 0 <= --min_timestep_fraction < --max_timestep_fraction <= 1")
     if args.adversarial_weight < 0 or (args.guidance_scale is not None and args.guidance_scale < 1.0):
         parser.error("--adversarial_weight must be >= 0 and --guidance_scale >= 1")
+    if not 0.0 <= args.own_context_fraction <= 1.0:
+        parser.error("--own_context_fraction must be in [0, 1]")
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
         parser.error("--ema_decay must be in (0, 1)")
     return args
@@ -102,6 +104,20 @@ def add_method_arguments(group: argparse._ArgumentGroup) -> None:
         type=float,
         default=0.0,
         help="DMD2's adversarial term on real frames (a latent discriminator); 0: off, the paper's distillation",
+    )
+    group.add_argument(
+        "--context_noise",
+        choices=("inference", "random"),
+        default="inference",
+        help="the context the networks see: at the teacher's inference noise bucket (what the engine gives the "
+        "student), or noise-augmented at a random bucket per window, as the teacher trained",
+    )
+    group.add_argument(
+        "--own_context_fraction",
+        type=float,
+        default=0.0,
+        help="in this fraction of the windows the newest context frame is the student's own 1-step frame (made "
+        "from the frames before it), as in a rollout; 0: recorded frames only",
     )
 
 
@@ -156,7 +172,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise DatasetError(f"the dataset's actions are not the teacher's ({', '.join(teacher_config.action_names)})")
     settings = distill_settings(args, teacher_config, scheduler)
     provenance = {"method": "dmd2" if settings.adversarial_weight else "dmd", "teacher": str(args.teacher_model)}
-    provenance.update({k: getattr(settings, k) for k in ("guidance_scale", "adversarial_weight")})
+    recorded = ("guidance_scale", "adversarial_weight", "context_noise", "own_context_fraction")
+    provenance.update({name: getattr(settings, name) for name in recorded})
     config = student_config(teacher_config, provenance)
     validation_windows = pick_validation_windows(args, heldout_windows, vae, config)
     accelerator.print(
@@ -236,6 +253,8 @@ def distill_settings(args: argparse.Namespace, teacher_config, scheduler) -> Dis
         min_timestep=int(args.min_timestep_fraction * (steps - 1)),
         max_timestep=int(args.max_timestep_fraction * (steps - 1)),
         adversarial_weight=float(args.adversarial_weight),
+        context_noise=args.context_noise,
+        own_context_fraction=float(args.own_context_fraction),
     )
 
 

@@ -32,11 +32,10 @@ from gamengen.files import write_bytes_atomic, write_json_atomic
 from gamengen.help_format import HelpFormatter as SharedHelpFormatter
 from gamengen.layout import DatasetError
 from gamengen.model import ModelLoadError
+from gamengen.play.guard import LOOPBACK_NAMES
 from gamengen.study.answers import ANSWERS_FILE, AnswerError, AnswerLog, read_answers
 from gamengen.study.clips import PAPER_LENGTHS, STUDY_FILE, StudyError, frames_for, load_study
 from gamengen.study.report import report_markdown, study_table
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class HelpFormatter(SharedHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -145,7 +144,7 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
 
     study = load_study(args.study_dir)
     log = AnswerLog(Path(args.study_dir) / ANSWERS_FILE)
-    if args.host not in LOOPBACK_HOSTS:
+    if args.host not in LOOPBACK_NAMES:
         print(
             f"warning: --host {args.host} exposes the study page, which has no authentication: anyone who can reach "
             "this machine can see the clips and answer under any rater id. Use it on a network you trust.",

@@ -38,9 +38,9 @@ from gamengen.layout import DatasetError
 from gamengen.media import realtime_fps
 from gamengen.model import ModelLoadError
 from gamengen.play import PlaySession, PortError, RealGame, StartContext, first_game_frame, game_settings
+from gamengen.play.guard import LOOPBACK_NAMES
 from gamengen.play.keymap import KeyMapError
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 HEADLESS_SUFFIXES = (".gif", ".mp4", ".npz", ".actions.txt", ".json", ".result.json")  # what a headless run writes
 
 
@@ -252,7 +252,7 @@ def play_web(args: argparse.Namespace, session: PlaySession) -> dict[str, Any]:
     def ready(url: str) -> None:
         print(f"serving the game at {url} (Ctrl-C stops)", flush=True)
         port = url.rstrip("/").rsplit(":", 1)[1]
-        if args.host in LOOPBACK_HOSTS:
+        if args.host in LOOPBACK_NAMES:
             print(
                 f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}/ "
                 "there",

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gamengen.config import WorldModelConfig
+from gamengen.context import PAD_ACTION
 from gamengen.ddim import DDIMStep, ddim_update
 from gamengen.diffusion import corrupt_context, drop_context, objective_of, predicted_original, residual_base
 from gamengen.model import WorldModel
@@ -44,6 +45,12 @@ class DistillSettings:
     min_timestep: int  # the DMD term's noise levels: uniform timesteps in [min, max] (DMD2: 2% .. 98% of T)
     max_timestep: int
     adversarial_weight: float = 0.0  # DMD2's GAN term on real frames; 0: off (the paper)
+    # The context every network sees: at the checkpoint's inference noise bucket ("inference", what the engine gives
+    # the student) or noise-augmented at a uniformly drawn bucket per window ("random", as the teacher trained).
+    context_noise: str = "inference"
+    # The fraction of windows whose newest context frame is the student's own 1-step frame (made from the frames
+    # before it, without gradient): at play time the student continues its own frames, not the recorded ones.
+    own_context_fraction: float = 0.0
 
 
 class LatentDiscriminator(nn.Module):
@@ -87,18 +94,15 @@ class DistillationModels(nn.Module):
         one_step: DDIMStep,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         context, actions = batch["context"], batch["actions"]  # (B, N, C, h, w), (B, N)
-        size, device = context.shape[0], context.device
-        buckets = torch.full((size,), config.inference_noise_bucket, dtype=torch.int64, device=device)
-        seen = corrupt_context(context, buckets, config, generator) if config.inference_noise_bucket else context
-        base = residual_base(context if config.clean_residual_base else seen, config)  # as the engine adds it
-        conditioning = (seen, actions, buckets)
+        if settings.own_context_fraction > 0:
+            context = with_own_newest_frame(
+                self.student, context, actions, config, settings, one_step, scheduler, generator
+            )
+        seen, base, conditioning = conditioning_of(context, actions, config, settings, generator)
 
         # The student's frame, made as the engine makes it at one step (in the diffusion's variable: the change
         # from the base under the residual parameterisation).
-        noise = torch.randn(base.shape, generator=generator, device=device, dtype=torch.float32)
-        timestep = one_step.timestep_tensor.to(device).expand(size)
-        output = self.student(noise.to(context.dtype), timestep, *conditioning).float()
-        sample = ddim_update(noise, output, one_step, scheduler.config.prediction_type)  # (B, C, h, w)
+        sample = one_step_sample(self.student, conditioning, base, one_step, scheduler, generator)  # (B, C, h, w)
 
         matching = distribution_matching_loss(
             sample, conditioning, generator, teacher, self.fake_score, scheduler, settings
@@ -118,6 +122,65 @@ class DistillationModels(nn.Module):
             loss = loss + critic + settings.adversarial_weight * adversarial
             metrics.update(discriminator_loss=critic.detach(), adversarial_loss=adversarial.detach())
         return loss, metrics
+
+
+def conditioning_of(
+    context: torch.Tensor,
+    actions: torch.Tensor,
+    config: WorldModelConfig,
+    settings: DistillSettings,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The context as the networks see it (noised at the chosen buckets), the residual base the student's frame is
+    added to (as the engine adds it), and the ``(context, actions, buckets)`` every network is called with."""
+    size, device = context.shape[0], context.device
+    if settings.context_noise == "random":
+        buckets = torch.randint(0, config.noise_buckets, (size,), generator=generator, device=device)
+    else:
+        buckets = torch.full((size,), config.inference_noise_bucket, dtype=torch.int64, device=device)
+    seen = corrupt_context(context, buckets, config, generator) if bool(buckets.any()) else context
+    base = residual_base(context if config.clean_residual_base else seen, config)
+    return seen, base, (seen, actions, buckets)
+
+
+def one_step_sample(
+    student: nn.Module,
+    conditioning: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    base: torch.Tensor,
+    one_step: DDIMStep,
+    scheduler: Any,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The student's frame from fresh noise in one DDIM step, as the engine makes it (float32, in the diffusion's
+    variable: the change from ``base`` under the residual parameterisation)."""
+    context = conditioning[0]
+    noise = torch.randn(base.shape, generator=generator, device=context.device, dtype=torch.float32)
+    timestep = one_step.timestep_tensor.to(context.device).expand(context.shape[0])
+    output = student(noise.to(context.dtype), timestep, *conditioning).float()
+    return ddim_update(noise, output, one_step, scheduler.config.prediction_type)
+
+
+def with_own_newest_frame(
+    student: nn.Module,
+    context: torch.Tensor,
+    actions: torch.Tensor,
+    config: WorldModelConfig,
+    settings: DistillSettings,
+    one_step: DDIMStep,
+    scheduler: Any,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The context with its newest frame replaced, in a ``settings.own_context_fraction`` of the windows, by the
+    student's own frame made (without gradient) from the frames and actions before it: the window one frame
+    earlier, its oldest slot padded as ``gamengen.context.pad_context`` pads. The other frames stay recorded."""
+    earlier = torch.cat([context[:, :1], context[:, :-1]], dim=1)
+    earlier_actions = torch.cat([torch.full_like(actions[:, :1], PAD_ACTION), actions[:, :-1]], dim=1)
+    with torch.no_grad():
+        _, base, conditioning = conditioning_of(earlier, earlier_actions, config, settings, generator)
+        made = (one_step_sample(student, conditioning, base, one_step, scheduler, generator) + base).to(context.dtype)
+    own = torch.rand(context.shape[0], generator=generator, device=context.device) < settings.own_context_fraction
+    newest = torch.where(own.view(-1, 1, 1, 1), made, context[:, -1])
+    return torch.cat([context[:, :-1], newest[:, None]], dim=1)
 
 
 def distribution_matching_loss(

@@ -33,3 +33,7 @@ class IDMError(ValueError):
 
 class KeyMapError(ValueError):
     """A key-map choice that does not fit the checkpoint's actions (the message says what to pass)."""
+
+
+class PortError(OSError):
+    """A web server's port cannot be used (the message says what to do)."""

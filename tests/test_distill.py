@@ -164,6 +164,40 @@ def test_the_fake_score_and_the_student_never_see_the_real_frames(teacher):
     assert not torch.equal(real_loss, shifted_loss)
 
 
+def test_own_context_frames_replace_the_newest_recorded_frame_without_seeing_it(teacher):
+    """--own_context_fraction 1: every window's newest context frame is the student's own 1-step frame, made from
+    the frames before it (the recorded newest frame never enters it); the older frames stay recorded."""
+    import copy
+
+    from gamengen.distillation import with_own_newest_frame
+    from gamengen.latent_cache import open_latent_cache
+
+    bundle = load_world_model(teacher["teacher"])
+    windows = LatentWindowDataset(open_latent_cache(teacher["lat"]), bundle.config.context_length)
+    batch = torch.utils.data.default_collate([windows[i] for i in range(4)])
+    context, actions = batch["context"], batch["actions"]
+    student = copy.deepcopy(bundle.model)
+    _, (one_step,) = ddim_schedule(bundle.scheduler, 1, torch.device("cpu"))
+    settings = DistillSettings(1.5, 20, 979, own_context_fraction=1.0)
+
+    def own(context_latents: torch.Tensor, fraction_settings=settings) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(3)
+        return with_own_newest_frame(
+            student, context_latents, actions, bundle.config, fraction_settings, one_step, bundle.scheduler, generator
+        )
+
+    made = own(context)
+    assert torch.equal(made[:, :-1], context[:, :-1])
+    assert (made[:, -1] - context[:, -1]).abs().mean() > 1e-3
+    recorded_newest_changed = context.clone()
+    recorded_newest_changed[:, -1] = torch.randn_like(context[:, -1]) * 5
+    assert torch.equal(own(recorded_newest_changed)[:, -1], made[:, -1])
+    older_changed = context.clone()
+    older_changed[:, -2] += 1.0
+    assert not torch.equal(own(older_changed)[:, -1], made[:, -1])
+    assert torch.equal(own(context, DistillSettings(1.5, 20, 979, own_context_fraction=1e-9)), context)
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_distil_together_each_drawing_its_own_noise(teacher, tmp_path):
     out = tmp_path / "student"
@@ -183,4 +217,3 @@ def test_two_gloo_processes_distil_together_each_drawing_its_own_noise(teacher, 
     assert all(a != b for a, b in zip(first["draws"], second["draws"], strict=True))
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 2
     assert load_world_model(out).config.num_inference_steps == 1
-

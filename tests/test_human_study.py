@@ -26,6 +26,7 @@ from gamengen.context import episode_context, episode_frames
 from gamengen.engine import GameEngine
 from gamengen.episodes import open_dataset
 from gamengen.layout import DatasetError
+from gamengen.play.guard import HostCheck
 from gamengen.study.answers import read_answers
 from gamengen.study.clips import StudyError, load_study
 from gamengen.study.report import wilson_interval
@@ -331,16 +332,16 @@ def test_the_interval_and_the_host_rules():
     low, high = wilson_interval(58, 100)  # the paper's rate over 100 answers
     assert (round(low, 3), round(high, 3)) == (0.482, 0.672)
     assert wilson_interval(0, 0) == (0.0, 1.0) and wilson_interval(10, 10)[1] == 1.0
-    assert request_refusal("GET", "127.0.0.1:8001", None, 8001) is None
-    assert (
-        request_refusal("GET", "[::1]:8001", None, 8001) is None
-        and request_refusal("GET", "localhost:8001", None, 8001) is None
-    )
-    assert request_refusal("GET", "192.168.1.20:8001", None, 8001) is None  # a rater on the LAN, by address
-    assert request_refusal("GET", "study.lab:8001", None, 8001) is not None
-    assert request_refusal("GET", "study.lab:8001", None, 8001, ["study.lab"]) is None
-    assert request_refusal("GET", "127.0.0.1:9999", None, 8001) is not None  # another port: not this server
-    assert request_refusal("POST", "127.0.0.1:8001", "http://127.0.0.1:8001", 8001) is None
-    assert request_refusal("POST", "127.0.0.1:8001", "http://localhost:8001", 8001) is not None
+    local, lan = HostCheck("127.0.0.1"), HostCheck("0.0.0.0")
+    assert request_refusal("GET", "127.0.0.1:8001", None, local) is None
+    assert request_refusal("GET", "[::1]:8001", None, local) is None
+    assert request_refusal("GET", "localhost:8001", None, local) is None
+    assert request_refusal("GET", "192.168.1.20:8001", None, lan) is None  # a rater on the LAN, by address
+    assert request_refusal("GET", "192.168.1.20:8001", None, local) is not None  # not an address it listens on
+    assert request_refusal("GET", "study.lab:8001", None, lan) is not None  # a DNS name pointed at this machine
+    assert request_refusal("GET", "study.lab:8001", None, HostCheck("0.0.0.0", ["study.lab"])) is None
+    assert request_refusal("POST", "127.0.0.1:8001", "http://127.0.0.1:8001", local) is None
+    assert request_refusal("POST", "127.0.0.1:8001", "http://localhost:8001", local) is not None
+    assert request_refusal("POST", "127.0.0.1:8001", None, local) is not None  # a POST must name its page
     with pytest.raises(StudyError, match="holds no study"):
         load_study("/nonexistent/study")

@@ -12,14 +12,10 @@ Actions and action scripts are in ``gamengen.actions``, gifs and videos in ``gam
 
 from __future__ import annotations
 
+from gamengen.errors import PortError
 from gamengen.play.keymap import COMMAND_KEYS, DEFAULT_CONTROL_KEYS, KeyMap, action_controls, pygame_key_code
 from gamengen.play.real_game import RealGame, doom_env_module, first_game_frame, game_settings
 from gamengen.play.session import PlaySession, Recording, StartContext
-
-
-class PortError(OSError):
-    """The web server's port cannot be used (the message says what to do)."""
-
 
 __all__ = [
     "COMMAND_KEYS",

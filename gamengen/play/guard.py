@@ -1,7 +1,9 @@
-"""Who may talk to the play server: requests must name the address it listens on (a page that a DNS rebinding points
-at 127.0.0.1 names another host), and WebSocket upgrades sent by a browser must come from the server's own page (any
-web site can open a WebSocket to localhost). Refused and malformed requests print one line each, rate-limited, not a
-traceback (docs/play.md#who-can-connect)."""
+"""Who may talk to this project's web servers (the play page, ``gamengen.play.web``, and the human study's,
+``gamengen.study.server``): requests must name the address the server listens on (a page that a DNS rebinding points
+at 127.0.0.1 names another host), and what a browser sends from a page (a WebSocket, a POST) must come from the
+server's own page (any web site can open a WebSocket to localhost). Refused and malformed requests print one line
+each, rate-limited, not a traceback (docs/play.md#who-can-connect). ``start_listening`` opens either server's socket,
+with one message when the port is taken."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from collections.abc import Callable, Iterable
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from gamengen.errors import PortError
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
@@ -124,3 +129,20 @@ class BadRequestHandler(logging.Handler):
             )
         elif record.levelno >= logging.WARNING:
             print(logging.Formatter().format(record), file=sys.stderr, flush=True)
+
+
+async def start_listening(runner: web.AppRunner, host: str, port: int, program: str) -> str:
+    """Listen on ``host:port`` with a set-up ``runner``; returns the URL to open (an all-interfaces address shown
+    as 127.0.0.1), and sets nothing else. A port in use is a ``PortError`` naming ``program`` and the fix."""
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise PortError(
+            f"cannot listen on {host}:{port} ({error.strerror or error}): another program (another {program}?) uses "
+            "that port; pass a free one with --port (or --port 0 for any free port)"
+        ) from None
+    address, bound_port = runner.addresses[0][:2]
+    shown = "127.0.0.1" if address in ALL_INTERFACES else address
+    return f"http://{shown if ':' not in shown else '[' + shown + ']'}:{bound_port}/"

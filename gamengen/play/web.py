@@ -44,8 +44,15 @@ import numpy as np
 from aiohttp import WSMsgType, web
 from PIL import Image
 
-from gamengen.play import COMMAND_KEYS, PlaySession, PortError
-from gamengen.play.guard import BadRequestHandler, HostCheck, RefusalLog, host_name, same_origin
+from gamengen.play import COMMAND_KEYS, PlaySession
+from gamengen.play.guard import (
+    BadRequestHandler,
+    HostCheck,
+    RefusalLog,
+    host_name,
+    same_origin,
+    start_listening,
+)
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_MESSAGE_CHARS = 1024  # longer messages get an error reply
@@ -307,18 +314,7 @@ async def serve(server: GameServer, host: str, port: int, ready=None) -> None:
     server.hosts = HostCheck(host, server.allow_hosts)
     runner = web.AppRunner(server.app, handle_signals=False, logger=server.request_log)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise PortError(
-            f"cannot listen on {host}:{port} ({error.strerror or error}): another program (another "
-            "run_playable_env.py?) uses that port; "
-            "pass a free one with --port (or --port 0 for any free port)"
-        ) from None
-    address = runner.addresses[0]
-    url = f"http://{address[0] if ':' not in address[0] else '[' + address[0] + ']'}:{address[1]}/"
+    url = await start_listening(runner, host, port, "run_playable_env.py")
     if ready is not None:
         ready(url)
     try:

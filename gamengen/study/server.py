@@ -9,24 +9,25 @@
   (synced) before the reply; a malformed answer gets a 400 with the reason, a second answer to the same clip a
   409, and neither touches the file.
 
-Every request must name the server in its ``Host`` header: ``localhost``, an IP address, or a name passed with
-``--allowed_host``, with the server's port. A web page of another site that points its own name at this machine
-(DNS rebinding) is refused, since its requests carry that name. A POST must also come from the study page itself:
-its ``Origin`` must be this server's. The server has no accounts: anyone who can reach it can answer under any
-rater id, which is why it listens on 127.0.0.1 unless told otherwise.
+Who may connect follows the play server's rules (``gamengen.play.guard``, one policy for both): every request must
+name the address the server listens on in its ``Host`` header (the loopback names for 127.0.0.1; any IP address or
+this machine's names for 0.0.0.0), or a name passed with ``--allowed_host``. A web page of another site that points
+its own name at this machine (DNS rebinding) is refused, since its requests carry that name. A POST must also come
+from the study page itself: it must carry an ``Origin``, and that must be this server's. The server has no accounts:
+anyone who can reach it can answer under any rater id, which is why it listens on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from aiohttp import web
 
+from gamengen.play.guard import HostCheck, same_origin, start_listening
 from gamengen.study.answers import (
     SIDES,
     AnswerError,
@@ -41,32 +42,17 @@ from gamengen.study.clips import Study
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_BODY_BYTES = 4096
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def request_refusal(
-    method: str, host: str | None, origin: str | None, port: int, allowed_hosts: Sequence[str] = ()
-) -> str | None:
+def request_refusal(method: str, host: str | None, origin: str | None, hosts: HostCheck) -> str | None:
     """Why a request is refused (None: it is not): a Host that is not this server, or a POST from another page."""
-    parsed = urlsplit(f"//{host or ''}")
-    try:
-        name, request_port = (parsed.hostname or "").lower(), parsed.port
-    except ValueError:
-        name, request_port = "", None
-    known = name == "localhost" or name in {h.lower() for h in allowed_hosts}
-    if not known:
-        try:
-            ipaddress.ip_address(name)
-            known = True
-        except ValueError:
-            known = False
-    if not known or request_port != port:
+    if not hosts.allows(host):
         return (
-            f"Host {host!r} is not this study server: open it as http://127.0.0.1:{port}/ (or by this machine's IP "
-            "address); pages of other sites that point their name at this machine are refused. To serve under a "
-            "host name, pass --allowed_host NAME"
+            f"Host {host!r} is not this study server ({hosts.listen_host}): open the address it printed; pages of "
+            "other sites that point their name at this machine are refused. To serve under a host name, pass "
+            "--allowed_host NAME"
         )
-    if method not in ("GET", "HEAD") and origin != f"http://{host}":
+    if method not in ("GET", "HEAD") and (origin is None or not same_origin(origin, host)):
         return (
             f"{method} from {origin or 'a request without an Origin'} refused: answers are taken only from the "
             f"study page itself (http://{host}/)"
@@ -81,6 +67,7 @@ class StudyServer:
         self.study, self.study_dir, self.log = study, Path(study_dir), log
         self.allowed_hosts = list(allowed_hosts)
         self.port = 0  # set once listening
+        self.hosts = HostCheck("127.0.0.1", self.allowed_hosts)  # serve_study() sets the address it listens on
         self.app = web.Application(middlewares=[self.same_origin], client_max_size=MAX_BODY_BYTES)
         self.app.add_routes(
             [
@@ -93,9 +80,8 @@ class StudyServer:
 
     @web.middleware
     async def same_origin(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        refusal = request_refusal(
-            request.method, request.headers.get("Host"), request.headers.get("Origin"), self.port, self.allowed_hosts
-        )
+        headers = request.headers
+        refusal = request_refusal(request.method, headers.get("Host"), headers.get("Origin"), self.hosts)
         if refusal is not None:
             return web.json_response({"error": refusal}, status=403)
         try:
@@ -153,22 +139,13 @@ class StudyServer:
 
 async def serve_study(server: StudyServer, host: str, port: int, ready: Callable[[str], Any] | None = None) -> None:
     """Serve until cancelled (Ctrl-C). ``ready(url)`` is called once the socket listens."""
+    server.hosts = HostCheck(host, server.allowed_hosts)
     runner = web.AppRunner(server.app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise OSError(
-            f"cannot listen on {host}:{port} ({error.strerror or error}): another program uses that port; pass a "
-            "free one with --port (or --port 0 for any free port)"
-        ) from None
-    address = runner.addresses[0]
-    server.port = int(address[1])
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = await start_listening(runner, host, port, "run_human_study.py")
+    server.port = int(runner.addresses[0][1])
     if ready is not None:
-        ready(f"http://{shown if ':' not in shown else '[' + shown + ']'}:{server.port}/")
+        ready(url)
     try:
         await asyncio.Event().wait()
     finally:
