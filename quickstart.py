@@ -48,6 +48,7 @@ from gamengen.quickstart.budgets import (
     Budget,
     estimate,
     resolve_budget,
+    stage_threads,
 )
 from gamengen.quickstart.runner import fmt_seconds, run_stage
 from gamengen.quickstart.seeds import write_seeds_summary
@@ -117,10 +118,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads of each stage (OMP_NUM_THREADS). 1: with anything else on the cores, torch's spin-waiting "
-        "threads made training steps "
-        "10x slower here (docs/architecture.md#environment-facts); 0 = torch's default (one per core), for an "
-        "otherwise idle machine",
+        help="CPU threads of each stage that does not train (OMP_NUM_THREADS; the training stages take the budget's "
+        "--train_threads). 1: with anything else on the cores, torch's spin-waiting threads made steps 10x slower "
+        "here (docs/architecture.md#environment-facts); 0 = torch's default (one per core)",
     )
 
 
@@ -197,7 +197,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             seconds = fmt_seconds(state["stages"][stage]["seconds"])
             print(f"[quickstart] {number}/{len(STAGES)} {stage}: done earlier ({seconds}), skipped")
             continue
-        run_stage(run, stage, commands[stage], outputs, state, estimate(stage, budget, args.preset), args.threads)
+        threads = stage_threads(stage, budget, args.threads)
+        run_stage(run, stage, commands[stage], outputs, state, estimate(stage, budget, args.preset), threads)
 
     state["seconds_this_run"] = time.perf_counter() - began
     save_state(run, state)

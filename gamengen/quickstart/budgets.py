@@ -58,6 +58,10 @@ class Budget:
     vae_precision: str = ""  # finetune_autoencoder.py --mixed_precision ("": its default; auto: as the world model's)
     eval_batch_size: int = 0  # evaluate.py --batch_size (0: its default)
     eager_engine: bool = False
+    # torch CPU threads of the training stages (idm, vae, world, distill): on an idle 2-core machine 2 threads train
+    # 1.3-1.6x faster than 1 (docs/research_log.md#the-20-minute-budget-with-distillation); with other work on the
+    # cores pass 1 (torch's spin-waiting threads then made steps up to 10x slower). 0: the scripts' own default.
+    train_threads: int = 2
     device: str = "cpu"  # the machine the budget is sized for: its stage time estimates
 
 
@@ -122,6 +126,7 @@ BUDGETS = {
         vae_precision="auto",
         eval_batch_size=64,
         eager_engine=True,
+        train_threads=0,  # on a GPU the trainers take torch's threads
         device="gpu",
     ),
 }
@@ -142,6 +147,7 @@ BUDGETS["gpu-smoke"] = replace(
     distill_seconds=3,
     eval_batch_size=8,
     eager_engine=True,
+    train_threads=0,
 )
 # The world-model preset of a budget when --preset is not given.
 BUDGET_PRESETS = {"gpu": "small"}
@@ -169,19 +175,23 @@ FIELD_HELP = {
     "loader_workers": "DataLoader worker processes of the vae, latents, world and distill stages (0: none)",
     "vae_precision": "finetune_autoencoder.py --mixed_precision (empty: its default; auto: the world model's)",
     "eval_batch_size": "evaluate.py --batch_size: windows generated together (0: its default)",
+    "train_threads": "torch CPU threads of the training stages (idm, vae, world, distill); 1 when other work shares "
+    "the cores; 0: the scripts' defaults",
     "device": "the machine the budget is sized for (cpu or gpu): the stages' time estimates",
 }
 
 # Throughput measured on the 2-core development machine (docs/quickstart.md), for the time estimates printed
-# before each stage: units per second and a fixed start-up cost in seconds.
+# before each stage: units per second and a fixed start-up cost in seconds. The training stages at 2 threads (the
+# budgets' train_threads): the 1-thread rates of a fresh idle clone times the speed-up 2 threads measured on the
+# same data (idm 1.56x, vae 1.56x, world 1.48x, distill 1.29x).
 RATES = {
     "ppo": (55.0, 20.0),  # agent steps/s while learning, 2 games
     "generate": (250.0, 15.0),  # recorded frames/s, 2 workers
-    "idm": (2.2, 15.0),  # optimisation steps/s at batch 64 (a fresh clone, idle: 300 steps in 151 s)
-    "vae": (2.5, 15.0),  # optimisation steps/s at batch 16
+    "idm": (3.4, 15.0),  # optimisation steps/s at batch 64 (1 thread, a fresh idle clone: 300 steps in 151 s)
+    "vae": (3.9, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
-    "world": (1.35, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16; idle: 1,250 in 12.7 min)
-    "distill": (1.0, 20.0),  # optimisation steps/s at batch 16 (student, fake score, teacher with CFG)
+    "world": (2.0, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16; 1 thread: 1,250 in 12.7 min)
+    "distill": (1.6, 20.0),  # optimisation steps/s at batch 16 (student, fake score, teacher with CFG), fp32
     "evaluate": (10.0, 15.0),  # generated frames/s (twice over with the carry-over)
     "rollouts": (10.0, 15.0),  # generated frames/s
 }
@@ -200,6 +210,12 @@ GPU_RATES = {
     "rollouts": (30.0, 20.0),
 }
 TIMED = {"vae": "vae_seconds", "world": "wm_seconds", "distill": "distill_seconds"}  # the stages a budget can time
+TRAINING_STAGES = ("idm", "vae", "world", "distill")
+
+
+def stage_threads(stage: str, budget: Budget, threads: int | None) -> int | None:
+    """OMP_NUM_THREADS of a stage: the budget's ``train_threads`` for the training stages, else ``--threads``."""
+    return budget.train_threads if stage in TRAINING_STAGES and budget.train_threads else threads
 
 
 def resolve_budget(name: str, overrides: dict[str, Any]) -> Budget:

@@ -72,6 +72,7 @@ def idm_command(run: Path, budget: Budget, seed: str) -> list[str]:
     return [
         *("train_idm.py", "--dataset_name", str(run / "dataset"), "--output_dir", str(run / "idm"), "--seed", seed),
         *("--max_train_steps", str(budget.idm_steps)),
+        *threads_option(budget),
     ]
 
 
@@ -95,6 +96,11 @@ def autoencoder_command(run: Path, budget: Budget, preset: str, seed: str) -> li
 def timed(seconds: float) -> list[str]:
     """A trainer's fixed training time (its steps are then an upper bound); nothing when the steps decide."""
     return ["--max_train_seconds", f"{seconds:g}"] if seconds else []
+
+
+def threads_option(budget: Budget) -> list[str]:
+    """The budget's torch threads for a trainer that sets its own (the vae stage's reads OMP_NUM_THREADS)."""
+    return ["--num_threads", str(budget.train_threads)] if budget.train_threads else []
 
 
 def loader_options(budget: Budget) -> list[str]:
@@ -124,6 +130,7 @@ def world_command(run: Path, budget: Budget, preset: str, seed: str) -> list[str
         *("--checkpointing_steps", str(max(budget.wm_steps // 3, 1))),
         *timed(budget.wm_seconds),
         *loader_options(budget),
+        *threads_option(budget),
         *shlex.split(budget.wm_args),
     ]
 
@@ -134,7 +141,8 @@ def distill_command(run: Path, budget: Budget, seed: str) -> list[str]:
         *("distill.py", "--teacher_model", str(run / "world_model"), "--dataset_name", str(run / "dataset")),
         *("--latents_dir", str(run / "latents"), "--output_dir", str(run / "student"), "--seed", seed),
         *("--max_train_steps", str(budget.distill_steps), "--train_batch_size", str(budget.distill_batch_size)),
-        *("--mixed_precision", budget.wm_precision, "--num_threads", "1"),
+        *("--mixed_precision", budget.wm_precision),
+        *threads_option(budget),
         *("--validation_steps", str(max(budget.distill_steps // 2, 1))),
         *("--checkpointing_steps", str(max(budget.distill_steps // 2, 1))),
         *timed(budget.distill_seconds),
