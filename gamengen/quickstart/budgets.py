@@ -190,7 +190,7 @@ RATES = {
     "idm": (3.4, 15.0),  # optimisation steps/s at batch 64 (1 thread, a fresh idle clone: 300 steps in 151 s)
     "vae": (3.9, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
-    "world": (2.0, 15.0),  # optimisation steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16; 1 thread: 1,250 in 12.7 min)
+    "world": (2.0, 15.0),  # steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16; 1 thread: 1,250 in 12.7 min)
     "distill": (1.6, 20.0),  # optimisation steps/s at batch 16 (student, fake score, teacher with CFG), fp32
     "evaluate": (10.0, 15.0),  # generated frames/s (twice over with the carry-over)
     "rollouts": (10.0, 15.0),  # generated frames/s
