@@ -79,7 +79,9 @@ fi
     || { echo "error: diffusers does not import with these packages (above)" >&2; exit 2; }
 
 echo "== pytest -m cuda (bound ${TESTS_TIMEOUT} s)"
-timeout -k 5 "$TESTS_TIMEOUT" "$PYTHON" -m pytest -m cuda -v -p no:cacheprovider tests/test_cuda.py 2>&1 \
+# In one process (-o addopts= drops pyproject's "-n 2"): the GPU machine may lack pytest-xdist, and the report
+# reads pytest's one-line-per-test output, which xdist's workers write differently.
+timeout -k 5 "$TESTS_TIMEOUT" "$PYTHON" -m pytest -o addopts= -m cuda -v -p no:cacheprovider tests/test_cuda.py 2>&1 \
     | tee "$WORK/pytest.log"
 tests_status=${PIPESTATUS[0]}
 

@@ -380,10 +380,14 @@ def step_with(page, key: str, frames: int) -> list[dict]:
     page.wait_for_function(f"window.play.frames.slice({count}).some((f) => f.frame === 0)", timeout=30000)
     page.keyboard.down(key)
     stepped = []
-    for _ in range(frames):
+    for index in range(1, frames + 1):
+        # Wait for the frame by its number: a frame the game loop had in flight when the pause came (or a second
+        # copy of frame 0 when it lands after the reset) may arrive after the reset, before the first step.
         count = frame_count(page)
         page.keyboard.press("n")
-        stepped.append(next_frame(page, count))
+        found = f"window.play.frames.slice({count}).find((f) => f.frame === {index})"
+        page.wait_for_function(f"{found} !== undefined", timeout=30000)
+        stepped.append(page.evaluate(found))
     page.keyboard.up(key)
     return stepped
 
@@ -417,7 +421,6 @@ def test_the_browser_page_plays_with_the_keyboard_and_the_frames_follow_the_keys
         turn = step_with(page, "a", 3)
         forward_again = step_with(page, "w", 3)
         assert [f["action"] for f in forward] == ["FORWARD"] * 3 and [f["action"] for f in turn] == ["TURN_LEFT"] * 3
-        assert [f["frame"] for f in forward] == [1, 2, 3]
         assert [f["hash"] for f in forward] == [f["hash"] for f in forward_again]
         assert all(a["hash"] != b["hash"] for a, b in zip(forward, turn, strict=True))
 
