@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--adversarial_weight must be >= 0 and --guidance_scale >= 1")
     if not 0.0 <= args.own_context_fraction <= 1.0:
         parser.error("--own_context_fraction must be in [0, 1]")
+    if args.regression_weight < 0:
+        parser.error("--regression_weight must be 0 (off) or positive")
     if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
         parser.error("--ema_decay must be in (0, 1)")
     return args
@@ -118,6 +120,13 @@ def add_method_arguments(group: argparse._ArgumentGroup) -> None:
         default=0.0,
         help="in this fraction of the windows the newest context frame is the student's own 1-step frame (made "
         "from the frames before it), as in a rollout; 0: recorded frames only",
+    )
+    group.add_argument(
+        "--regression_weight",
+        type=float,
+        default=0.0,
+        help="DMD's regression term: the student's frame against the teacher's own frame from the same noise "
+        "(its sampler, eta 0, with the CFG above; costs the teacher's steps per window); 0: off, the paper",
     )
 
 
@@ -170,9 +179,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     if action_names != teacher_config.action_names:
         raise DatasetError(f"the dataset's actions are not the teacher's ({', '.join(teacher_config.action_names)})")
-    settings = distill_settings(args, teacher_config, scheduler)
+    settings = distill_settings(args, teacher_config, scheduler, accelerator.device)
     provenance = {"method": "dmd2" if settings.adversarial_weight else "dmd", "teacher": str(args.teacher_model)}
-    recorded = ("guidance_scale", "adversarial_weight", "context_noise", "own_context_fraction")
+    recorded = ("guidance_scale", "adversarial_weight", "context_noise", "own_context_fraction", "regression_weight")
     provenance.update({name: getattr(settings, name) for name in recorded})
     config = student_config(teacher_config, provenance)
     validation_windows = pick_validation_windows(args, heldout_windows, vae, config)
@@ -246,8 +255,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def distill_settings(args: argparse.Namespace, teacher_config, scheduler) -> DistillSettings:
+def distill_settings(args: argparse.Namespace, teacher_config, scheduler, device: torch.device) -> DistillSettings:
     steps = scheduler.config.num_train_timesteps
+    teacher_steps: tuple = ()
+    if args.regression_weight > 0:
+        _, schedule = ddim_schedule(
+            scheduler, teacher_config.num_inference_steps, device, teacher_config.sampler_timesteps
+        )
+        teacher_steps = tuple(schedule)
     return DistillSettings(
         guidance_scale=float(args.guidance_scale or teacher_config.guidance_scale),
         min_timestep=int(args.min_timestep_fraction * (steps - 1)),
@@ -255,6 +270,8 @@ def distill_settings(args: argparse.Namespace, teacher_config, scheduler) -> Dis
         adversarial_weight=float(args.adversarial_weight),
         context_noise=args.context_noise,
         own_context_fraction=float(args.own_context_fraction),
+        regression_weight=float(args.regression_weight),
+        teacher_steps=teacher_steps,
     )
 
 

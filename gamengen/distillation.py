@@ -7,7 +7,9 @@ loss, on the student's own samples only. The student is moved along the differen
 random noise level: where the teacher's denoised guess differs from the fake score's, the student's frame moves
 toward the teacher's. No regression loss. DMD2 (Yin et al. 2024b) adds an adversarial term on real frames, which
 lets a student be sharper than its teacher; here it is optional (``adversarial_weight``, a small latent
-discriminator, measured on and off in docs/research_log.md).
+discriminator, measured on and off in docs/research_log.md). So is the first DMD paper's regression term
+(``regression_weight``): the student's frame against the teacher's own multi-step frame from the same noise, which
+ties each condition's sample to the teacher's where distribution matching alone only matches the distributions.
 
 All three networks see what the engine gives the student at play time: the context at the checkpoint's inference
 noise bucket (0: clean), the actions, and, under the residual parameterisation, the same base. The student's frame
@@ -51,6 +53,10 @@ class DistillSettings:
     # The fraction of windows whose newest context frame is the student's own 1-step frame (made from the frames
     # before it, without gradient): at play time the student continues its own frames, not the recorded ones.
     own_context_fraction: float = 0.0
+    # DMD's (first paper's) regression term: the student's frame against the teacher's own frame sampled from the
+    # same noise along ``teacher_steps`` (its DDIM schedule, eta 0, with the CFG above); 0: off (the paper).
+    regression_weight: float = 0.0
+    teacher_steps: tuple[DDIMStep, ...] = ()
 
 
 class LatentDiscriminator(nn.Module):
@@ -102,7 +108,10 @@ class DistillationModels(nn.Module):
 
         # The student's frame, made as the engine makes it at one step (in the diffusion's variable: the change
         # from the base under the residual parameterisation).
-        sample = one_step_sample(self.student, conditioning, base, one_step, scheduler, generator)  # (B, C, h, w)
+        noise = None
+        if settings.regression_weight > 0:
+            noise = torch.randn(base.shape, generator=generator, device=base.device, dtype=torch.float32)
+        sample = one_step_sample(self.student, conditioning, base, one_step, scheduler, generator, noise)
 
         matching = distribution_matching_loss(
             sample, conditioning, generator, teacher, self.fake_score, scheduler, settings
@@ -110,6 +119,11 @@ class DistillationModels(nn.Module):
         fake_loss = fake_score_loss(sample.detach(), conditioning, generator, self.fake_score, scheduler)
         loss = matching + fake_loss
         metrics = {"dmd_loss": matching.detach(), "fake_score_loss": fake_loss.detach()}
+        if noise is not None:
+            target = teacher_sample(teacher, noise, conditioning, settings.teacher_steps, scheduler, settings)
+            regression = F.mse_loss(sample, target)
+            loss = loss + settings.regression_weight * regression
+            metrics["regression_loss"] = regression.detach()
         if self.discriminator is not None:
             newest = seen[:, -1]
             real, fake = batch["target"].float(), (sample + base).float()  # absolute next-frame latents
@@ -150,11 +164,13 @@ def one_step_sample(
     one_step: DDIMStep,
     scheduler: Any,
     generator: torch.Generator,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The student's frame from fresh noise in one DDIM step, as the engine makes it (float32, in the diffusion's
-    variable: the change from ``base`` under the residual parameterisation)."""
+    """The student's frame from ``noise`` (default: fresh) in one DDIM step, as the engine makes it (float32, in the
+    diffusion's variable: the change from ``base`` under the residual parameterisation)."""
     context = conditioning[0]
-    noise = torch.randn(base.shape, generator=generator, device=context.device, dtype=torch.float32)
+    if noise is None:
+        noise = torch.randn(base.shape, generator=generator, device=context.device, dtype=torch.float32)
     timestep = one_step.timestep_tensor.to(context.device).expand(context.shape[0])
     output = student(noise.to(context.dtype), timestep, *conditioning).float()
     return ddim_update(noise, output, one_step, scheduler.config.prediction_type)
@@ -215,6 +231,27 @@ def distribution_matching_loss(
         weight = (sample.detach() - real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
         step = torch.nan_to_num((fake - real) / weight)
     return 0.5 * F.mse_loss(sample, (sample - step).detach())
+
+
+def teacher_sample(
+    teacher: WorldModel,
+    noise: torch.Tensor,
+    conditioning: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    steps: tuple[DDIMStep, ...],
+    scheduler: Any,
+    settings: DistillSettings,
+) -> torch.Tensor:
+    """The teacher's own frame from ``noise``, sampled as its engine samples it (DDIM at eta 0 along ``steps``,
+    with the distillation's CFG), without gradient: the regression term's target, float32."""
+    if not steps:
+        raise ValueError("the regression term needs the teacher's sampling steps (DistillSettings.teacher_steps)")
+    sample = noise
+    with torch.no_grad():
+        for step in steps:
+            timestep = step.timestep_tensor.to(noise.device).expand(noise.shape[0])
+            output = guided_output(teacher, sample, timestep, conditioning, settings.guidance_scale)
+            sample = ddim_update(sample, output, step, scheduler.config.prediction_type)
+    return sample
 
 
 def guided_output(

@@ -217,3 +217,41 @@ def test_two_gloo_processes_distil_together_each_drawing_its_own_noise(teacher, 
     assert all(a != b for a, b in zip(first["draws"], second["draws"], strict=True))
     assert json.loads((out / "training_summary.json").read_text())["global_step"] == 2
     assert load_world_model(out).config.num_inference_steps == 1
+
+
+def test_the_regression_term_pulls_the_one_step_frame_toward_the_teachers_own_frame(teacher, capsys):
+    """--regression_weight W adds W x the distance between the student's 1-step frame and the teacher's 4-step frame
+    from the same noise: the distribution-matching term is unchanged (same draws), and training on it brings the
+    student's frame toward the teacher's. A negative weight is refused."""
+    import copy
+
+    from gamengen.latent_cache import open_latent_cache
+
+    bundle = load_world_model(teacher["teacher"])
+    bundle.model.requires_grad_(False)
+    windows = LatentWindowDataset(open_latent_cache(teacher["lat"]), bundle.config.context_length)
+    batch = torch.utils.data.default_collate([windows[i] for i in range(4)])
+    _, steps = ddim_schedule(bundle.scheduler, bundle.config.num_inference_steps, torch.device("cpu"))
+    plain = DistillSettings(guidance_scale=1.5, min_timestep=20, max_timestep=979)
+    regressed = DistillSettings(1.5, 20, 979, regression_weight=100.0, teacher_steps=tuple(steps))
+    models = DistillationModels(copy.deepcopy(bundle.model), copy.deepcopy(bundle.model), None).requires_grad_(True)
+    loss, _, metrics = loss_and_gradients(models, batch, 0, bundle, plain)
+    with_regression, _, regression_metrics = loss_and_gradients(models, batch, 0, bundle, regressed)
+    assert "regression_loss" not in metrics and torch.equal(metrics["dmd_loss"], regression_metrics["dmd_loss"])
+    distance = regression_metrics["regression_loss"]
+    assert distance > 0 and torch.allclose(with_regression - loss, 100.0 * distance, rtol=1e-4)
+
+    optimizer = torch.optim.Adam(models.student.parameters(), lr=1e-4)
+    for _ in range(5):
+        loss_and_gradients(models, batch, 0, bundle, regressed)
+        optimizer.step()
+    _, _, after = loss_and_gradients(models, batch, 0, bundle, regressed)
+    assert after["regression_loss"] < 0.8 * distance, (float(distance), float(after["regression_loss"]))
+
+    import distill
+
+    with pytest.raises(SystemExit):
+        distill.parse_args(
+            ["--teacher_model", "t", "--dataset_name", "d", "--output_dir", "o", "--regression_weight", "-1"]
+        )
+    assert "--regression_weight must be 0 (off) or positive" in capsys.readouterr().err
