@@ -156,6 +156,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--carry_detail must be >= 0 (a fading scale in 0-255 levels; 0 = off)")
     if args.ema_decay is not None and not 0.0 <= args.ema_decay < 1.0:
         parser.error("--ema_decay must be in [0, 1) (0 = no average: the world model's last weights)")
+    if args.distill_regression is not None and not args.distill_regression >= 0:
+        parser.error("--distill_regression must be >= 0 (0 = distribution matching alone, as the paper)")
 
 
 def budget_from_args(args: argparse.Namespace) -> Budget:

@@ -73,6 +73,7 @@ def test_every_artifact_exists_and_loads(smoke_run):
     assert student.config.num_inference_steps == 1 and student.config.distillation["teacher"] == str(
         run / "world_model"
     )
+    assert student.config.distillation["regression_weight"] == SMOKE.distill_regression == 10
     assert [m["name"] for m in metrics["models"]] == ["world_model", "student_1step"]
     assert metrics["models"][1]["engine"]["num_inference_steps"] == 1
     assert metrics["models"][0]["engine"]["num_inference_steps"] == bundle.config.num_inference_steps
@@ -151,6 +152,23 @@ def test_the_world_model_saved_is_an_average_of_its_weights_unless_asked_otherwi
     assert "--ema_decay" not in world("--ema_decay", "0")
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--ema_decay", "1"])
+
+
+def test_the_student_is_anchored_to_its_teachers_frames_unless_the_paper_alone_is_asked_for():
+    """The distill stage adds the regression term (--regression_weight 10; docs/research_log.md, "The regression
+    term"); --distill_regression 0 distils by distribution matching alone, as the paper."""
+
+    def distill(*argv):
+        args = quickstart.parse_args(list(argv))
+        return quickstart.stage_commands(Path("run"), quickstart.budget_from_args(args), args)["distill"][0]
+
+    for budget in ("20min", "60min", "smoke"):
+        command = distill("--budget", budget)
+        assert command[command.index("--regression_weight") + 1] == "10"
+    command = distill("--distill_regression", "0")
+    assert command[command.index("--regression_weight") + 1] == "0"
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--distill_regression", "-1"])
 
 
 def test_the_training_stages_use_both_cores_and_one_option_takes_them_back_to_one_thread():

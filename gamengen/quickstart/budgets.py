@@ -35,6 +35,10 @@ class Budget:
     # The 1-step student (distill.py): steps of distribution matching at this batch (the paper: 1,000 of 128).
     distill_steps: int = 200
     distill_batch_size: int = 16
+    # distill.py --regression_weight: the student's frame also pulled toward the teacher's own 4-step frame from the
+    # same noise. Without it the quickstart's student fell below copy-last and its rollouts ran away; with 10 it
+    # keeps its teacher's PSNR and rollouts at 3x the frames/s (docs/research_log.md#the-regression-term). 0: the paper
+    distill_regression: float = 10.0
     # Off: evaluation, rollouts and play show the model's own frames. A scale (--carry_detail 8) opts in to the
     # engine's post-process that pastes the detail the VAE loses from the newest real frame into the generated ones
     # (docs/engine.md#detail-carry-over); the evaluation then measures it apart, after the model's own numbers.
@@ -169,6 +173,8 @@ FIELD_HELP = {
     "0 = vae_steps decide",
     "wm_seconds": "train the world model this many seconds (wm_steps is then an upper bound); 0 = wm_steps decide",
     "distill_seconds": "distil the 1-step student this many seconds; 0 = distill_steps decide",
+    "distill_regression": "distill.py --regression_weight: the student's frame pulled toward the teacher's own frame "
+    "from the same noise; 0 = off (the paper: distribution matching alone)",
     "eager_engine": "evaluate and roll out with an uncompiled engine (--eager: no CUDA-graph warm-up per process)",
     "agent_envs": "games PPO plays at once, each in its own process",
     "workers": "worker processes of the generate stage",
@@ -191,7 +197,9 @@ RATES = {
     "vae": (3.9, 15.0),  # optimisation steps/s at batch 16
     "latents": (280.0, 10.0),  # frames/s
     "world": (2.0, 15.0),  # steps/s at batch 32, fp32 (x BF16_SPEEDUP in bf16; 1 thread: 1,250 in 12.7 min)
-    "distill": (1.6, 20.0),  # optimisation steps/s at batch 16 (student, fake score, teacher with CFG), fp32
+    # optimisation steps/s at batch 16 (student, fake score, the teacher's score and its 4 steps for the regression
+    # term), fp32: 200 steps of 16 in 134 s in bf16 on 2 threads (87 s without the regression term)
+    "distill": (1.2, 20.0),
     "evaluate": (10.0, 15.0),  # generated frames/s (twice over with the carry-over)
     "rollouts": (10.0, 15.0),  # generated frames/s
 }

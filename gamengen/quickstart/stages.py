@@ -141,6 +141,7 @@ def distill_command(run: Path, budget: Budget, seed: str) -> list[str]:
         *("distill.py", "--teacher_model", str(run / "world_model"), "--dataset_name", str(run / "dataset")),
         *("--latents_dir", str(run / "latents"), "--output_dir", str(run / "student"), "--seed", seed),
         *("--max_train_steps", str(budget.distill_steps), "--train_batch_size", str(budget.distill_batch_size)),
+        *("--regression_weight", f"{budget.distill_regression:g}"),
         *("--mixed_precision", budget.wm_precision),
         *threads_option(budget),
         *("--validation_steps", str(max(budget.distill_steps // 2, 1))),
