@@ -363,10 +363,21 @@ def measure_action_following(
     }
     if curve.transitions is not None:
         passes["drift"] = action_following(idm, *curve.transitions)
-    real = passes["real"]
+    real, generated = passes["real"], passes["teacher_forced"]
     return {
         **{name: result.to_dict() for name, result in passes.items()},
-        "relative_accuracy": passes["teacher_forced"].action_accuracy / max(real.action_accuracy, 1e-9),
-        "relative_category_accuracy": passes["teacher_forced"].category_accuracy / max(real.category_accuracy, 1e-9),
+        "relative_accuracy": accuracy_ratio(generated.action_accuracy, real.action_accuracy),
+        "relative_category_accuracy": accuracy_ratio(generated.category_accuracy, real.category_accuracy),
         "idm": str(idm.info.get("path", "")),
     }
+
+
+def accuracy_ratio(generated: float, real: float) -> float | None:
+    """The IDM's accuracy on generated transitions over its accuracy on real ones; None (not defined) where it reads
+    no real transition right, as an IDM trained a few steps may."""
+    return generated / real if real > 0 else None
+
+
+def ratio_text(ratio: float | None) -> str:
+    """A ratio from ``accuracy_ratio`` as the reports print it: two decimals, or "n/a" where it is not defined."""
+    return "n/a" if ratio is None else f"{ratio:.2f}"

@@ -15,6 +15,7 @@ from PIL import Image
 
 from gamengen.context import episode_frames
 from gamengen.episodes import EpisodeDataset
+from gamengen.evaluation import ratio_text
 from gamengen.evaluation_results import CopyLastBaseline, DriftCurve, Evaluation, ModelResult, PassSummary, Window
 from gamengen.files import atomic_path, write_bytes_atomic, write_json_atomic
 from gamengen.media import captioned_row, display_scale
@@ -171,8 +172,8 @@ def action_following_section(evaluation: Evaluation) -> list[str]:
                     f"{block['action_chance']:.3f} / {block['category_chance']:.3f} | {block['num_transitions']} |"
                 )
         lines.append(
-            f"| {model.name} | teacher-forced / real | {blocks['relative_accuracy']:.2f} | "
-            f"{blocks['relative_category_accuracy']:.2f} | | |"
+            f"| {model.name} | teacher-forced / real | {ratio_text(blocks['relative_accuracy'])} | "
+            f"{ratio_text(blocks['relative_category_accuracy'])} | | |"
         )
     return lines
 

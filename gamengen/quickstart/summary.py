@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gamengen.evaluation import ratio_text
 from gamengen.files import write_bytes_atomic
 from gamengen.quickstart.budgets import Budget, frame_size
 from gamengen.quickstart.stages import CARRY_DETAIL_DIR, STAGES, engine_options, play_command
@@ -153,7 +154,7 @@ def action_following_line(following: dict[str, Any] | None) -> str:
         "Action following (inverse-dynamics model, action / category accuracy): real transitions "
         f"{real['action_accuracy']:.2f} / {real['category_accuracy']:.2f}, "
         f"teacher-forced {forced['action_accuracy']:.2f} / {forced['category_accuracy']:.2f} (teacher-forced / real: "
-        f"{following['relative_accuracy']:.2f} / {following['relative_category_accuracy']:.2f}), "
+        f"{ratio_text(following['relative_accuracy'])} / {ratio_text(following['relative_category_accuracy'])}), "
         f"shuffled actions vs the recorded ones {shuffled['action_accuracy']:.2f} / "
         f"{shuffled['category_accuracy']:.2f} (chance {real['action_chance']:.2f} / {real['category_chance']:.2f})."
     )
