@@ -172,18 +172,21 @@ def machine_info() -> dict[str, Any]:
 
 def measure_tiny(args: argparse.Namespace, results: dict[str, Any], table: list[str]) -> None:
     """The tiny preset on the CPU: 1 and 2 threads, fp32 and bf16, with and without CFG, the quickstart's settings,
-    and with --compile the compiled engines; into ``results["tiny_cpu"]`` and a table row each."""
+    its 1-step student, and with --compile the compiled engines; into ``results["tiny_cpu"]`` and a table row each."""
     bundle = tiny_bundle()
-    configurations = []
+    configurations = []  # (threads, dtype, CFG scale, compiled, carry-over, DDIM steps)
     for threads in (1, 2):
         for dtype in ("fp32", "bf16"):
-            configurations.append((threads, dtype, 1.5, False, None))
-        configurations.append((threads, "fp32", 1.0, False, None))
+            configurations.append((threads, dtype, 1.5, False, None, 4))
+        configurations.append((threads, "fp32", 1.0, False, None, 4))
     # the quickstart's settings: the tiny preset's CFG 1.0 and the detail carry-over of its play command
-    configurations.append((1, "fp32", 1.0, False, 8.0))
+    configurations.append((1, "fp32", 1.0, False, 8.0, 4))
+    # the quickstart's 1-step student (distill.py): one UNet call per frame, no CFG
+    configurations.append((1, "fp32", 1.0, False, None, 1))
     if args.compile:
-        configurations += [(1, "fp32", 1.5, True, None), (1, "bf16", 1.5, True, None), (2, "bf16", 1.5, True, None)]
-    for threads, dtype, scale, compiled, carry in configurations:
+        configurations += [(1, "fp32", 1.5, True, None, 4), (1, "bf16", 1.5, True, None, 4)]
+        configurations.append((2, "bf16", 1.5, True, None, 4))
+    for threads, dtype, scale, compiled, carry, steps in configurations:
         torch.set_num_threads(threads)
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         result = measure(
@@ -191,6 +194,7 @@ def measure_tiny(args: argparse.Namespace, results: dict[str, Any], table: list[
             args.frames,
             args.warmup,
             guidance_scale=scale,
+            num_inference_steps=steps,
             compile=compiled,
             carry_detail=carry,
         )
@@ -198,6 +202,7 @@ def measure_tiny(args: argparse.Namespace, results: dict[str, Any], table: list[
             f"tiny, CPU {threads} thread{'s' if threads > 1 else ''}, {dtype}, "
             f"{'CFG 1.5' if scale != 1 else 'no CFG'}{', compiled' if compiled else ''}"
             f"{f', --carry_detail {carry:g}' if carry else ''}"
+            f"{', 1 step (the distilled student)' if steps == 1 else ''}"
         )
         results["tiny_cpu"][name] = {**result, "threads": threads}
         table.append(row(name, result))
