@@ -80,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     serve.add_argument("--port", type=int, default=8001, help="the port (0: any free one)")
     serve.add_argument(
-        "--allowed_host",
+        "--allow_host",
+        "--allowed_host",  # the earlier spelling; run_playable_env.py's is --allow_host
+        dest="allow_host",
         action="append",
         default=[],
         metavar="NAME",
@@ -155,7 +157,7 @@ def serve(args: argparse.Namespace) -> dict[str, Any]:
     raters = sorted(log.answered)
     so_far = f"{len(log.records)} answers so far" + (f" from {', '.join(raters)}" if raters else "")
     print(f"{len(study.clips)} clip pairs; {so_far}", flush=True)
-    server = StudyServer(study, Path(args.study_dir), log, args.allowed_host)
+    server = StudyServer(study, Path(args.study_dir), log, args.allow_host)
 
     def ready(url: str) -> None:
         print(f"serving the study at {url} (answers -> {log.path}); Ctrl-C stops it", flush=True)

@@ -273,7 +273,7 @@ def test_malformed_and_foreign_requests_are_refused_and_no_answer_is_lost(server
         and "is not this study server" in messages["rebinding"]
     )
     status, body = get(url + "/api/next?rater=cy", Host="evil.example:" + url.rsplit(":", 1)[1])
-    assert status == 403 and b"pass --allowed_host NAME" in body  # reading the clips through another name, too
+    assert status == 403 and b"pass --allow_host NAME" in body  # reading the clips through another name, too
 
     assert post(url + "/api/answer", json.dumps(ok).encode(), **origin)[0] == 200
     status, reply = post(url + "/api/answer", json.dumps({**ok, "answer": "right"}).encode(), **origin)
@@ -340,6 +340,10 @@ def test_the_interval_and_the_host_rules():
     assert request_refusal("GET", "192.168.1.20:8001", None, local) is not None  # not an address it listens on
     assert request_refusal("GET", "study.lab:8001", None, lan) is not None  # a DNS name pointed at this machine
     assert request_refusal("GET", "study.lab:8001", None, HostCheck("0.0.0.0", ["study.lab"])) is None
+    # the option has the play server's name, and the study's earlier spelling still works
+    for option in ("--allow_host", "--allowed_host"):
+        args = run_human_study.parse_args(["--study_dir", "s", "--report", option, "study.lab", option, "b.lab"])
+        assert args.allow_host == ["study.lab", "b.lab"]
     assert request_refusal("POST", "127.0.0.1:8001", "http://127.0.0.1:8001", local) is None
     assert request_refusal("POST", "127.0.0.1:8001", "http://localhost:8001", local) is not None
     assert request_refusal("POST", "127.0.0.1:8001", None, local) is not None  # a POST must name its page

@@ -11,7 +11,7 @@
 
 Who may connect follows the play server's rules (``gamengen.play.guard``, one policy for both): every request must
 name the address the server listens on in its ``Host`` header (the loopback names for 127.0.0.1; any IP address or
-this machine's names for 0.0.0.0), or a name passed with ``--allowed_host``. A web page of another site that points
+this machine's names for 0.0.0.0), or a name passed with ``--allow_host``. A web page of another site that points
 its own name at this machine (DNS rebinding) is refused, since its requests carry that name. A POST must also come
 from the study page itself: it must carry an ``Origin``, and that must be this server's. The server has no accounts:
 anyone who can reach it can answer under any rater id, which is why it listens on 127.0.0.1 unless told otherwise.
@@ -50,7 +50,7 @@ def request_refusal(method: str, host: str | None, origin: str | None, hosts: Ho
         return (
             f"Host {host!r} is not this study server ({hosts.listen_host}): open the address it printed; pages of "
             "other sites that point their name at this machine are refused. To serve under a host name, pass "
-            "--allowed_host NAME"
+            "--allow_host NAME"
         )
     if method not in ("GET", "HEAD") and (origin is None or not same_origin(origin, host)):
         return (
