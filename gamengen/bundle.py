@@ -16,7 +16,8 @@ from diffusers import AutoencoderKL
 
 from gamengen.config import WorldModelConfig
 from gamengen.errors import ModelLoadError
-from gamengen.model import WorldModel, _is_local
+from gamengen.locations import looks_local, missing_folder, neither_folder_nor_hub
+from gamengen.model import WorldModel
 
 SCHEDULER_SUBFOLDER = "scheduler"
 ACTION_EMBEDDING_FILE = "action_embedding.safetensors"
@@ -35,20 +36,17 @@ class WorldModelBundle:
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local checkpoint folder, or a Hub model id downloaded to the local cache."""
-    if _is_local(name_or_path):
+    if looks_local(name_or_path):
         root = Path(name_or_path).expanduser()
         if not root.is_dir():
-            raise ModelLoadError(f"checkpoint folder {root} does not exist (a Hub model id looks like USER/NAME)")
+            raise ModelLoadError(missing_folder("checkpoint folder", name_or_path, "model"))
         return root
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(str(name_or_path), revision=revision))
-    except Exception as error:
-        raise ModelLoadError(
-            f"could not fetch the checkpoint {name_or_path!r} from the Hub ({error}); check the id or pass a local "
-            "folder"
-        ) from error
+    except Exception as error:  # offline, missing repo, no access: all end the same way for the user
+        raise ModelLoadError(neither_folder_nor_hub(name_or_path, "checkpoint", error)) from error
 
 
 def placed(bundle: WorldModelBundle, device: str | torch.device, dtype: torch.dtype) -> WorldModelBundle:

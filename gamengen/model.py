@@ -21,11 +21,6 @@ from gamengen.errors import ModelLoadError
 T = TypeVar("T")
 
 
-def _is_local(name_or_path: str | os.PathLike) -> bool:
-    text = str(name_or_path)
-    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
-
-
 def read_weights(folder: Path, load: Callable[[], T]) -> T:
     """Run ``load`` (reading the weights in ``folder``, a file or a folder); a damaged file gets a clear
     ModelLoadError naming it instead of the loader's deep traceback."""

@@ -50,7 +50,8 @@ from diffusers import AutoencoderKL
 from gamengen.bundle import CONFIG_FILE, WorldModelBundle, resolve_checkpoint
 from gamengen.config import SD14_VAE_CONFIG, ModelConfig, WorldModelConfig
 from gamengen.errors import PeerCheckpointError
-from gamengen.model import _is_local, _unet_class, make_world_model
+from gamengen.locations import looks_local, missing_folder, neither_folder_nor_hub
+from gamengen.model import _unet_class, make_world_model
 
 PEER_UNET_SUBFOLDER = "unet"
 PEER_VAE_SUBFOLDER = "vae"
@@ -261,15 +262,15 @@ def load_decoder_state(source: str | os.PathLike, revision: str | None = None) -
     these (e.g. P-H-B-D-a16z/GameNGenSDVaeDecoder, the decoder the seed's load_model puts in)."""
     path = Path(source).expanduser()
     if not path.exists():
-        if _is_local(source):
-            raise PeerCheckpointError(f"--vae {source} does not exist (a Hub model id looks like USER/NAME)")
+        if looks_local(source):
+            raise PeerCheckpointError(missing_folder("--vae", source, "model"))
         from huggingface_hub import snapshot_download
 
         patterns = ["*.json", *(f"*{suffix}" for suffix in DECODER_FILE_SUFFIXES)]
         try:
             path = Path(snapshot_download(str(source), revision=revision, allow_patterns=patterns))
         except Exception as error:
-            raise PeerCheckpointError(f"could not fetch the decoder {source!r} from the Hub ({error})") from error
+            raise PeerCheckpointError(neither_folder_nor_hub(source, "decoder", error)) from error
     if path.is_file():
         return _decoder_state_from_file(path)
     if (path / PEER_VAE_SUBFOLDER / "config.json").is_file():

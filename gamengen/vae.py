@@ -28,7 +28,8 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from gamengen.config import ModelConfig, autoencoder_scale_factor
 from gamengen.files import atomic_path
-from gamengen.model import ModelLoadError, _is_local, read_weights
+from gamengen.locations import looks_local, missing_folder, neither_folder_nor_hub
+from gamengen.model import ModelLoadError, read_weights
 
 VAE_SUBFOLDER = "vae"
 # Padding value in [-1, 1] pixel space: black.
@@ -126,10 +127,10 @@ def load_vae(
     cache_dir: str | None = None,
 ) -> AutoencoderKL:
     """Load the ``vae/`` of a checkpoint: a local folder or a Hub repo id (e.g. CompVis/stable-diffusion-v1-4)."""
-    if _is_local(pretrained_model_name_or_path):
+    if looks_local(pretrained_model_name_or_path):
         root = Path(pretrained_model_name_or_path).expanduser()
         if not root.is_dir():
-            raise ModelLoadError(f"model folder {root} does not exist (a Hub model id looks like USER/NAME)")
+            raise ModelLoadError(missing_folder("model folder", pretrained_model_name_or_path, "model"))
         if not (root / subfolder / "config.json").is_file():
             hint = ""
             if (root / "config.json").is_file():
@@ -146,10 +147,8 @@ def load_vae(
             pretrained_model_name_or_path, subfolder, torch_dtype, revision=revision, cache_dir=cache_dir
         )
     except OSError as error:
-        raise ModelLoadError(
-            f"could not load {subfolder}/ of the Hub model {pretrained_model_name_or_path!r} ({error}). "
-            "Check the id, your network (HF_HUB_OFFLINE=1 allows only cached models), or pass a local folder."
-        ) from error
+        message = neither_folder_nor_hub(pretrained_model_name_or_path, f"model ({subfolder}/)", error)
+        raise ModelLoadError(message) from error
 
 
 def save_vae(vae: AutoencoderKL, output_dir: str | os.PathLike) -> Path:

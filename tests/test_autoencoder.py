@@ -196,7 +196,7 @@ def test_load_vae_refuses_a_folder_without_vae(tmp_path):
         load_vae(tmp_path / "vae")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_vae(tmp_path / "missing")
-    with pytest.raises(ModelLoadError, match="could not load vae/ of the Hub model 'nobody/no-such-model'"):
+    with pytest.raises(ModelLoadError, match=r"could not fetch the model \(vae/\) 'nobody/no-such-model' from the Hub"):
         load_vae("nobody/no-such-model")  # HF_HUB_OFFLINE=1: the Hub path fails without the network
 
 

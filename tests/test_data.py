@@ -213,7 +213,7 @@ def test_missing_folders_and_unreachable_hub_ids_give_clear_errors(tmp_path):
         open_dataset(tmp_path / "missing")
     with pytest.raises(DatasetError, match="no \\*.parquet files"):
         open_dataset(tmp_path)
-    with pytest.raises(DatasetError, match="could not fetch the Hub dataset 'nobody/no-such-dataset'"):
+    with pytest.raises(DatasetError, match="could not fetch the dataset 'nobody/no-such-dataset' from the Hub"):
         open_dataset("nobody/no-such-dataset")  # HF_HUB_OFFLINE=1: fails without touching the network
 
 
@@ -226,7 +226,7 @@ def test_a_misspelled_folder_is_named_as_neither_a_folder_nor_a_hub_dataset(tmp_
         open_dataset("runs/datset")  # HF_HUB_OFFLINE=1: the Hub half fails without touching the network
     message = str(refused.value)
     assert message.startswith(f"no folder runs/datset (in {tmp_path})") and "did you mean runs/dataset?" in message
-    assert "could not fetch the Hub dataset 'runs/datset'" in message
+    assert "could not fetch the dataset 'runs/datset' from the Hub" in message
     with pytest.raises(DatasetError, match=r"folder ./runs/datset does not exist \(did you mean runs/dataset\?\)"):
         open_dataset("./runs/datset")
 

@@ -160,6 +160,23 @@ def test_loader_refuses_broken_checkpoints(config, tmp_path):
         load_world_model(tmp_path / "nowhere")
 
 
+def test_a_misspelled_checkpoint_or_vae_folder_is_named_as_neither_a_folder_nor_a_hub_id(config, tmp_path, monkeypatch):
+    """runs/wrld looks like a Hub id (USER/NAME): the error said only that the Hub fetch failed, never that no such
+    folder exists, nor which folder was meant. Checkpoints and VAEs now say so, as datasets do."""
+    from gamengen.vae import load_vae
+
+    save_world_model(tmp_path / "runs" / "world", build_world_model(config), build_vae(config.model), config)
+    monkeypatch.chdir(tmp_path)
+    for load, what in ((load_world_model, "checkpoint"), (load_vae, "model (vae/)")):
+        with pytest.raises(ModelLoadError) as refused:
+            load("runs/wrld")  # HF_HUB_OFFLINE=1: the Hub half fails without touching the network
+        message = str(refused.value)
+        assert message.startswith(f"no folder runs/wrld (in {tmp_path})") and "did you mean runs/world?" in message
+        assert f"could not fetch the {what} 'runs/wrld' from the Hub" in message
+        with pytest.raises(ModelLoadError, match=r"folder ./runs/wrld does not exist \(did you mean runs/world\?\)"):
+            load("./runs/wrld")
+
+
 def test_residual_is_saved_with_the_checkpoint_and_old_configs_load_without_it(config, tmp_path):
     from gamengen.config import WorldModelConfig
 
